@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` networks and their weight-file readers (no registry, no Lightning)."""
