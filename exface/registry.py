@@ -158,6 +158,7 @@ _BUILTIN_MODULES = (
     "exface.losses",
     "exface.exfacegan",
     "exface.evaluation",
+    "exface.zoo",
 )
 
 _plugins_loaded = False
