@@ -58,7 +58,7 @@ class Registry:
                 self._parts[name] = cls
                 return cls
             raise RegistryError(
-                f"two {self.kind} parts are named {name!r}: {_qualname(existing)} and "
+                f"two {self.kind} are named {name!r}: {_qualname(existing)} and "
                 f"{_qualname(cls)}; rename one of the classes (recipes address parts by "
                 f"class name)"
             )

@@ -256,7 +256,8 @@ def _download_url(url: str, dest: Path) -> None:
     if not url.startswith(("http://", "https://", "file://")):
         raise ValueError(f"not an http(s) URL: {url}")
     with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as out:
-        shutil.copyfileobj(resp, out, _CHUNK)
+        for block in iter(lambda: resp.read(1 << 16), b""):
+            out.write(block)
 
 
 def _manual_hint(entry: ZooEntry, problem: str) -> str:

@@ -1,0 +1,26 @@
+"""Shared pytest fixtures: where the real face data lives, and a clean model-zoo cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the repo; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real face data not found at {SHARED_DATA} (see DEVELOPERS.md: ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def empty_zoo(tmp_path, monkeypatch) -> Path:
+    """An empty EXFACE_HOME so zoo tests never touch the user's cache."""
+    home = tmp_path / "exface-home"
+    monkeypatch.setenv("EXFACE_HOME", str(home))
+    return home

@@ -1,0 +1,89 @@
+"""Registries: registering by subclassing, wildcard listing, duplicates, plugin discovery."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+import torch
+
+import exface
+from exface.embedders.base import IdentityEmbedder
+from exface.registry import REGISTRIES, RegistryError, list_parts, load_plugins
+
+
+def test_builtin_kinds_exist():
+    load_plugins()
+    assert {"generators", "embedders", "attributes", "aligners", "boundaries", "losses"} <= set(REGISTRIES)
+
+
+def test_subclassing_registers_and_create_builds():
+    class ToyEmbedderForRegistryTest(IdentityEmbedder):
+        """A toy embedder."""
+
+        input_size = (8, 8)
+        embedding_dim = 4
+
+        def __init__(self, scale: float = 1.0):
+            super().__init__()
+            self.lin = torch.nn.Linear(3 * 64, 4)
+
+        def embed_raw(self, x):
+            return self.lin(x.flatten(1))
+
+    reg = exface.get_registry("embedders")
+    assert "ToyEmbedderForRegistryTest" in reg.list("*toyembedder*")
+    emb = exface.create_part("embedders", "ToyEmbedderForRegistryTest", scale=2.0)
+    out = emb(torch.rand(2, 3, 8, 8) * 2 - 1)
+    assert out.shape == (2, 4)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+    info = reg.info("ToyEmbedderForRegistryTest")
+    assert info.summary == "A toy embedder." and info.package == "test_registry"
+
+
+def test_duplicate_name_is_an_error_naming_both_modules():
+    class DupEmbedder(IdentityEmbedder):
+        def embed_raw(self, x):
+            return x
+
+    with pytest.raises(RegistryError, match="DupEmbedder.*test_registry.*other.module"):
+        type("DupEmbedder", (IdentityEmbedder,), {"embed_raw": lambda s, x: x, "__module__": "other.module"})
+
+
+def test_abstract_and_private_classes_are_not_registered():
+    class _HiddenEmbedder(IdentityEmbedder):
+        def embed_raw(self, x):
+            return x
+
+    class StillAbstract(IdentityEmbedder):
+        pass
+
+    names = exface.get_registry("embedders").list()
+    assert "_HiddenEmbedder" not in names and "StillAbstract" not in names
+
+
+def test_unknown_part_suggests_nearest():
+    with pytest.raises(RegistryError, match="did you mean"):
+        exface.get_part("embedders", "FaceApiResNet35")
+
+
+def test_wildcard_listing_is_case_insensitive():
+    parts = list_parts("*FACEAPI*")
+    assert parts and all("faceapi" in p.name.lower() for p in parts)
+
+
+def test_entry_point_group_is_loaded(monkeypatch):
+    """A module named by an ``exface.plugins`` entry point is imported by load_plugins."""
+    loaded = []
+
+    class FakeEP:
+        name, value = "fake", "fake_module"
+
+        def load(self):
+            loaded.append(True)
+
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: [FakeEP()] if kw.get("group") == "exface.plugins" else real(**kw))
+    assert "fake" in load_plugins(force=True)
+    assert loaded
