@@ -1,0 +1,1 @@
+"""Helpers for tests and recipe checks: small synthetic checkpoints and fixtures."""
