@@ -121,6 +121,7 @@ class ExfaceCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("parser_class", ExfaceArgumentParser)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"prog": "exface"})
         super().__init__(*args, **kwargs)
 
     # -- exface's own subcommands ------------------------------------------------------

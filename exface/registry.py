@@ -158,6 +158,7 @@ _BUILTIN_MODULES = (
     "exface.losses",
     "exface.exfacegan",
     "exface.evaluation",
+    "exface.fr",
     "exface.zoo",
 )
 

@@ -1,0 +1,1 @@
+"""ElasticFace losses for exface (registered through the ``exface.plugins`` entry point)."""
