@@ -35,7 +35,7 @@ def _recipe(tmp_path: Path, root: Path, loss: dict) -> Path:
     cfg = yaml.safe_load((REPO / "recipes" / "fr_arcface_synthetic.yaml").read_text())
     cfg["model"]["init_args"]["backbone"] = {"class_path": "IResNetEmbedder", "init_args": {"arch": "r18"}}
     cfg["model"]["init_args"]["loss"] = loss
-    cfg["data"]["init_args"].update(root=str(root), image_size=[32, 32], batch_size=6, num_workers=0,
+    cfg["data"]["init_args"].update(root=str(root), image_size=[112, 112], batch_size=6, num_workers=0,
                                     val_fraction=0.3)
     cfg["trainer"] = {"fast_dev_run": True, "logger": False, "enable_progress_bar": False,
                       "default_root_dir": str(tmp_path)}
