@@ -59,6 +59,8 @@ class IResNetEmbedder(IdentityEmbedder):
         self.std = (127.5, 127.5, 127.5)
         self.embedding_dim = self.backbone.num_features
         self.input_size = (self.backbone.input_size, self.backbone.input_size)
+        if weights is not None:
+            self.eval()
 
     def embed_raw(self, x: Tensor) -> Tensor:
         return self.backbone(x)

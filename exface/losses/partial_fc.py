@@ -1,0 +1,225 @@
+"""Partial FC (An et al. 2022): margin softmax over a sampled subset of class centres.
+
+With millions of identities the full ``[num_classes, dim]`` centre matrix and its logits
+dominate memory and time. Partial FC keeps all centres but, at each training step,
+uses only the centres of the classes present in the batch (positives) plus a random
+subset of the others (negatives), ``sample_rate * num_classes`` in all; only those
+receive gradients. Under ``torch.distributed`` the centres are also sharded: rank ``r``
+owns a contiguous block of classes, embeddings and labels are all-gathered, each rank
+computes logits against its own centres, and the softmax is reduced across ranks.
+
+This is arcface_torch's ``PartialFC_V2`` algorithm, written for exface's loss contract.
+Single-process with ``sample_rate=1`` it computes exactly the full margin softmax.
+
+Distributed notes (the training module must honour them):
+
+- The centres differ per rank, so DDP must not average their gradients: call
+  :func:`exclude_partial_fc_from_ddp` on the module DDP wraps, before it is wrapped.
+- The gradient flowing back into each rank's embeddings is multiplied by the world
+  size, so that DDP's averaging of backbone gradients yields the gradient of the
+  global-batch loss (as arcface_torch does).
+- Every rank must pass the same batch size (use ``drop_last=True``).
+- Sharding happens when the loss first runs with ``torch.distributed`` initialized
+  (or at construction if it already is), before any optimizer step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from exface.losses.base import FRLoss
+from exface.losses.margin import MarginFunction, _check_labels, normalized_cosine
+
+__all__ = ["PartialFC", "exclude_partial_fc_from_ddp"]
+
+log = logging.getLogger(__name__)
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` without an initialized process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _shard(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(class_start, num_local)`` of ``rank``: contiguous blocks, the first ones one larger."""
+    base, extra = divmod(num_classes, world_size)
+    return base * rank + min(rank, extra), base + int(rank < extra)
+
+
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's tensor; backward returns this rank's slice of the summed gradient,
+    times the world size (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        world = dist.get_world_size()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.world, ctx.n = dist.get_rank(), world, x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n] * ctx.world
+
+
+class _ShardedCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy when each rank holds a column block of the logits.
+
+    ``labels`` are local column indices, ``-1`` where the target lives on another rank.
+    Max, partition function and target logit are all-reduced, so every rank returns the
+    same loss; the backward is the usual ``(softmax - onehot) / N`` on local columns.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+        logits = logits.float()
+        mx = logits.max(dim=1, keepdim=True).values
+        dist.all_reduce(mx, op=dist.ReduceOp.MAX)
+        exp = (logits - mx).exp()
+        z = exp.sum(dim=1, keepdim=True)
+        dist.all_reduce(z, op=dist.ReduceOp.SUM)
+        rows = torch.nonzero(labels >= 0).squeeze(1)
+        target = torch.zeros_like(mx)
+        target[rows, 0] = logits[rows, labels[rows]]
+        dist.all_reduce(target, op=dist.ReduceOp.SUM)
+        loss = (z.log() + mx - target).mean()
+        ctx.save_for_backward(exp / z, rows, labels)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        prob, rows, labels = ctx.saved_tensors
+        g = prob.clone()
+        g[rows, labels[rows]] -= 1.0
+        return g * (grad / prob.shape[0]), None
+
+
+class PartialFC(FRLoss):
+    """Partial FC: margin softmax over positives + sampled negative centres, shardable across ranks.
+
+    Args:
+        embedding_dim, num_classes: as for every FR loss.
+        sample_rate: fraction of (this rank's) centres used per training step; all
+            classes present in the batch are always among them. 1.0 uses every centre
+            (arcface_torch's default: plain model parallelism). In eval mode every
+            centre is used, so validation losses are comparable.
+        s, m1, m2, m3: the combined margin ``cos(m1 * theta + m2) - m3`` and its scale
+            (defaults: ArcFace, s=64, m=0.5).
+        margin: a ready :class:`~exface.losses.margin.MarginFunction` (or any callable
+            ``(cosine, labels) -> logits`` that leaves rows labelled ``-1`` without a
+            margin); overrides ``s``/``m1``/``m2``/``m3``.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        sample_rate: float = 1.0,
+        s: float = 64.0,
+        m1: float = 1.0,
+        m2: float = 0.5,
+        m3: float = 0.0,
+        margin: MarginFunction | None = None,
+    ) -> None:
+        super().__init__(embedding_dim, num_classes)
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        self.sample_rate = float(sample_rate)
+        self.margin = margin if margin is not None else MarginFunction(s=s, m1=m1, m2=m2, m3=m3)
+        self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, embedding_dim)))
+        self.class_start, self.num_local, self.world_size = 0, num_classes, 1
+        #: Global class indices of the centres used in the last training step (for inspection).
+        self.last_sampled: Tensor | None = None
+        if _world()[1] > 1:
+            self.shard_()
+
+    def shard_(self) -> None:
+        """Keep only this rank's block of centres (in place; the Parameter object is kept,
+        so an optimizer built earlier still holds it, provided it has not stepped yet)."""
+        rank, world = _world()
+        if self.world_size == world:
+            return
+        if self.world_size != 1:
+            raise RuntimeError(f"PartialFC is already sharded for {self.world_size} ranks, now {world}")
+        self.class_start, self.num_local = _shard(self.num_classes, rank, world)
+        self.world_size = world
+        with torch.no_grad():
+            self.weight.data = self.weight.data[self.class_start : self.class_start + self.num_local].clone()
+        log.info("PartialFC rank %d/%d holds classes [%d, %d)", rank, world, self.class_start,
+                 self.class_start + self.num_local)
+
+    def _sample(self, local_labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Pick centres: all positives + random negatives. Returns (index, relabelled labels)."""
+        num_sample = int(self.sample_rate * self.num_local)
+        present = local_labels >= 0
+        positives = torch.unique(local_labels[present])  # sorted
+        if num_sample > positives.numel():
+            score = torch.rand(self.num_local, device=local_labels.device)
+            score[positives] = 2.0  # above any rand(): positives always win
+            index = score.topk(num_sample).indices.sort().values
+        else:
+            index = positives
+        relabelled = local_labels.clone()
+        relabelled[present] = torch.searchsorted(index, local_labels[present])
+        return index, relabelled
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        _check_labels(labels, self.num_classes)
+        _, world = _world()
+        if world > 1:
+            self.shard_()
+            sizes = torch.tensor([embeddings.shape[0], -embeddings.shape[0]], device=embeddings.device)
+            dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
+            if int(sizes[0]) != -int(sizes[1]):
+                raise ValueError(
+                    f"PartialFC needs the same batch size on every rank, got between {-int(sizes[1])} "
+                    f"and {int(sizes[0])}; use drop_last=True in the training DataLoader"
+                )
+            embeddings = _AllGather.apply(embeddings)
+            gathered = [torch.empty_like(labels) for _ in range(world)]
+            dist.all_gather(gathered, labels.contiguous())
+            labels = torch.cat(gathered)
+        elif self.world_size > 1:
+            raise RuntimeError("PartialFC is sharded but torch.distributed is no longer initialized")
+
+        local = labels - self.class_start
+        local = torch.where((local >= 0) & (local < self.num_local), local, torch.full_like(local, -1))
+        weight = self.weight
+        if self.training and self.sample_rate < 1.0:
+            index, local = self._sample(local)
+            weight = self.weight[index]
+            self.last_sampled = index + self.class_start
+        logits = self.margin(normalized_cosine(embeddings, weight), local)
+        if world > 1:
+            return _ShardedCrossEntropy.apply(logits, local)
+        return F.cross_entropy(logits, local)
+
+    def extra_repr(self) -> str:
+        return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
+                f"sample_rate={self.sample_rate}, margin={self.margin!r}, "
+                f"local=[{self.class_start}, {self.class_start + self.num_local})")
+
+
+def exclude_partial_fc_from_ddp(root: nn.Module) -> list[str]:
+    """Tell DistributedDataParallel not to synchronize the centres of every PartialFC under ``root``.
+
+    Call on the module DDP will wrap (e.g. in a LightningModule's ``__init__``). Returns
+    the parameter names excluded. Adds to any names already excluded.
+    """
+    names = [f"{prefix}.weight" if prefix else "weight"
+             for prefix, m in root.named_modules() if isinstance(m, PartialFC)]
+    existing = list(getattr(root, "_ddp_params_and_buffers_to_ignore", []))
+    from torch.nn.parallel import DistributedDataParallel
+
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(root, sorted(set(existing + names)))
+    return names
