@@ -40,7 +40,9 @@ class MarginFunction:
     samples whose class centre lives on another rank (see :class:`~exface.losses.partial_fc.PartialFC`).
     """
 
-    def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, easy_margin: bool = False) -> None:
+    def __init__(
+        self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, easy_margin: bool = False
+    ) -> None:
         if s <= 0:
             raise ValueError(f"scale s must be positive, got {s}")
         if m1 <= 0:
@@ -120,7 +122,9 @@ class _MarginSoftmax(FRLoss):
 class ArcFace(_MarginSoftmax):
     """ArcFace (Deng et al. 2019): additive angular margin ``cos(theta + m)``, scale ``s``."""
 
-    def __init__(self, embedding_dim: int, num_classes: int, s: float = 64.0, m: float = 0.5, easy_margin: bool = False) -> None:
+    def __init__(
+        self, embedding_dim: int, num_classes: int, s: float = 64.0, m: float = 0.5, easy_margin: bool = False
+    ) -> None:
         super().__init__(embedding_dim, num_classes, MarginFunction(s=s, m2=m, easy_margin=easy_margin))
 
 
