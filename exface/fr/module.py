@@ -10,6 +10,7 @@ from torch import Tensor
 
 from exface.embedders.base import IdentityEmbedder
 from exface.losses.base import FRLoss
+from exface.losses.partial_fc import exclude_partial_fc_from_ddp
 
 __all__ = ["FaceRecognitionModule"]
 
@@ -46,6 +47,8 @@ class FaceRecognitionModule(pl.LightningModule):
                 dm.setup(stage)
                 num_classes = dm.num_classes
             self.loss = self._loss_factory(self.backbone.embedding_dim, num_classes)
+            # PartialFC shards its centres across ranks: DDP must not average them.
+            exclude_partial_fc_from_ddp(self)
 
     def forward(self, images: Tensor) -> Tensor:
         """Unnormalized embeddings of images in [-1, 1] RGB."""
