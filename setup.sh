@@ -12,3 +12,9 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" -e plugins/exface-elasticface
 .venv/bin/exface zoo --fetch_missing true
+# The TF.js reference that the face-api ports are tested against (pure JS, from npm).
+if command -v npm >/dev/null 2>&1; then
+    (cd tests/tfjs_reference && npm ci --silent --no-audit --no-fund)
+else
+    echo "setup.sh: npm not found; the TF.js parity tests will be skipped" >&2
+fi
