@@ -33,6 +33,7 @@ before anything is called. Module imports never happen.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import struct
@@ -398,6 +399,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._storages = storages
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles name Python-2 modules (__builtin__.set, copy_reg...).
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         hit = _SAFE_GLOBALS.get((module, name))
         if hit is not None:
             return hit

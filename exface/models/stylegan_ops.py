@@ -126,6 +126,8 @@ def upfirdn2d(
     downx, downy = _pair(down)
     px0, px1, py0, py1 = _pad4(padding)
     n, c, h, w = x.shape
+    if f is not None and (upx > 1 or upy > 1):
+        return _upfirdn2d_polyphase(x, f, (upx, upy), (downx, downy), (px0, px1, py0, py1), flip_filter, gain)
 
     if upx > 1 or upy > 1:
         x = x.reshape(n, c, h, 1, w, 1)
@@ -151,6 +153,35 @@ def upfirdn2d(
     taps = f.shape[0]
     x = F.conv2d(x, f.reshape(1, 1, 1, taps).expand(c, 1, 1, taps), stride=(1, downx), groups=c)
     x = F.conv2d(x, f.reshape(1, 1, taps, 1).expand(c, 1, taps, 1), stride=(downy, 1), groups=c)
+    return x
+
+
+def _upfirdn2d_polyphase(x: Tensor, f: Tensor, up: tuple[int, int], down: tuple[int, int],
+                         pad: tuple[int, int, int, int], flip_filter: bool, gain: float) -> Tensor:
+    """:func:`upfirdn2d` for ``up > 1`` without multiplying the inserted zeros.
+
+    A transposed convolution with stride ``up`` is zero insertion followed by a full
+    convolution, i.e. padding ``(k - 1, k - up)`` around the zero-stuffed image; the
+    rest of the requested padding (or cropping, if negative) is applied afterwards.
+    """
+    upx, upy = up
+    downx, downy = down
+    px0, px1, py0, py1 = pad
+    c = x.shape[1]
+    k = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    if flip_filter:  # conv_transpose2d scatters, i.e. convolves; correlation needs the flip
+        k = k.flip(list(range(k.ndim)))
+    if k.ndim == 2:
+        kh, kw = k.shape
+        x = F.conv_transpose2d(x, k[None, None].expand(c, 1, kh, kw), stride=(upy, upx), groups=c)
+        x = F.pad(x, [px0 - (kw - 1), px1 - (kw - upx), py0 - (kh - 1), py1 - (kh - upy)])
+    else:
+        taps = k.shape[0]
+        x = F.conv_transpose2d(x, k.reshape(1, 1, 1, taps).expand(c, 1, 1, taps), stride=(1, upx), groups=c)
+        x = F.conv_transpose2d(x, k.reshape(1, 1, taps, 1).expand(c, 1, taps, 1), stride=(upy, 1), groups=c)
+        x = F.pad(x, [px0 - (taps - 1), px1 - (taps - upx), py0 - (taps - 1), py1 - (taps - upy)])
+    if downx > 1 or downy > 1:
+        x = x[:, :, ::downy, ::downx]
     return x
 
 

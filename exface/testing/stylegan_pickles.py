@@ -200,7 +200,10 @@ def _randomize(net: nn.Module, seed: int) -> None:
 def _set_w_avg(net: nn.Module, seed: int, n: int = 2000) -> None:
     gen = torch.Generator().manual_seed(seed + 2)
     z = torch.randn(n, net.z_dim, generator=gen)
-    net.mapping.w_avg.copy_(net.mapping(z)[:, 0].mean(0))
+    c = None
+    if net.c_dim > 0:  # random one-hot labels
+        c = torch.eye(net.c_dim)[torch.randint(net.c_dim, (n,), generator=gen)]
+    net.mapping.w_avg.copy_(net.mapping(z, c)[:, 0].mean(0))
 
 
 def build_stylegan2(
