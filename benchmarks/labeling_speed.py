@@ -10,6 +10,11 @@ disagreement can only come from float32 rounding (BLAS GEMM vs GEMV summation or
 for a similarity within an ulp or so of its row's median; the script prints how many and
 how close they were.
 
+Both sides run on ``--threads`` CPU threads (default 1: numpy's BLAS through
+threadpoolctl, torch and the selection workers alike), which compares per core and keeps
+the numbers stable on a shared machine, where 2-thread BLAS/OpenMP runs stall on
+oversubscribed cores.
+
 Run: ``.venv/bin/python benchmarks/labeling_speed.py`` (R = N = 20000, dim 128, random
 unit embeddings; ``--help`` for sizes).
 """
@@ -17,6 +22,7 @@ unit embeddings; ``--help`` for sizes).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -45,18 +51,29 @@ def main() -> None:
     ap.add_argument("--literal-refs", type=int, default=2,
                     help="references for the literal ExFaceGAN path (0 skips it)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for both sides")
     args = ap.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(limits=args.threads):
+        _run(args)
+
+
+def _run(args) -> None:
 
     rng = np.random.default_rng(args.seed)
     bank = rng.standard_normal((args.n, args.dim)).astype(np.float32)
     bank /= np.linalg.norm(bank, axis=1, keepdims=True)
     refs = bank  # ExFaceGAN: every bank latent is also a reference
-    print(f"R = N = {args.n}, dim = {args.dim}, torch threads = {torch.get_num_threads()}, "
-          f"device = CPU{' (CUDA available)' if torch.cuda.is_available() else ''}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"R = N = {args.n}, dim = {args.dim}, threads = {args.threads} (both sides), device = CPU"
+          f"{' (CUDA available, not used)' if torch.cuda.is_available() else ''}, "
+          f"1-min load average at start = {load:.2f}")
 
     label_identities(bank[:256], refs[:64], use_gpu=False)  # warm-up (thread pool, BLAS)
     t = time.perf_counter()
-    fast = label_identities(bank, refs, use_gpu=False).numpy()
+    fast = label_identities(bank, refs, use_gpu=False, num_threads=args.threads).numpy()
     t_fast = time.perf_counter() - t
     print(f"exface label_identities (median rule):        {t_fast:8.3f} s")
 
@@ -81,7 +98,7 @@ def main() -> None:
               f"(float32 rounding ties)")
 
     t = time.perf_counter()
-    loo = label_identities(bank, refs, self_indices=np.arange(args.n), use_gpu=False)
+    loo = label_identities(bank, refs, self_indices=np.arange(args.n), use_gpu=False, num_threads=args.threads)
     print(f"exface with leave-one-out (self_indices):    {time.perf_counter() - t:8.3f} s "
           f"(-1 on the diagonal: {bool((loo.diagonal() == -1).all())})")
 

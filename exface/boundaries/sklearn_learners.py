@@ -1,0 +1,223 @@
+"""Boundary learners that loop a scikit-learn linear classifier over references.
+
+:class:`LinearSVCBoundary` with ``minmax_scale=True, balanced_split=True`` is ExFaceGAN's
+recipe (``train_boundaries.py``): latents min-max scaled to [-1, 1] (scaler fitted on
+the whole bank), for each reference an equal number of positive and negative latents
+split 70/30 into train/validation, ``LinearSVC(dual=False)``. The difference: ExFaceGAN
+keeps the normal in the *scaled* space, which is not a direction of the raw latent
+space; here the hyperplane is folded back to raw latents before normalizing (see
+:func:`hyperplanes_to_raw`), as the :class:`~exface.boundaries.base.Boundaries`
+contract requires. :class:`LogisticBoundary` is the same loop with logistic regression.
+
+These are the reference implementations (one sklearn fit per reference, ~20-150 ms
+each); :class:`~exface.boundaries.torch_svm.TorchLinearSVM` fits all references at once.
+
+The module also holds the helpers every learner shares: label checks, the seeded
+latent split and the affine fold-back to raw space.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from exface.boundaries.base import Boundaries, BoundaryLearner
+from exface.boundaries.metrics import balanced_accuracy, roc_auc
+
+__all__ = [
+    "LinearSVCBoundary",
+    "LogisticBoundary",
+    "check_boundary_inputs",
+    "hyperplanes_to_raw",
+    "latent_split",
+]
+
+
+def check_boundary_inputs(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    """Validate the learner contract's inputs; returns ``x float32 [N, d]``, ``y int8 [R, N]``."""
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    if x.ndim != 2 or not x.is_floating_point():
+        raise ValueError(f"latents x must be a float [N, d] array, got {x.dtype} of shape {tuple(x.shape)}")
+    if y.ndim == 1:
+        y = y[None]
+    if y.ndim != 2 or y.shape[1] != x.shape[0]:
+        raise ValueError(
+            f"labels y must be [R, N] with N = {x.shape[0]} latents (one row per reference), "
+            f"got shape {tuple(y.shape)}; transpose it if it is [N, R]"
+        )
+    if y.is_floating_point():
+        raise ValueError(f"labels y must be integers in {{1, 0, -1}}, got dtype {y.dtype}")
+    bad = (y != 1) & (y != 0) & (y != -1)
+    if bad.any():
+        raise ValueError(f"labels y must be 1 (positive), 0 (negative) or -1 (ignore); found {y[bad][0].item()}")
+    x = x.detach().float()
+    if not torch.isfinite(x).all():
+        raise ValueError("latents x contain NaN or inf")
+    return x, y.detach().to(torch.int8)
+
+
+def latent_split(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded random split of ``n`` latent indices into (train, val)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(n * val_fraction))
+    if n_val < 2 or n - n_val < 2:
+        raise ValueError(f"{n} latents are too few to hold out {val_fraction:.0%} for validation")
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def hyperplanes_to_raw(
+    weights: Tensor, biases: Tensor, scale: Tensor | None = None, shift: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Fold a hyperplane fitted on ``x' = scale * x + shift`` back to raw ``x``; unit normals.
+
+    ``w . x' + b = (w * scale) . x + (b + w . shift)``; the result is divided by
+    ``|w * scale|`` so normals have unit length and signed distances are Euclidean in
+    raw space. Min-max scaling to [-1, 1] is ``scale = 2 / (hi - lo)``,
+    ``shift = -1 - lo * scale``; standardization is ``scale = 1 / sigma``,
+    ``shift = -mu / sigma``. Inputs ``weights [R, d]``, ``biases [R]``.
+    """
+    w = weights.double()
+    b = biases.double()
+    if scale is not None:
+        w_raw = w * scale.double()
+    else:
+        w_raw = w
+    b_raw = b + (w * shift.double()).sum(1) if shift is not None else b
+    norm = w_raw.norm(dim=1)
+    if (norm == 0).any():
+        bad = (norm == 0).nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"boundaries {bad} have a zero normal (the classifier learned nothing); check that "
+            "those references have both positive and negative latents and a large enough C"
+        )
+    return (w_raw / norm[:, None]).float(), (b_raw / norm).float()
+
+
+class _SklearnLoopBoundary(BoundaryLearner):
+    """Shared loop: one sklearn linear classifier per reference."""
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        minmax_scale: bool = False,
+        balanced_split: bool = False,
+        val_fraction: float = 0.3,
+        seed: int = 0,
+        max_iter: int = 1000,
+        class_weight: str | None = None,
+        n_jobs: int = 1,
+    ) -> None:
+        if C <= 0:
+            raise ValueError(f"C must be > 0, got {C}")
+        self.C = C
+        self.minmax_scale = minmax_scale
+        self.balanced_split = balanced_split
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.max_iter = max_iter
+        self.class_weight = class_weight
+        self.n_jobs = n_jobs
+
+    @abstractmethod
+    def _estimator(self):
+        """A fresh sklearn linear classifier (``coef_``, ``intercept_``, ``decision_function``)."""
+
+    def _scaling(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.minmax_scale:
+            return np.ones(x.shape[1]), np.zeros(x.shape[1])
+        lo, hi = x.min(0), x.max(0)
+        rng = hi - lo
+        scale = np.where(rng > 0, 2.0 / np.where(rng > 0, rng, 1.0), 1.0)  # constant column: as MinMaxScaler
+        return scale, -1.0 - lo * scale
+
+    def _indices(self, yr: np.ndarray, r: int, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.balanced_split:
+            return train[yr[train] >= 0], val[yr[val] >= 0]
+        rng = np.random.default_rng([self.seed, r])
+        pos = rng.permutation(np.flatnonzero(yr == 1))
+        neg = rng.permutation(np.flatnonzero(yr == 0))
+        k = min(len(pos), len(neg))
+        n_tr = int(k * (1.0 - self.val_fraction))
+        tr = np.concatenate([pos[:n_tr], neg[:n_tr]])
+        va = np.concatenate([pos[n_tr:k], neg[n_tr:k]])
+        return tr, va
+
+    def _fit_one(self, xs: np.ndarray, yr: np.ndarray, r: int, train, val):
+        tr, va = self._indices(yr, r, train, val)
+        n_pos, n_neg = int((yr[tr] == 1).sum()), int((yr[tr] == 0).sum())
+        if n_pos == 0 or n_neg == 0:
+            raise ValueError(
+                f"reference {r} has {n_pos} positive and {n_neg} negative training latents; every "
+                "reference needs both (check its labels, or use a larger bank)"
+            )
+        est = self._estimator().fit(xs[tr], yr[tr])
+        scores = est.decision_function(xs[va]) if len(va) else np.zeros(0)
+        return est.coef_.reshape(-1).copy(), float(np.ravel(est.intercept_)[0]), scores, yr[va]
+
+    def fit(self, x: Tensor, y: Tensor, space: str = "w") -> Boundaries:
+        x_t, y_t = check_boundary_inputs(x, y)
+        x_np = x_t.double().numpy()
+        y_np = y_t.numpy()
+        scale, shift = self._scaling(x_np)
+        xs = x_np * scale + shift
+        train, val = (t.numpy() for t in latent_split(x_np.shape[0], self.val_fraction, self.seed))
+        rows = range(y_np.shape[0])
+        if self.n_jobs == 1:
+            fits = [self._fit_one(xs, y_np[r], r, train, val) for r in rows]
+        else:
+            from joblib import Parallel, delayed
+
+            fits = Parallel(n_jobs=self.n_jobs)(delayed(self._fit_one)(xs, y_np[r], r, train, val) for r in rows)
+        weights = torch.from_numpy(np.stack([f[0] for f in fits]))
+        biases = torch.tensor([f[1] for f in fits], dtype=torch.float64)
+        normals, offsets = hyperplanes_to_raw(weights, biases, torch.from_numpy(scale), torch.from_numpy(shift))
+        ba, auc = [], []
+        for _, _, scores, labels in fits:
+            s = torch.from_numpy(np.asarray(scores, dtype=np.float32))[None]
+            lab = torch.from_numpy(np.asarray(labels, dtype=np.int8))[None]
+            ba.append(balanced_accuracy(s, lab)[0])
+            auc.append(roc_auc(s, lab)[0])
+        meta = {
+            "learner": type(self).__name__,
+            "C": float(self.C),
+            "minmax_scale": bool(self.minmax_scale),
+            "balanced_split": bool(self.balanced_split),
+            "val_fraction": float(self.val_fraction),
+            "seed": int(self.seed),
+        }
+        return Boundaries(normals, offsets, space, torch.stack(ba), torch.stack(auc), meta)
+
+
+class LinearSVCBoundary(_SklearnLoopBoundary):
+    """One sklearn ``LinearSVC`` (squared hinge, L2, primal) per reference; ExFaceGAN's learner.
+
+    ``LinearSVCBoundary(minmax_scale=True, balanced_split=True)`` reproduces ExFaceGAN's
+    recipe; normals are returned in raw latent space. ``dual=False`` as in ExFaceGAN
+    (primal TRON, the fast choice when latents outnumber dimensions).
+    """
+
+    def __init__(self, C: float = 1.0, minmax_scale: bool = False, balanced_split: bool = False,
+                 val_fraction: float = 0.3, seed: int = 0, max_iter: int = 1000,
+                 class_weight: str | None = None, n_jobs: int = 1, dual: bool = False) -> None:
+        super().__init__(C, minmax_scale, balanced_split, val_fraction, seed, max_iter, class_weight, n_jobs)
+        self.dual = dual
+
+    def _estimator(self):
+        from sklearn.svm import LinearSVC
+
+        return LinearSVC(C=self.C, dual=self.dual, max_iter=self.max_iter, class_weight=self.class_weight)
+
+
+class LogisticBoundary(_SklearnLoopBoundary):
+    """One sklearn ``LogisticRegression`` (L2, lbfgs) per reference."""
+
+    def _estimator(self):
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight)

@@ -1,0 +1,115 @@
+"""ExFaceGAN identity labelling: exactness against the numpy loop, leave-one-out, balance, rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from exface.exfacegan.labeling import label_identities, numpy_median_labels, similarities
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    a = rng.standard_normal((n, d)).astype(np.float32)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n_bank", [100, 101, 257])
+def test_median_labels_equal_numpy_loop(n_bank):
+    rng = np.random.default_rng(n_bank)
+    bank, refs = _unit(rng, n_bank, 16), _unit(rng, 23, 16)
+    fast = label_identities(bank, refs, chunk_size=5, use_gpu=False)
+    assert fast.dtype == torch.int8 and fast.shape == (23, n_bank)
+    np.testing.assert_array_equal(fast.numpy(), numpy_median_labels(bank, refs))
+    # by construction half (floor) of every row is above the median
+    assert (fast.numpy().sum(1) == n_bank // 2).all()
+
+
+def test_median_is_numpy_median_for_even_rows_with_ties_at_the_middle():
+    # row values 0,1,2,3 (+ noise-free): numpy median is 1.5, so exactly 2 and 3 are above
+    bank = np.eye(4, dtype=np.float32)
+    ref = np.array([[0.0, 1.0, 2.0, 3.0]], dtype=np.float32)
+    np.testing.assert_array_equal(label_identities(bank, ref, use_gpu=False).numpy(), [[0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("n_bank", [60, 61])
+def test_leave_one_out_matches_numpy_with_deleted_self(n_bank):
+    rng = np.random.default_rng(1)
+    bank = _unit(rng, n_bank, 8)
+    self_idx = np.array([0, 5, 17, -1, n_bank - 1])
+    refs = bank[np.maximum(self_idx, 0)].copy()
+    refs[3] = _unit(rng, 1, 8)[0]  # a reference outside the bank
+    lab = label_identities(bank, refs, self_indices=self_idx, chunk_size=2, use_gpu=False).numpy()
+    np.testing.assert_array_equal(lab, numpy_median_labels(bank, refs, self_idx))
+    for r, j in enumerate(self_idx):
+        if j >= 0:
+            assert lab[r, j] == -1
+            # the median is over the other n_bank - 1 latents, the self-match (cosine 1) excluded
+            assert (lab[r] == 1).sum() == (n_bank - 1) // 2
+    assert (lab[3] != -1).all()
+
+
+def test_balance_subsamples_larger_class_seeded():
+    rng = np.random.default_rng(2)
+    bank, refs = _unit(rng, 200, 8), _unit(rng, 6, 8)
+    raw = label_identities(bank, refs, rule="threshold", threshold=0.3, use_gpu=False).numpy()
+    a = label_identities(bank, refs, rule="threshold", threshold=0.3, balance=True, seed=3, use_gpu=False).numpy()
+    b = label_identities(bank, refs, rule="threshold", threshold=0.3, balance=True, seed=3, use_gpu=False).numpy()
+    c = label_identities(bank, refs, rule="threshold", threshold=0.3, balance=True, seed=4, use_gpu=False).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    for r in range(6):
+        n_pos, n_neg = (raw[r] == 1).sum(), (raw[r] == 0).sum()
+        assert (a[r] == 1).sum() == (a[r] == 0).sum() == min(n_pos, n_neg)
+        kept = a[r] != -1
+        np.testing.assert_array_equal(a[r][kept], raw[r][kept])  # only drops, never flips
+
+
+def test_threshold_and_topk_rules():
+    rng = np.random.default_rng(3)
+    bank, refs = _unit(rng, 120, 8), _unit(rng, 7, 8)
+    sims = (refs @ bank.T).astype(np.float32)
+    thr = label_identities(bank, refs, rule="threshold", threshold=0.2, use_gpu=False).numpy()
+    np.testing.assert_array_equal(thr, (sims > 0.2).astype(np.int8))
+    top = label_identities(bank, refs, rule="topk", k=10, use_gpu=False).numpy()
+    assert (top.sum(1) == 10).all()
+    for r in range(7):
+        np.testing.assert_array_equal(np.sort(np.flatnonzero(top[r])), np.sort(np.argsort(-sims[r])[:10]))
+
+
+def test_topk_leave_one_out_excludes_self():
+    rng = np.random.default_rng(4)
+    bank = _unit(rng, 80, 8)
+    self_idx = np.arange(5)
+    lab = label_identities(bank, bank[:5], rule="topk", k=4, self_indices=self_idx, use_gpu=False).numpy()
+    sims = bank[:5] @ bank.T
+    for r in range(5):
+        assert lab[r, r] == -1 and (lab[r] == 1).sum() == 4
+        order = [j for j in np.argsort(-sims[r]) if j != r][:4]
+        np.testing.assert_array_equal(np.sort(np.flatnonzero(lab[r] == 1)), np.sort(order))
+
+
+def test_similarities_are_cosines_of_unnormalized_inputs():
+    rng = np.random.default_rng(5)
+    bank, refs = rng.standard_normal((30, 6)) * 3, rng.standard_normal((4, 6))
+    s = similarities(torch.tensor(bank), refs, chunk_size=3)
+    expect = (refs / np.linalg.norm(refs, axis=1, keepdims=True)) @ (bank / np.linalg.norm(bank, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(s.numpy(), expect, atol=1e-6)
+
+
+def test_bad_inputs_name_the_problem():
+    bank = np.ones((10, 4), np.float32)
+    with pytest.raises(ValueError, match="dim"):
+        label_identities(bank, np.ones((2, 5), np.float32))
+    with pytest.raises(ValueError, match="all-zero"):
+        label_identities(np.zeros((10, 4), np.float32), bank[:2])
+    with pytest.raises(ValueError, match="threshold"):
+        label_identities(bank, bank[:2], rule="threshold")
+    with pytest.raises(ValueError, match="k"):
+        label_identities(bank, bank[:2], rule="topk")
+    with pytest.raises(ValueError, match="unknown rule"):
+        label_identities(bank, bank[:2], rule="mean")
+    with pytest.raises(ValueError, match="one entry per reference"):
+        label_identities(bank, bank[:2], self_indices=[0])
+    with pytest.raises(ValueError, match="NaN"):
+        label_identities(np.full((10, 4), np.nan, np.float32), bank[:2])
