@@ -141,7 +141,7 @@ def test_boundary_fit_module_fast_dev_run_and_save(tmp_path):
     x, y, _ = _separable(n=200, d=4, r=3)
     dm = _InMemoryBoundaryData(x, y, torch.arange(140), torch.arange(140, 200), batch_size=64, space="w")
     out = tmp_path / "sub" / "boundaries.pt"
-    module = BoundaryFitModule(C=10.0, save_path=str(out))
+    module = BoundaryFitModule(C=10.0, optimizer="adam", lr=0.05, save_path=str(out))
     trainer = pl.Trainer(fast_dev_run=True, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(module, datamodule=dm)

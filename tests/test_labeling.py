@@ -113,3 +113,24 @@ def test_bad_inputs_name_the_problem():
         label_identities(bank, bank[:2], self_indices=[0])
     with pytest.raises(ValueError, match="NaN"):
         label_identities(np.full((10, 4), np.nan, np.float32), bank[:2])
+
+
+def test_gpu_code_paths_give_the_same_labels(monkeypatch):
+    """The CUDA branches (torch.kthvalue median, torch top-k when FAISS has no GPU) are plain
+    torch code; run them on the CPU device here so they are checked without a GPU."""
+    from exface.exfacegan import labeling as lab
+
+    rng = np.random.default_rng(6)
+    bank = _unit(rng, 91, 8)
+    refs = bank[:9].copy()
+    self_idx = np.array([0, 1, 2, 3, -1, 5, 6, 7, 8])
+    for si in (None, self_idx):
+        out = torch.empty(9, 91, dtype=torch.int8)
+        b_t, r_t = torch.from_numpy(bank), torch.from_numpy(refs)
+        lab._median_labels_cuda(b_t, r_t, si, out, 4, torch.device("cpu"))
+        np.testing.assert_array_equal(out.numpy(), numpy_median_labels(bank, refs, si))
+    monkeypatch.setattr(lab, "_faiss_index", lambda bank, device: None)
+    out = torch.empty(9, 91, dtype=torch.int8)
+    lab._topk_labels(torch.from_numpy(bank), torch.from_numpy(refs), self_idx, out, 5, torch.device("cpu"))
+    expect = label_identities(bank, refs, rule="topk", k=5, self_indices=self_idx, use_gpu=False)
+    np.testing.assert_array_equal(out.numpy(), expect.numpy())

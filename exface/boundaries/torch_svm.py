@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
@@ -234,6 +235,10 @@ class BoundaryFitModule(pl.LightningModule):
     dataloaders yield ``{"x": float [B, d], "y": int8 [B, R]}`` (labels 1 / 0 / -1 =
     ignore). Before the first epoch it makes one pass over the training data for the
     per-reference class counts, the standardization statistics and the ridge start.
+    One device only (``trainer.devices=1``); a GPU helps once R x N is large. With the
+    default L-BFGS, give it one batch per epoch (batch size >= training latents) when
+    it fits in memory; each epoch is then ``lbfgs_max_iter`` L-BFGS iterations, and
+    converged references stop moving, so extra epochs cost one evaluation each.
 
     Args:
         C: LinearSVC's C (larger = weaker L2 penalty).
@@ -283,6 +288,11 @@ class BoundaryFitModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- construction
     def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            raise ValueError(
+                "BoundaryFitModule trains on one device (it sets gradients itself, outside DDP's "
+                f"all-reduce); got world_size={self.trainer.world_size}: set trainer.devices=1"
+            )
         if self.svm is not None:
             return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -316,11 +326,17 @@ class BoundaryFitModule(pl.LightningModule):
         if int(self.num_train) == 0:  # not prepared yet (a resumed checkpoint already is)
             self._prepare(self.trainer.datamodule.train_dataloader())
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["exface_val_metrics"] = {"balanced_accuracy": self.val_balanced_accuracy, "auc": self.val_auc}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Build the SVM from the checkpoint's shapes when loading outside a Trainer."""
         w = checkpoint.get("state_dict", {}).get("svm.weight")
         if self.svm is None and w is not None:
             self.configure_svm(*w.shape)
+        metrics = checkpoint.get("exface_val_metrics", {})
+        self.val_balanced_accuracy = metrics.get("balanced_accuracy")
+        self.val_auc = metrics.get("auc")
 
     @torch.no_grad()
     def _prepare(self, loader) -> None:
@@ -334,7 +350,9 @@ class BoundaryFitModule(pl.LightningModule):
         sum_s = torch.zeros(r, dtype=torch.float64, device=dev)
         n_pos = torch.zeros(r, dtype=torch.float64, device=dev)
         n_neg = torch.zeros(r, dtype=torch.float64, device=dev)
+        n_batches = 0
         for batch in loader:
+            n_batches += 1
             x, y = self._unpack(batch)
             x = x.to(dev, torch.float32)
             y = y.to(dev)
@@ -349,6 +367,11 @@ class BoundaryFitModule(pl.LightningModule):
             sum_s += s.sum(0, dtype=torch.float64)
             n_pos += pos.sum(0, dtype=torch.float64)
             n_neg += neg.sum(0, dtype=torch.float64)
+        if n_batches > 1 and self.hparams.optimizer == "lbfgs":
+            rank_zero_warn(
+                f"BoundaryFitModule: L-BFGS on {n_batches} minibatches per epoch converges poorly; use one "
+                "batch holding all training latents, or optimizer='adam' with lr ~0.01-0.05"
+            )
         empty = ((n_pos == 0) | (n_neg == 0)).nonzero().flatten()
         if len(empty):
             raise ValueError(

@@ -340,7 +340,9 @@ def _faiss_index(bank: Tensor, device: torch.device):
     if device.type == "cuda":
         if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
             res = faiss.StandardGpuResources()
-            return faiss.index_cpu_to_gpu(res, device.index or 0, index)
+            gpu_index = faiss.index_cpu_to_gpu(res, device.index or 0, index)
+            gpu_index._exface_resources = res  # keep the GPU resources alive with the index
+            return gpu_index
         return None
     return index
 
