@@ -17,15 +17,14 @@ from torch import Tensor
 from exface.alignment.base import Aligner
 from exface.alignment.geometry import warp_affine
 from exface.alignment.keypoints import to_keypoints
-from exface.alignment.landmarks import LandmarkSource
+from exface.alignment.landmarks import FACE_BOXES, LandmarkSource
 from exface.alignment.templates import ArcFaceTemplate, DlibChipTemplate, FaceTemplate, make_template
 from exface.registry import create_part
 
 __all__ = ["LandmarkAligner", "ArcFaceAligner", "DlibChipAligner", "LFW_DEEPFUNNELED_BOX"]
 
-#: Relative face box of LFW's 250x250 deep-funneled images (the face is centred and about
-#: 100 px wide); a good first box for :class:`~exface.alignment.landmarks.FaceApiLandmarks`.
-LFW_DEEPFUNNELED_BOX = (0.28, 0.28, 0.72, 0.72)
+#: Relative face box of LFW's 250x250 deep-funneled images (``FACE_BOXES["lfw_deepfunneled"]``).
+LFW_DEEPFUNNELED_BOX = FACE_BOXES["lfw_deepfunneled"]
 
 
 def _make_source(source: str | LandmarkSource, source_args: dict[str, Any] | None) -> LandmarkSource:
@@ -44,7 +43,7 @@ class LandmarkAligner(Aligner):
             ``arcface96``, ``dlib``) or a :class:`~exface.alignment.templates.FaceTemplate`.
         source: a registered landmark source name (``FaceApiLandmarks``, ``DlibLandmarks``,
             ``MTCNNLandmarks``) or an instance.
-        source_args: keyword arguments of the source, e.g. ``{"box": (0.28, 0.28, 0.72, 0.72)}``.
+        source_args: keyword arguments of the source, e.g. ``{"box": "lfw_deepfunneled"}``.
         antialias: pre-shrink with a Gaussian pyramid when crops shrink more than 2x.
         detach_landmarks: block gradients through the landmark estimate (the crop stays
             differentiable with respect to the pixels it samples).
@@ -106,9 +105,12 @@ class ArcFaceAligner(LandmarkAligner):
 
 
 class DlibChipAligner(LandmarkAligner):
-    """dlib-style face chips (``get_face_chip(img, shape5, 150, 0.25)`` geometry) for dlib's /
-    face-api's ResNet face descriptor. Default landmarks: face-api's 68-point net, reduced to
-    dlib's 5 points (eye corners, nose base)."""
+    """dlib-style 150x150 face chips (dlib ``get_face_chip`` geometry) for dlib/face-api's ResNet.
+
+    Same geometry as ``dlib.get_face_chip(img, shape5, size, padding)``. Default landmarks:
+    face-api's 68-point net, reduced to dlib's 5 points (eye corners, nose base). On LFW's
+    deep-funneled images pass ``source_args={"box": "lfw_deepfunneled"}``.
+    """
 
     def __init__(
         self,

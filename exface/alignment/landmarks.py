@@ -41,19 +41,36 @@ __all__ = [
     "MTCNNLandmarks",
     "box_from_landmarks",
     "resolve_box",
+    "FACE_BOXES",
     "face_recognition_models_path",
 ]
 
 Box = Sequence[float]
 
 
-def resolve_box(box: Box | None, n: int, height: int, width: int, device=None) -> Tensor:
-    """Relative ``(x0, y0, x1, y1)`` in [0, 1] (or None = whole image) -> ``[n, 4]`` pixel boxes.
+#: Named relative face boxes ``(x0, y0, x1, y1)`` for :class:`FaceApiLandmarks` and
+#: :class:`DlibLandmarks`: ``full`` (the whole image: faces that fill the frame, such as
+#: ArcFace/DigiFace-style 112x112 crops) and ``lfw_deepfunneled`` (the median box of
+#: face-api's SSD detector on LFW's 250x250 deep-funneled images, from
+#: ``tests/tfjs_reference/calibrate_ssd_box.py``).
+FACE_BOXES = {
+    "full": (0.0, 0.0, 1.0, 1.0),
+    "lfw_deepfunneled": (0.293, 0.279, 0.684, 0.754),
+}
+
+
+def resolve_box(box: Box | str | None, n: int, height: int, width: int, device=None) -> Tensor:
+    """Relative ``(x0, y0, x1, y1)`` in [0, 1], a name in :data:`FACE_BOXES`, or None (whole
+    image) -> ``[n, 4]`` pixel boxes.
 
     Pixel boxes use the pixel-edge convention: the whole image is ``(0, 0, W, H)``.
     """
     if box is None:
-        box = (0.0, 0.0, 1.0, 1.0)
+        box = FACE_BOXES["full"]
+    if isinstance(box, str):
+        if box not in FACE_BOXES:
+            raise ValueError(f"unknown face box {box!r}; named boxes are {', '.join(FACE_BOXES)}")
+        box = FACE_BOXES[box]
     if len(box) != 4 or not (0 <= box[0] < box[2] <= 1.5 and 0 <= box[1] < box[3] <= 1.5):
         raise ValueError(
             f"box must be relative (x0, y0, x1, y1) with x0 < x1 and y0 < y1, fractions of the "
@@ -67,11 +84,12 @@ def resolve_box(box: Box | None, n: int, height: int, width: int, device=None) -
     return b.expand(n, 4).clone()
 
 
-#: Calibration of :func:`box_from_landmarks`: on 807 LFW fold-1 images, face-api's SSD
-#: detector box, relative to the bounding box of face-api's 68 landmarks (width w, height h,
-#: centre (cx, cy)), has centre ``(cx + dx w, cy + dy h)`` and size ``(sw w, sh h)``.
-#: Measured with ``tests/tfjs_reference/run.cjs`` (model "detect"); see tests/test_alignment.py.
-SSD_BOX_FROM_LANDMARKS = {"dx": 0.0, "dy": -0.1, "sw": 1.15, "sh": 1.25}
+#: Calibration of :func:`box_from_landmarks`: face-api's SSD detector box relative to the
+#: bounding box of face-api's 68 landmarks (width w, height h, centre (cx, cy)): centre
+#: ``(cx + dx w, cy + dy h)``, size ``(sw w, sh h)``. Medians over the 90 faces SSD found in
+#: 100 LFW fold-1 images (spread: dy +-0.05, sh +-0.11), measured on TF.js with
+#: ``python tests/tfjs_reference/calibrate_ssd_box.py``.
+SSD_BOX_FROM_LANDMARKS = {"dx": 0.008, "dy": -0.137, "sw": 1.014, "sh": 1.297}
 
 
 def box_from_landmarks(points: Tensor, square: bool = True) -> Tensor:
@@ -108,8 +126,11 @@ class FaceApiLandmarks(LandmarkSource):
 
     Args:
         manifest: TF.js weights manifest (default: the zoo's ``faceapi-face-landmark-68``).
-        box: relative ``(x0, y0, x1, y1)`` the first pass crops (default: the whole image).
-            Use it when the face fills only part of the frame at a known place.
+        box: relative ``(x0, y0, x1, y1)`` the first pass crops, or a name in
+            :data:`FACE_BOXES` (default: the whole image, right for faces that fill the frame).
+            Give the face's usual place when it fills only part of the frame (on LFW's
+            deep-funneled images ``"lfw_deepfunneled"``: starting from the whole 250x250
+            image instead costs ~10 points of LFW accuracy downstream).
         refine: further passes, each on the square face box derived from the previous pass's
             landmarks (:func:`box_from_landmarks`). 0 trusts ``box`` as the face box.
         square: crop a square around the box (the net's input is square).
@@ -120,7 +141,7 @@ class FaceApiLandmarks(LandmarkSource):
     def __init__(
         self,
         manifest: str | Path | None = None,
-        box: tuple[float, float, float, float] | None = None,
+        box: tuple[float, float, float, float] | str | None = None,
         refine: int = 1,
         square: bool = True,
     ) -> None:
@@ -129,7 +150,7 @@ class FaceApiLandmarks(LandmarkSource):
             raise ValueError(f"refine must be >= 0, got {refine}")
         self.net = FaceLandmark68Net.from_manifest(manifest)
         self.net.requires_grad_(False)
-        self.box = tuple(box) if box is not None else None
+        self.box = box if box is None or isinstance(box, str) else tuple(box)
         self.refine = int(refine)
         self.square = bool(square)
         resolve_box(self.box, 1, 1, 1)  # validate early
@@ -191,14 +212,15 @@ class DlibLandmarks(LandmarkSource):
         points: 5 (``dlib5`` scheme, what dlib's face-chip alignment uses) or 68 (``ibug68``).
         detect: find the face with dlib's HOG detector (largest face; upsampled ``upsample``
             times); when it finds none, or with ``detect=False``, the predictor runs on ``box``.
-        box: relative ``(x0, y0, x1, y1)`` face box (default: the whole image).
+        box: relative ``(x0, y0, x1, y1)`` face box or a name in :data:`FACE_BOXES`
+            (default: the whole image).
     """
 
     def __init__(
         self,
         points: int = 5,
         detect: bool = True,
-        box: tuple[float, float, float, float] | None = None,
+        box: tuple[float, float, float, float] | str | None = None,
         upsample: int = 1,
     ) -> None:
         super().__init__()
@@ -213,7 +235,7 @@ class DlibLandmarks(LandmarkSource):
         self._predictor = dlib.shape_predictor(str(face_recognition_models_path(name)))
         self._detector = dlib.get_frontal_face_detector() if detect else None
         self.points = points
-        self.box = tuple(box) if box is not None else None
+        self.box = box if box is None or isinstance(box, str) else tuple(box)
         self.upsample = int(upsample)
         resolve_box(self.box, 1, 1, 1)
 
@@ -250,7 +272,7 @@ class MTCNNLandmarks(LandmarkSource):
 
     scheme = "insightface5"
 
-    def __init__(self, fallback_box: tuple[float, float, float, float] | None = None) -> None:
+    def __init__(self, fallback_box: tuple[float, float, float, float] | str | None = None) -> None:
         super().__init__()
         try:
             from facenet_pytorch import MTCNN
@@ -260,7 +282,7 @@ class MTCNNLandmarks(LandmarkSource):
                 "`pip install facenet-pytorch` (or use FaceApiLandmarks, the default source)"
             ) from err
         self._mtcnn = MTCNN(keep_all=False, select_largest=True, device="cpu")
-        self.fallback_box = tuple(fallback_box) if fallback_box is not None else None
+        self.fallback_box = fallback_box if fallback_box is None or isinstance(fallback_box, str) else tuple(fallback_box)
         if self.fallback_box is not None:
             resolve_box(self.fallback_box, 1, 1, 1)
 
