@@ -134,3 +134,15 @@ def test_gpu_code_paths_give_the_same_labels(monkeypatch):
     lab._topk_labels(torch.from_numpy(bank), torch.from_numpy(refs), self_idx, out, 5, torch.device("cpu"))
     expect = label_identities(bank, refs, rule="topk", k=5, self_indices=self_idx, use_gpu=False)
     np.testing.assert_array_equal(out.numpy(), expect.numpy())
+
+
+def test_ties_zeros_and_negative_similarities_match_numpy():
+    """Duplicated bank rows (tied similarities), orthogonal ones (exact zeros) and negatives:
+    the int32-key selection must order them exactly as numpy's float median does."""
+    rng = np.random.default_rng(7)
+    base = _unit(rng, 5, 6)
+    bank = np.concatenate([np.repeat(base, 9, axis=0), np.eye(6, dtype=np.float32), -base[:3]])
+    refs = np.concatenate([base[:2], np.eye(6, dtype=np.float32)[:2], _unit(rng, 3, 6)])
+    for n in (len(bank), len(bank) - 1):
+        b = bank[:n]
+        np.testing.assert_array_equal(label_identities(b, refs, use_gpu=False).numpy(), numpy_median_labels(b, refs))

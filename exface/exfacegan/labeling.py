@@ -211,26 +211,51 @@ def _median_labels_cpu(bank, refs, self_idx, out, rows, num_threads) -> None:
 
 
 def _median_block(n_bank: int, s: np.ndarray, p: np.ndarray, o: np.ndarray, excl) -> None:
-    """Labels ``o = s > median(row)`` for one block of rows; ``p`` is scratch space."""
+    """Labels ``o = s > median(row)`` for one block of rows; ``p`` is scratch space.
+
+    The selection runs on order-preserving int32 keys of the float32 similarities
+    (:func:`_sortable_keys`): numpy partitions int32 ~1.5x faster than float32, and the
+    key transform doubles as the copy that partitioning needs anyway.
+    """
     mid = n_bank // 2  # see _row_medians for why one partition at N // 2 suffices
-    np.copyto(p, s)
+    k = p.view(np.int32)
+    _sortable_keys(s.view(np.int32), out=k)
     has = None
     if excl is not None:
         has = np.flatnonzero(excl >= 0)
-        p[has, excl[has]] = np.inf  # sorts last, outside the valid ranks
-    p.partition(mid, axis=1)
-    upper = p[:, mid].copy()
-    need_lower = _needs_lower(n_bank, excl, len(p))
+        k[has, excl[has]] = _INF_KEY  # +inf sorts last, outside the valid ranks
+    k.partition(mid, axis=1)
+    upper = _sortable_keys(k[:, mid].copy()).view(np.float32)
+    need_lower = _needs_lower(n_bank, excl, len(k))
     if need_lower.all():
-        lower = p[:, :mid].max(axis=1)
+        lower_k = k[:, :mid].max(axis=1)
     else:
-        lower = upper.copy()
+        lower_k = k[:, mid].copy()
         for i in np.flatnonzero(need_lower):
-            lower[i] = p[i, :mid].max()
+            lower_k[i] = k[i, :mid].max()
+    lower = _sortable_keys(lower_k).view(np.float32)
     med = _row_medians(n_bank, excl, lower, upper)
     np.greater(s, med[:, None], out=o.view(np.bool_))
     if has is not None and len(has):
         o[has, excl[has]] = -1
+
+
+_INF_KEY = np.array([np.inf], dtype=np.float32).view(np.int32)[0]
+
+
+def _sortable_keys(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Map float32 bit patterns (as int32) to int32 keys with the same order, and back.
+
+    Non-negative floats already order like their bit patterns; negative ones order in
+    reverse, so their 31 non-sign bits are flipped. The map is its own inverse. (-0.0
+    sorts just below +0.0; both are the same value, so medians are unaffected.)
+    """
+    if out is None:
+        out = np.empty_like(bits)
+    np.right_shift(bits, 31, out=out)  # 0 or -1
+    np.bitwise_and(out, 0x7FFFFFFF, out=out)
+    np.bitwise_xor(out, bits, out=out)
+    return out
 
 
 def _row_blocks(n: int, parts: int) -> list[slice]:
