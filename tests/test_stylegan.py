@@ -253,11 +253,15 @@ def test_inert_training_classes_and_legacy_torch_streams():
         torch.testing.assert_close(back["view"], base[1:, ::2])
         assert back["half"].dtype == torch.float16 and back["scalar"] == 0.25 and back["set"] == {1, 2}
         assert list(back["np"]) == [5, 5]
-    buf = io.BytesIO()
-    torch.save(obj, buf, _use_new_zipfile_serialization=False)
-    back = safe_load(buf.getvalue())
-    torch.testing.assert_close(back["view"], base[1:, ::2])
-    torch.testing.assert_close(back["param"], torch.ones(2))
+    for zip_format in (False, True):
+        buf = io.BytesIO()
+        torch.save(obj, buf, _use_new_zipfile_serialization=zip_format)
+        back = safe_load(buf.getvalue())
+        torch.testing.assert_close(back["view"], base[1:, ::2])
+        torch.testing.assert_close(back["param"], torch.ones(2))
+    # dtypes that torch pickles over untyped storages (_rebuild_tensor_v3)
+    odd = {"u16": torch.arange(5).to(torch.uint16)}
+    assert safe_load(pickle.dumps(odd))["u16"].tolist() == [0, 1, 2, 3, 4]
 
     # a class from NVIDIA's training namespace: recorded, never imported
     data = b"\x80\x02ctraining.dataset\nImageFolderDataset\n)\x81}X\x04\x00\x00\x00pathX\x05\x00\x00\x00x.zipsb."

@@ -14,8 +14,9 @@ __all__ = ["DCGANDigiFace"]
 
 
 class DCGANDigiFace(Generator):
-    """DCGAN face generator: z ``[N, 100]`` -> 64x64 RGB in [-1, 1]; no mapping network,
-    so z is the only latent space.
+    """DCGAN trained on DigiFace-1M (the offline default): z [N, 100] -> 64x64 RGB.
+
+    Images are in [-1, 1]. There is no mapping network, so z is the only latent space.
 
     Args:
         weights: path of the package's ``weights.tar``; None fetches the model-zoo entry

@@ -173,12 +173,14 @@ _STORAGE_DTYPES = {
     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool, "ComplexFloatStorage": torch.complex64,
-    "ComplexDoubleStorage": torch.complex128,
+    "ComplexDoubleStorage": torch.complex128, "UntypedStorage": torch.uint8,
 }
 _TORCH_DTYPES = {
     str(d).removeprefix("torch."): d
     for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-              torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128)
+              torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
+              *(getattr(torch, n) for n in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2")
+                if hasattr(torch, n)))
 }
 
 
@@ -227,6 +229,17 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: int, size: Any, stride: Any
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
+def _rebuild_tensor_v3(storage: Any, storage_offset: int, size: Any, stride: Any, requires_grad: bool,
+                       backward_hooks: Any, dtype: Any, metadata: Any = None) -> Tensor:
+    """Tensors of newer dtypes are pickled over an untyped (byte) storage plus a dtype."""
+    if not isinstance(dtype, torch.dtype):
+        raise pickle.UnpicklingError(f"expected a torch dtype, found {dtype!r}")
+    flat = _as_flat(storage)
+    typed = _Storage(dtype, 0)
+    typed.flat = flat.view(torch.uint8).view(dtype) if flat.numel() else torch.empty(0, dtype=dtype)
+    return _rebuild_tensor(typed, storage_offset, size, stride)
+
+
 def _rebuild_parameter(data: Tensor, requires_grad: bool = False, backward_hooks: Any = None, *_: Any) -> Tensor:
     if not isinstance(data, Tensor):
         raise pickle.UnpicklingError(f"a parameter must wrap a tensor, found {type(data).__name__}")
@@ -237,7 +250,7 @@ class _TensorType:
     """Marker for ``torch.Tensor`` / ``torch.nn.Parameter`` named as a type argument."""
 
 
-_REBUILDERS: set[Callable] = {_rebuild_tensor, _rebuild_tensor_v2, _rebuild_parameter}
+_REBUILDERS: set[Callable] = {_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter}
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
@@ -344,6 +357,7 @@ def _safe_globals() -> dict[tuple[str, str], Any]:
     table: dict[tuple[str, str], Any] = {
         ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
         ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
@@ -374,6 +388,7 @@ def _safe_globals() -> dict[tuple[str, str], Any]:
     for name, dtype in _STORAGE_DTYPES.items():
         table[("torch", name)] = _StorageType(dtype)
         table[("torch.cuda", name)] = _StorageType(dtype)
+    table[("torch.storage", "UntypedStorage")] = _StorageType(torch.uint8)
     for name, dtype in _TORCH_DTYPES.items():
         table[("torch", name)] = dtype
     for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "Int16DType",
