@@ -177,6 +177,9 @@ def test_stylegan3_round_trip(sg3_pkls):
         assert isinstance(ours, StyleGAN3Generator)
         z = torch.randn(2, 32, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(ours(z), ref(z), atol=0, rtol=0)
+        ws = ours.mapping(z)
+        torch.testing.assert_close(ours.synthesis(ws, fused_modconv=True), ours.synthesis(ws, fused_modconv=False),
+                                   atol=1e-5, rtol=1e-5)
         layer = getattr(ours.synthesis, ours.synthesis.layer_names[1])
         if cfg == "R":  # radial (2-D) downsampling filters and 1x1 convolutions
             assert layer.weight.shape[-1] == 1 and layer.down_filter.ndim == 2

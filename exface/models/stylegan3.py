@@ -53,11 +53,12 @@ def modulated_conv2d_sg3(
     if demodulate:
         w = w * w.square().mean([1, 2, 3], keepdim=True).rsqrt()
         s = s * s.square().mean().rsqrt()
-    wm = w.unsqueeze(0) * s.reshape(batch, 1, in_channels, 1, 1)  # [N, O, I, k, k]
-    dcoefs = (wm.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt() if demodulate else None  # [N, O]
     gain = None if input_gain is None else input_gain.expand(batch, in_channels)
 
     if not fused:
+        # Scale activations instead of weights; the demodulation coefficients
+        # sum_{i,k} (w[o,i,k] s[n,i])^2 are one matmul.
+        dcoefs = (s.square() @ w.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt() if demodulate else None
         scale = s if gain is None else s * gain
         x = x * scale.to(x.dtype).reshape(batch, in_channels, 1, 1)
         x = F.conv2d(x, w.to(x.dtype), padding=padding)
@@ -65,8 +66,9 @@ def modulated_conv2d_sg3(
             x = x * dcoefs.to(x.dtype).reshape(batch, out_channels, 1, 1)
         return x
 
-    if dcoefs is not None:
-        wm = wm * dcoefs.reshape(batch, out_channels, 1, 1, 1)
+    wm = w.unsqueeze(0) * s.reshape(batch, 1, in_channels, 1, 1)  # [N, O, I, k, k]
+    if demodulate:
+        wm = wm * (wm.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(batch, out_channels, 1, 1, 1)
     if gain is not None:
         wm = wm * gain.reshape(batch, 1, in_channels, 1, 1)
     x = x.reshape(1, -1, *x.shape[2:])
