@@ -393,3 +393,18 @@ def test_rosinality_training_checkpoint_without_latent_avg(tmp_path):
     assert (loaded.mapping.w_avg - net.mapping.w_avg).abs().max() < 0.15
     z = torch.randn(2, 32)
     torch.testing.assert_close(loaded(z), net(z), atol=0, rtol=0)
+
+
+def test_float16_path_stays_close_to_float32():
+    """The num_fp16_res layers (float16 on CUDA) run here on CPU via force_fp16: the
+    float16 pre-normalisation, clamping and dtype hand-offs keep the image within ~1e-3."""
+    net2 = build_stylegan2(resolution=16, channels=16, num_fp16_res=2, seed=6)
+    net3 = build_stylegan3(resolution=16, channel_base=512, channel_max=32, num_layers=4, num_fp16_res=2, seed=6)
+    for net in (net2, net3):
+        ws = net.mapping(torch.randn(2, 32))
+        ref = net.synthesis(ws)
+        for fused in (True, False):
+            half = net.synthesis(ws, force_fp16=True, fused_modconv=fused)
+            assert half.dtype == torch.float32
+            assert (half - ref).abs().max() < 0.01 * ref.abs().max()
+            assert (half - ref).abs().max() > 0  # it did run in float16

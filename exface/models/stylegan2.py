@@ -407,9 +407,10 @@ class SynthesisBlock(nn.Module):
         fused_modconv: bool | None = None,
         force_fp32: bool = False,
         generator: torch.Generator | None = None,
+        force_fp16: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         w_iter = iter(ws.unbind(dim=1))
-        use_fp16 = self.use_fp16 and not force_fp32 and ws.device.type == "cuda"
+        use_fp16 = self.use_fp16 and not force_fp32 and (ws.device.type == "cuda" or force_fp16)
         dtype = torch.float16 if use_fp16 else torch.float32
         if fused_modconv is None:
             # One grouped convolution is fastest for a single sample; for a batch, a shared
@@ -485,7 +486,11 @@ class SynthesisNetwork(nn.Module):
         fused_modconv: bool | None = None,
         force_fp32: bool = False,
         generator: torch.Generator | None = None,
+        force_fp16: bool = False,
     ) -> Tensor:
+        """Render w+. The ``num_fp16_res`` highest resolutions run in float16 on CUDA
+        (``force_fp32`` disables that; ``force_fp16`` enables it on other devices, which
+        is slow and meant for checking the float16 path)."""
         check_noise_mode(noise_mode)
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
@@ -498,7 +503,7 @@ class SynthesisNetwork(nn.Module):
             w_idx += block.num_conv
             x, img = block(
                 x, img, block_ws, noise_mode=noise_mode, fused_modconv=fused_modconv,
-                force_fp32=force_fp32, generator=generator,
+                force_fp32=force_fp32, generator=generator, force_fp16=force_fp16,
             )
         return img
 

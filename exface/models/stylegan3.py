@@ -214,12 +214,13 @@ class SynthesisLayer3(nn.Module):
         pad_hi = pad_total - pad_lo
         self.padding = [int(pad_lo[0]), int(pad_hi[0]), int(pad_lo[1]), int(pad_hi[1])]
 
-    def forward(self, x: Tensor, w: Tensor, force_fp32: bool = False, fused: bool = True) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor, force_fp32: bool = False, fused: bool = True,
+                force_fp16: bool = False) -> Tensor:
         input_gain = self.magnitude_ema.rsqrt()
         styles = self.affine(w)
         if self.is_torgb:
             styles = styles * (1 / np.sqrt(self.in_channels * self.conv_kernel**2))
-        use_fp16 = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
+        use_fp16 = self.use_fp16 and not force_fp32 and (x.device.type == "cuda" or force_fp16)
         dtype = torch.float16 if use_fp16 else torch.float32
         x = modulated_conv2d_sg3(
             x.to(dtype), self.weight, styles, padding=self.conv_kernel - 1,
@@ -302,9 +303,11 @@ class SynthesisNetwork3(nn.Module):
 
     def forward(
         self, ws: Tensor, noise_mode: str = "const", force_fp32: bool = False, fused_modconv: bool | None = None,
-        **_unused: Any,
+        force_fp16: bool = False, **_unused: Any,
     ) -> Tensor:
-        """``noise_mode`` is accepted for API symmetry with StyleGAN2; StyleGAN3 has no noise."""
+        """Render w+; ``noise_mode`` is accepted for API symmetry (StyleGAN3 has no noise).
+        float16 layers run in float16 on CUDA unless ``force_fp32``; ``force_fp16`` runs
+        them in float16 on other devices too (slow; for checking that path)."""
         check_noise_mode(noise_mode)
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
@@ -313,7 +316,7 @@ class SynthesisNetwork3(nn.Module):
         ws_list = ws.to(torch.float32).unbind(dim=1)
         x = self.input(ws_list[0])
         for name, w in zip(self.layer_names, ws_list[1:]):
-            x = getattr(self, name)(x, w, force_fp32=force_fp32, fused=fused_modconv)
+            x = getattr(self, name)(x, w, force_fp32=force_fp32, fused=fused_modconv, force_fp16=force_fp16)
         if self.output_scale != 1:
             x = x * self.output_scale
         return x.to(torch.float32)
