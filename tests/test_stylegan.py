@@ -157,11 +157,11 @@ def test_pickle_layout_and_round_trip(sg2_pkl):
         torch.testing.assert_close(ours.state_dict()[k], v, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("layout", ["ada", "stylegan3"])
+@pytest.mark.parametrize("layout,protocol", [("ada", 3), ("stylegan3", 4), ("ada", 2)])
 @pytest.mark.parametrize("architecture", ["skip", "resnet", "orig"])
-def test_stylegan2_layouts_and_architectures(tmp_path, layout, architecture):
+def test_stylegan2_layouts_and_architectures(tmp_path, layout, protocol, architecture):
     net = build_stylegan2(resolution=16, channels=16, seed=2, architecture=architecture, num_fp16_res=2)
-    path = write_network_pickle(tmp_path / "g.pkl", net, layout=layout)
+    path = write_network_pickle(tmp_path / "g.pkl", net, layout=layout, protocol=protocol)
     rec = load_network_pickle(path)["G_ema"]
     assert ("synthesis_kwargs" in rec.init_kwargs) == (layout == "ada")
     loaded = load_stylegan(path)

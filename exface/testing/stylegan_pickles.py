@@ -93,9 +93,12 @@ class _Pickler(pickle._Pickler):  # the pure-Python pickler lets a type choose i
     dispatch = pickle._Pickler.dispatch.copy()
 
     def _save_global_ref(self, obj: _GlobalRef) -> None:
-        self.save(obj.module)
-        self.save(obj.name)
-        self.write(pickle.STACK_GLOBAL)
+        if self.proto >= 4:
+            self.save(obj.module)
+            self.save(obj.name)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("utf-8"))
         self.memoize(obj)
 
     dispatch[_GlobalRef] = _save_global_ref
@@ -157,11 +160,12 @@ def _generator_kwargs_out(net: nn.Module, layout: str) -> dict[str, Any]:
 
 
 def write_network_pickle(path: str | Path, G_ema: nn.Module, G: nn.Module | None = None, layout: str = "stylegan3",
-                         training_set_kwargs: dict[str, Any] | None = None) -> Path:
+                         training_set_kwargs: dict[str, Any] | None = None, protocol: int = 4) -> Path:
     """Write ``G_ema`` (and ``G``, default the same network) as an NVIDIA snapshot pickle.
 
     ``layout='ada'`` nests the synthesis kwargs under ``synthesis_kwargs`` like
     stylegan2-ada-pytorch; ``'stylegan3'`` passes them flat like the stylegan3 repo.
+    ``protocol`` 3 is what Python 3.7 (NVIDIA's published pickles) wrote by default.
     """
     if layout not in ("ada", "stylegan3"):
         raise ValueError("layout must be 'ada' or 'stylegan3'")
@@ -181,7 +185,7 @@ def write_network_pickle(path: str | Path, G_ema: nn.Module, G: nn.Module | None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        _Pickler(f, protocol=4).dump(data)
+        _Pickler(f, protocol=protocol).dump(data)
     return path
 
 
