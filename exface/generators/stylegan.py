@@ -40,7 +40,9 @@ def load_stylegan_network(pkl: str | Path, network: str = "G_ema") -> nn.Module:
             raise KeyError(f"{path} has no network {network!r}; it has {have}")
         return generator_from_record(data[network])
     if is_rosinality_checkpoint(data):
-        key = "g_ema" if network == "G_ema" else network
+        key = {"G_ema": "g_ema", "G": "g"}.get(network, network)
+        if not isinstance(data.get(key), dict):
+            raise KeyError(f"{path} is a rosinality checkpoint without a {key!r} generator state dict")
         latent_avg = data.get("latent_avg")
         return from_rosinality_state_dict(data[key], latent_avg=latent_avg if isinstance(latent_avg, Tensor) else None)
     raise ValueError(
