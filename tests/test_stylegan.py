@@ -280,6 +280,12 @@ def test_not_a_network_pickle_errors(tmp_path):
         load_network_pickle(p)
     with pytest.raises(ValueError, match="neither an NVIDIA"):
         StyleGAN2(str(p))
+    # a TensorFlow-era (G, D, Gs) tuple of dnnlib.tflib networks
+    tf = b"\x80\x02(cdnnlib.tflib.network\nNetwork\n)\x81}bcdnnlib.tflib.network\nNetwork\n)\x81}b" \
+         b"cdnnlib.tflib.network\nNetwork\n)\x81}bt."
+    p.write_bytes(tf)
+    with pytest.raises(ValueError, match="TensorFlow .* legacy.py"):
+        StyleGAN2(str(p))
     with pytest.raises(FileNotFoundError, match="no generator file"):
         StyleGAN2(str(tmp_path / "missing.pkl"))
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from exface.generators.base import Generator
-from exface.models.nvidia_pickle import PersistentRecord, generator_from_record, safe_load
+from exface.models.nvidia_pickle import PersistentRecord, check_not_tensorflow, generator_from_record, safe_load
 from exface.models.rosinality import from_rosinality_state_dict, is_rosinality_checkpoint
 from exface.models.stylegan2 import StyleGAN2Generator, check_noise_mode
 from exface.models.stylegan3 import StyleGAN3Generator
@@ -34,6 +34,7 @@ def load_stylegan_network(pkl: str | Path, network: str = "G_ema") -> nn.Module:
             f".pkl (e.g. ffhq.pkl from NVIDIA's model pages) or a rosinality stylegan2-pytorch .pt"
         )
     data = safe_load(path)
+    check_not_tensorflow(data, path)
     if isinstance(data, dict) and any(isinstance(v, PersistentRecord) for v in data.values()):
         if network not in data or not isinstance(data[network], PersistentRecord):
             have = sorted(k for k, v in data.items() if isinstance(v, PersistentRecord))

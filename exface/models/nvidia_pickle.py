@@ -54,6 +54,7 @@ __all__ = [
     "RestrictedUnpickler",
     "safe_load",
     "load_network_pickle",
+    "check_not_tensorflow",
     "load_stylegan",
     "generator_from_record",
     "record_tensors",
@@ -496,15 +497,20 @@ def safe_load(source: str | Path | bytes | BinaryIO) -> Any:
 # NVIDIA network pickles -> exface networks
 
 
-def load_network_pickle(path: str | Path) -> dict[str, Any]:
-    """The snapshot dict of an NVIDIA pickle with networks as :class:`PersistentRecord` s."""
-    data = safe_load(path)
+def check_not_tensorflow(data: Any, path: Any) -> None:
+    """TensorFlow-era pickles are a tuple ``(G, D, Gs)`` of ``dnnlib.tflib`` networks."""
     if isinstance(data, tuple) and len(data) == 3 and all(isinstance(x, InertObject) for x in data):
         raise ValueError(
             f"{path} is a TensorFlow StyleGAN/StyleGAN2 pickle (dnnlib.tflib networks); exface reads the "
-            f"PyTorch pickles of stylegan2-ada-pytorch / stylegan3. Convert it with NVIDIA's "
-            f"legacy.py (python legacy.py --source=in.pkl --dest=out.pkl) first."
+            f"PyTorch pickles of stylegan2-ada-pytorch / stylegan3. Convert it with NVIDIA's legacy.py "
+            f"(stylegan2-ada-pytorch: python legacy.py --source=in.pkl --dest=out.pkl) first."
         )
+
+
+def load_network_pickle(path: str | Path) -> dict[str, Any]:
+    """The snapshot dict of an NVIDIA pickle with networks as :class:`PersistentRecord` s."""
+    data = safe_load(path)
+    check_not_tensorflow(data, path)
     if not isinstance(data, dict) or not any(isinstance(v, PersistentRecord) for v in data.values()):
         raise ValueError(
             f"{path} is not an NVIDIA StyleGAN2-ADA/StyleGAN3 network pickle (expected a dict with "
