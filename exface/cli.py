@@ -180,7 +180,7 @@ def plugins_command(pattern: str = "*", kind: str | None = None) -> None:
         print(f"  {p.name:28s} {p.summary}  [{p.package}]")
     lightning = [c for c in _subclasses(LightningModule) + _subclasses(LightningDataModule)
                  if c.__module__.startswith("exface") or c.__module__.split(".")[0] in _plugin_tops()]
-    lightning = [c for c in lightning if _match(c.__name__, pattern)]
+    lightning = [c for c in lightning if _match(c.__name__, pattern) and not c.__name__.startswith("_")]
     if lightning and kind in (None, "lightning"):
         print("\nlightning modules and datamodules (recipes' model: / data:):")
         for c in sorted(lightning, key=lambda c: c.__name__):
