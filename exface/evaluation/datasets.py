@@ -1,0 +1,330 @@
+"""Readers for face-verification pair sets: insightface ``.bin`` files and LFW ``pairs.txt``.
+
+Both give a :class:`VerificationSet`: the images (decoded, or files to decode on demand),
+the pairs as index pairs into them, the same/different labels, and each pair's official
+fold when the format has one.
+
+The ``.bin`` format is a pickle, and unpickling runs code named in the file. These files
+are downloaded from third parties, so :func:`load_insightface_bin` uses a restricted
+unpickler: only lists, tuples, bytes, bools, and uint8/bool numpy arrays and scalars can be
+built, through stand-ins for the numpy globals such files name (they validate and copy raw
+data; no numpy object is unpickled); any other global is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["VerificationSet", "load_insightface_bin", "load_lfw_pairs", "load_verification_set"]
+
+
+@dataclass
+class VerificationSet:
+    """Pairs of face images labelled same/different person.
+
+    ``images`` holds decoded RGB uint8 ``[M, H, W, 3]`` faces (``.bin``), or is ``None`` and
+    ``paths`` names the ``M`` files (LFW). ``pairs[i] = (a, b)`` indexes them. ``folds`` is the
+    official fold id per pair, or ``None`` when the format has none. ``aligned`` says whether
+    the images are already aligned crops (``.bin``: ArcFace-aligned 112x112) or raw photos.
+    """
+
+    name: str
+    pairs: np.ndarray
+    issame: np.ndarray
+    folds: np.ndarray | None = None
+    images: np.ndarray | None = None
+    paths: list[Path] | None = None
+    aligned: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.images is None) == (self.paths is None):
+            raise ValueError("give exactly one of images or paths")
+        n = len(self.images) if self.images is not None else len(self.paths)
+        if self.pairs.ndim != 2 or self.pairs.shape[1] != 2 or len(self.pairs) != len(self.issame):
+            raise ValueError(f"pairs must be [P, 2] with one issame per pair, got {self.pairs.shape}, {self.issame.shape}")
+        if len(self.pairs) and (self.pairs.min() < 0 or self.pairs.max() >= n):
+            raise ValueError(f"pair indices must lie in 0..{n - 1}")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images) if self.images is not None else len(self.paths)
+
+    def image(self, i: int) -> np.ndarray:
+        """Image ``i`` as RGB uint8 ``[H, W, 3]``."""
+        if self.images is not None:
+            return self.images[i]
+        return _read_rgb(self.paths[i])
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _decode_jpeg(data: bytes, what: str) -> np.ndarray:
+    import cv2
+
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{what} is not a decodable image (JPEG/PNG); the .bin file is damaged")
+    return np.ascontiguousarray(img[:, :, ::-1])  # OpenCV decodes to BGR
+
+
+# --------------------------------------------------------------------------- insightface .bin
+
+
+class _DtypeStub:
+    """What the restricted unpickler builds for ``numpy.dtype(...)``: uint8 or bool only.
+
+    A stand-in rather than a real ``np.dtype``, because pickle's BUILD would call
+    ``__setstate__`` on it, and numpy's builtin dtypes are shared singletons.
+    """
+
+    def __init__(self, spec: Any, align: bool = False, copy: bool = False) -> None:
+        name = spec.decode() if isinstance(spec, bytes) else spec
+        if name in ("u1", "|u1", "uint8"):
+            self.dtype = np.dtype(np.uint8)
+        elif name in ("b1", "|b1", "?", "bool"):
+            self.dtype = np.dtype(bool)
+        else:
+            raise pickle.UnpicklingError(f"the .bin pickle asks for numpy dtype {name!r}; only uint8/bool are allowed")
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if not (isinstance(state, tuple) and len(state) >= 2 and state[1] in ("|", "=", "<", ">", b"|")):
+            raise pickle.UnpicklingError("the .bin pickle holds an unexpected numpy dtype state")
+        if any(x is not None for x in state[2:5]):
+            raise pickle.UnpicklingError("the .bin pickle holds a structured numpy dtype; only uint8/bool are allowed")
+
+
+class _ArrayStub:
+    """What the restricted unpickler builds for ``numpy.core.multiarray._reconstruct``; pickle's
+    BUILD fills it through :meth:`__setstate__` and :func:`_materialize` swaps in the array."""
+
+    def __init__(self, cls: Any, shape: Any = (0,), typecode: Any = b"b") -> None:
+        if cls is not _NDARRAY:
+            raise pickle.UnpicklingError("the .bin pickle reconstructs something other than a plain numpy array")
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, shape, dtype, is_fortran, raw bytes)
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError("the .bin pickle holds an unexpected numpy array state")
+        _, shape, dt, fortran, raw = state
+        if not isinstance(dt, _DtypeStub) or not isinstance(raw, (bytes, bytearray)):
+            raise pickle.UnpicklingError("the .bin pickle holds a numpy array that is not raw uint8/bool data")
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise pickle.UnpicklingError("the .bin pickle holds a numpy array with a bad shape")
+        arr = np.frombuffer(bytes(raw), dtype=dt.dtype)
+        if arr.size != int(np.prod(shape)):
+            raise pickle.UnpicklingError("the .bin pickle holds a numpy array whose data does not match its shape")
+        self.array = arr.reshape(shape, order="F" if fortran else "C")
+
+
+_NDARRAY = object()  # what the pickle gets for the global numpy.ndarray: a token, never the type
+
+
+def _np_scalar(dtype: Any, data: Any = None) -> bool:
+    """Stand-in for ``numpy.core.multiarray.scalar``: numpy bool labels (``np.True_``) only."""
+    if not isinstance(dtype, _DtypeStub) or dtype.dtype != np.dtype(bool) or not isinstance(data, bytes) or len(data) != 1:
+        raise pickle.UnpicklingError("the .bin pickle holds a numpy scalar that is not a bool")
+    return bool(data[0])
+
+
+def _materialize(obj: Any) -> Any:
+    """Replace array stand-ins by their arrays, through lists and tuples."""
+    if isinstance(obj, _ArrayStub):
+        if obj.array is None:
+            raise pickle.UnpicklingError("the .bin pickle holds a numpy array without data")
+        return obj.array
+    if isinstance(obj, list):
+        return [_materialize(x) for x in obj]
+    if isinstance(obj, tuple):
+        return tuple(_materialize(x) for x in obj)
+    return obj
+
+
+class _BinUnpickler(pickle.Unpickler):
+    """Unpickler for insightface ``.bin`` files that builds only data, never arbitrary objects."""
+
+    _ALLOWED = {
+        ("builtins", "list"): list,
+        ("builtins", "tuple"): tuple,
+        ("builtins", "bytes"): bytes,
+        ("builtins", "bool"): bool,
+        ("__builtin__", "list"): list,
+        ("__builtin__", "tuple"): tuple,
+        ("__builtin__", "bool"): bool,
+        ("numpy", "dtype"): _DtypeStub,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy.core.multiarray", "_reconstruct"): _ArrayStub,
+        ("numpy._core.multiarray", "_reconstruct"): _ArrayStub,
+        ("numpy.core.multiarray", "scalar"): _np_scalar,
+        ("numpy._core.multiarray", "scalar"): _np_scalar,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name} from a .bin file: a verification .bin holds only "
+                f"JPEG bytes and booleans, so this file is not one (or is malicious)"
+            ) from None
+
+
+def load_insightface_bin(path: str | Path, image_size: tuple[int, int] = (112, 112)) -> VerificationSet:
+    """Read an insightface verification ``.bin`` (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin`` ...).
+
+    The file is a pickle of ``(bins, issame_list)``: ``bins[2i]`` and ``bins[2i + 1]`` are the
+    JPEG-encoded aligned faces of pair ``i`` (bytes, or 1-D uint8 arrays). Images are decoded to
+    RGB uint8 and, if not already ``image_size`` (H, W), resized to it as insightface does.
+    Folds are not stored in the format: :func:`evaluate_verification` splits contiguously.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass an insightface verification .bin file")
+    with path.open("rb") as f:
+        try:
+            obj = _materialize(_BinUnpickler(f, encoding="bytes").load())
+        except pickle.UnpicklingError:
+            raise
+        except Exception as err:  # truncated/garbled files raise all sorts of errors
+            raise ValueError(f"{path} is not a readable insightface .bin pickle: {err}") from err
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
+        raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(obj).__name__}")
+    bins, issame = obj
+    issame = np.asarray([bool(x) for x in issame], dtype=bool)
+    if len(bins) != 2 * len(issame):
+        raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected two images per pair")
+    h, w = image_size
+    images = np.empty((len(bins), h, w, 3), dtype=np.uint8)
+    for i, b in enumerate(bins):
+        if isinstance(b, np.ndarray):
+            b = b.tobytes()
+        if not isinstance(b, (bytes, bytearray)):
+            raise ValueError(f"{path}: image {i} is a {type(b).__name__}, expected encoded image bytes")
+        img = _decode_jpeg(bytes(b), f"{path} image {i}")
+        if img.shape[:2] != (h, w):
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        images[i] = img
+    pairs = np.arange(len(bins)).reshape(-1, 2)
+    return VerificationSet(name=path.stem, pairs=pairs, issame=issame, images=images, aligned=True)
+
+
+# --------------------------------------------------------------------------- LFW pairs.txt
+
+
+def _lfw_image_root(image_dir: Path, some_name: str) -> Path:
+    """The folder holding ``<Name>/`` subfolders: ``image_dir`` itself or a known LFW subfolder."""
+    for cand in (image_dir, image_dir / "lfw-deepfunneled", image_dir / "lfw_funneled", image_dir / "lfw"):
+        if (cand / some_name).is_dir():
+            return cand
+    raise FileNotFoundError(
+        f"no folder {some_name!r} under {image_dir} (nor its lfw-deepfunneled/, lfw_funneled/, lfw/); "
+        f"pass the LFW image folder that holds one subfolder per person"
+    )
+
+
+def load_lfw_pairs(pairs_txt: str | Path, image_dir: str | Path | None = None) -> VerificationSet:
+    """Read LFW's official ``pairs.txt`` (or ``pairsDevTest.txt``) and locate the images.
+
+    Format: a header ``<folds> <pairs per class>`` (one number = one fold), then per fold that
+    many matched lines ``Name n1 n2`` followed by as many mismatched lines ``Name1 n1 Name2 n2``
+    (whitespace-separated; image ``n`` of ``Name`` is ``Name/Name_000n.jpg``). ``image_dir``
+    defaults to the folder of ``pairs_txt``; it (or its ``lfw-deepfunneled/``, ``lfw/`` ...)
+    must hold the per-person folders. Every image must exist. ``folds`` gets the official fold.
+    """
+    pairs_txt = Path(pairs_txt)
+    if not pairs_txt.is_file():
+        raise FileNotFoundError(f"{pairs_txt} does not exist; pass LFW's pairs.txt")
+    lines = [ln.split() for ln in pairs_txt.read_text().splitlines() if ln.strip()]
+    if not lines or not all(tok.isdigit() for tok in lines[0]) or len(lines[0]) not in (1, 2):
+        raise ValueError(f"{pairs_txt}: the first line must be '<folds> <pairs per class>' (or one number)")
+    n_folds, per_class = (1, int(lines[0][0])) if len(lines[0]) == 1 else map(int, lines[0])
+    body = lines[1:]
+    if len(body) != n_folds * 2 * per_class:
+        raise ValueError(
+            f"{pairs_txt}: the header promises {n_folds} folds x 2 x {per_class} pairs = "
+            f"{n_folds * 2 * per_class} lines but the file has {len(body)}"
+        )
+    root = _lfw_image_root(Path(image_dir) if image_dir is not None else pairs_txt.parent, body[0][0])
+
+    index: dict[tuple[str, int], int] = {}
+    keys: list[tuple[str, int]] = []
+
+    def idx(name: str, num: str, lineno: int) -> int:
+        if not num.isdigit():
+            raise ValueError(f"{pairs_txt} line {lineno}: image number {num!r} is not a number")
+        key = (name, int(num))
+        if key not in index:
+            index[key] = len(keys)
+            keys.append(key)
+        return index[key]
+
+    pairs, issame, folds = [], [], []
+    for i, tok in enumerate(body):
+        fold, pos = divmod(i, 2 * per_class)
+        same = pos < per_class
+        lineno = i + 2
+        if same and len(tok) == 3:
+            pairs.append((idx(tok[0], tok[1], lineno), idx(tok[0], tok[2], lineno)))
+        elif not same and len(tok) == 4:
+            pairs.append((idx(tok[0], tok[1], lineno), idx(tok[2], tok[3], lineno)))
+        else:
+            kind = "matched 'Name n1 n2'" if same else "mismatched 'Name1 n1 Name2 n2'"
+            raise ValueError(f"{pairs_txt} line {lineno}: expected a {kind} line, got {' '.join(tok)!r}")
+        issame.append(same)
+        folds.append(fold)
+
+    paths = [root / name / f"{name}_{num:04d}.jpg" for name, num in keys]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(paths)} images named by {pairs_txt} are missing under {root}, "
+            f"e.g. {missing[0]}; pass the LFW image folder these pairs belong to"
+        )
+    return VerificationSet(
+        name=f"lfw-{pairs_txt.stem}",
+        pairs=np.asarray(pairs, dtype=np.int64),
+        issame=np.asarray(issame, dtype=bool),
+        folds=np.asarray(folds, dtype=np.int64),
+        paths=paths,
+        aligned=False,
+        extra={"image_root": str(root), "official_folds": n_folds},
+    )
+
+
+def load_verification_set(path: str | Path, pairs: str | Path | None = None) -> VerificationSet:
+    """Open a ``.bin`` file, an LFW folder holding ``pairs.txt``, or ``pairs.txt`` itself.
+
+    ``pairs`` names the pairs file explicitly (then ``path`` is the image folder).
+    """
+    path = Path(path)
+    if pairs is not None:
+        return load_lfw_pairs(pairs, path)
+    if path.suffix == ".bin":
+        return load_insightface_bin(path)
+    if path.is_dir():
+        for name in ("pairs.txt", "pairsDevTest.txt"):
+            if (path / name).is_file():
+                return load_lfw_pairs(path / name, path)
+        raise FileNotFoundError(f"{path} has no pairs.txt; pass --pairs with the LFW pairs file")
+    if path.suffix == ".txt":
+        return load_lfw_pairs(path)
+    raise ValueError(f"{path}: give an insightface .bin file, an LFW folder with pairs.txt, or a pairs.txt")
