@@ -23,6 +23,7 @@ Weights come from face-api's TF.js manifest (uint8-quantized, filters in HWIO), 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,14 @@ def load_faceapi_resnet(manifest: str | Path) -> FaceApiResNet:
             f"{manifest} does not exist; pass face-api's face_recognition_model-weights_manifest.json "
             f"or fetch it with exface.zoo.fetch('faceapi-face-recognition')"
         )
+    try:
+        weights = load_tfjs_weights(manifest)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{manifest} is not a readable TF.js weights manifest ({type(err).__name__}: {err}); "
+            f"the file is truncated or not face-api's face_recognition_model-weights_manifest.json "
+            f"(fetch it again with `exface zoo --fetch-missing`)"
+        ) from err
     net = FaceApiResNet()
-    net.load_tfjs(load_tfjs_weights(manifest))
+    net.load_tfjs(weights)
     return net.eval()
