@@ -16,7 +16,13 @@ Two implementations of the fold/threshold search give identical numbers:
   ``calculate_roc`` uses; it is kept as the reference and the benchmark baseline.
 
 A pair is predicted "same" when ``score > threshold``; ties in accuracy resolve to the
-lowest threshold (the first maximum), in both implementations.
+lowest threshold (the first maximum), in both implementations. With no explicit grid the
+candidates of a fold are the midpoints between the *training* folds' distinct scores (see
+:func:`threshold_candidates`), so the held-out fold's scores never shape its threshold, and
+a perfectly separated training set gets the max-margin threshold half-way between its
+classes (a grid built from all scores would put it just above the highest training
+negative, where a held-out negative can fall on the wrong side). An explicit grid (e.g.
+insightface's ``np.arange(0, 4, 0.01)`` on distances) is searched as given.
 """
 
 from __future__ import annotations
@@ -137,11 +143,13 @@ def kfold_accuracy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Held-out accuracy and chosen threshold per fold, all thresholds of all folds at once.
 
-    ``folds`` gives each pair's fold id (0..k-1); ``thresholds`` the candidate grid (default
-    :func:`threshold_candidates`). Returns ``(accuracies [k], thresholds [k])``.
+    ``folds`` gives each pair's fold id (0..k-1); ``thresholds`` the candidate grid (default:
+    each fold's :func:`threshold_candidates` of its training scores). Returns
+    ``(accuracies [k], thresholds [k])``.
     """
     scores, issame, folds = _check(scores, issame, folds)
-    thr = threshold_candidates(scores) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    exact = thresholds is None
+    thr = threshold_candidates(scores) if exact else np.asarray(thresholds, dtype=np.float64)
     if thr.ndim != 1 or len(thr) == 0 or np.any(np.diff(thr) < 0):
         raise ValueError("thresholds must be a non-empty increasing 1-D grid")
     k = int(folds.max()) + 1
@@ -158,15 +166,27 @@ def kfold_accuracy(
     tn = n_fc[:, 0:1] - above[:, 0, :]  # different pairs predicted different
     correct = tp + tn  # [k, T] per fold
     n_f = n_fc.sum(axis=1)
-    train_correct = correct.sum(axis=0, keepdims=True) - correct
-    train_n = (n_f.sum() - n_f)[:, None]
-    if np.any(train_n == 0):
-        raise ValueError("a fold holds every pair; use at least two non-empty folds")
     if np.any(n_f == 0):
         raise ValueError(f"fold ids must be 0..{k - 1} with every fold non-empty")
-    best = np.argmax(train_correct / train_n, axis=1)  # first maximum = lowest threshold
-    acc = correct[np.arange(k), best] / n_f
-    return acc, thr[best]
+    if k < 2:
+        raise ValueError("a fold holds every pair; use at least two non-empty folds")
+    train_correct = correct.sum(axis=0, keepdims=True) - correct
+    best = np.argmax(train_correct, axis=1)  # first maximum = lowest threshold (one divisor per fold)
+    if not exact:
+        return correct[np.arange(k), best] / n_f, thr[best]
+    # The all-scores grid holds every training decision of every fold; the first maximum lies
+    # between two consecutive *training* scores, and the training-only candidate for the same
+    # decisions is their midpoint (or 1 beyond the end): what searching the training-only
+    # candidates would pick, as the loop does.
+    t = thr[best][:, None]  # [k, 1]; never equal to a score
+    train = folds[None, :] != np.arange(k)[:, None]  # [k, P]
+    below = np.where(train & (scores[None, :] < t), scores[None, :], -np.inf).max(axis=1)
+    over = np.where(train & (scores[None, :] > t), scores[None, :], np.inf).min(axis=1)
+    chosen = np.where(
+        np.isinf(below), over - 1.0, np.where(np.isinf(over), below + 1.0, (below + over) / 2)
+    )
+    hits = (scores > chosen[folds]) == issame
+    return np.bincount(folds, weights=hits, minlength=k) / n_f, chosen
 
 
 def kfold_accuracy_loop(
@@ -175,12 +195,14 @@ def kfold_accuracy_loop(
     """Reference implementation of :func:`kfold_accuracy`: for each fold, for each threshold,
     count correct decisions on the training folds (insightface's ``calculate_roc`` loop)."""
     scores, issame, folds = _check(scores, issame, folds)
-    thr = threshold_candidates(scores) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     k = int(folds.max()) + 1
     accs, chosen = np.zeros(k), np.zeros(k)
     for f in range(k):
         train, test = folds != f, folds == f
+        if not train.any() or not test.any():
+            raise ValueError(f"fold {f} is empty or holds every pair; use at least two non-empty folds")
         s_tr, y_tr = scores[train], issame[train]
+        thr = threshold_candidates(s_tr) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         train_acc = np.zeros(len(thr))
         for j, t in enumerate(thr):
             pred = s_tr > t

@@ -1,0 +1,215 @@
+"""The k-fold verification protocol and the threshold-free metrics."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from exface.evaluation.verification import (
+    contiguous_folds,
+    cosine_scores,
+    equal_error_rate,
+    evaluate_verification,
+    kfold_accuracy,
+    kfold_accuracy_loop,
+    roc_auc,
+    roc_curve,
+    stratified_folds,
+    tar_at_far,
+    threshold_candidates,
+)
+
+
+def _pairs(n: int, sep: float, seed: int = 0, ties: bool = False):
+    rng = np.random.default_rng(seed)
+    issame = rng.random(n) < 0.5
+    scores = rng.normal(size=n) + sep * issame
+    if ties:
+        scores = np.round(scores, 1)  # many exactly equal scores
+    return scores, issame
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorized_equals_loop_on_all_candidates(seed, ties):
+    scores, issame = _pairs(400, 1.0, seed, ties)
+    folds = contiguous_folds(len(scores), 10)
+    acc_v, thr_v = kfold_accuracy(scores, issame, folds)
+    acc_l, thr_l = kfold_accuracy_loop(scores, issame, folds)
+    np.testing.assert_array_equal(acc_v, acc_l)
+    np.testing.assert_array_equal(thr_v, thr_l)
+
+
+def test_vectorized_equals_loop_on_a_fixed_grid_with_uneven_folds():
+    scores, issame = _pairs(257, 0.7, seed=5)
+    grid = np.arange(-4, 4, 0.01)
+    folds = np.random.default_rng(3).integers(0, 7, size=len(scores))
+    acc_v, thr_v = kfold_accuracy(scores, issame, folds, grid)
+    acc_l, thr_l = kfold_accuracy_loop(scores, issame, folds, grid)
+    np.testing.assert_array_equal(acc_v, acc_l)
+    np.testing.assert_array_equal(thr_v, thr_l)
+    # A grid point equal to a score: "same" means strictly above the threshold.
+    s = np.array([0.0, 0.5, 0.5, 1.0])
+    y = np.array([False, False, True, True])
+    f = np.array([0, 1, 0, 1])
+    g = np.array([0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(kfold_accuracy(s, y, f, g)[0], kfold_accuracy_loop(s, y, f, g)[0])
+
+
+def test_perfect_separation_is_100_percent_with_a_separating_threshold():
+    scores, issame = _pairs(600, 0.0, seed=1)
+    scores = np.where(issame, 0.6 + 0.3 * np.abs(scores) / 4, 0.4 - 0.3 * np.abs(scores) / 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both classes present: no warning
+        res = evaluate_verification(scores, issame, folds=10)
+    assert res.accuracy == 1.0 and res.accuracy_std == 0.0
+    assert res.fold_accuracies == [1.0] * 10
+    assert all(0.4 <= t < 0.6 for t in res.fold_thresholds)
+    assert res.auc == 1.0 and res.eer == 0.0
+    assert res.tar_at_far["1e-03"] == 1.0
+    assert (res.num_pairs, res.num_same, res.num_folds) == (600, int(issame.sum()), 10)
+
+
+def test_held_out_scores_do_not_move_their_fold_threshold():
+    scores, issame = _pairs(300, 1.5, seed=8)
+    folds = contiguous_folds(300, 5)
+    _, thr = kfold_accuracy(scores, issame, folds)
+    moved = scores.copy()
+    moved[folds == 2] += np.random.default_rng(9).normal(size=(folds == 2).sum())
+    _, thr_moved = kfold_accuracy(moved, issame, folds)
+    assert thr_moved[2] == thr[2]
+
+
+def test_chance_scores_sit_near_half():
+    scores, issame = _pairs(4000, 0.0, seed=2)
+    res = evaluate_verification(scores, issame, folds=10)
+    assert abs(res.auc - 0.5) < 0.04
+    assert abs(res.eer - 0.5) < 0.04
+    assert 0.45 < res.accuracy < 0.56
+
+
+def test_auc_matches_pairwise_probability_and_sklearn():
+    from sklearn.metrics import roc_auc_score, roc_curve as sk_roc
+
+    scores, issame = _pairs(500, 1.0, seed=3, ties=True)
+    auc = roc_auc(scores, issame)
+    pos, neg = scores[issame], scores[~issame]
+    mann_whitney = ((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
+    assert auc == pytest.approx(mann_whitney, abs=1e-12)
+    assert auc == pytest.approx(roc_auc_score(issame, scores), abs=1e-12)
+    fpr, tpr, _ = roc_curve(scores, issame)
+    sk_fpr, sk_tpr, _ = sk_roc(issame, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+
+
+def test_eer_is_where_false_accepts_equal_false_rejects():
+    # Gaussian classes at +-d/2, unit variance: EER = Phi(-d/2).
+    rng = np.random.default_rng(4)
+    n, d = 20000, 2.0
+    issame = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    scores = np.r_[rng.normal(d / 2, 1, n), rng.normal(-d / 2, 1, n)]
+    expected = 0.5 * math.erfc((d / 2) / math.sqrt(2))  # Phi(-1) = 0.1587
+    assert equal_error_rate(scores, issame) == pytest.approx(expected, abs=0.01)
+    # At the EER threshold FPR and FNR agree.
+    fpr, tpr, _ = roc_curve(scores, issame)
+    i = np.argmin(np.abs(fpr - (1 - tpr)))
+    assert abs(fpr[i] - equal_error_rate(scores, issame)) < 1e-3
+
+
+def test_tar_at_far_reads_the_roc():
+    # 1000 different pairs: FAR 1e-3 allows exactly one false accept.
+    neg = np.linspace(0, 1, 1000)
+    pos = np.r_[np.full(50, 0.9995), np.full(50, 0.5)]
+    scores = np.r_[pos, neg]
+    issame = np.r_[np.ones(100, bool), np.zeros(1000, bool)]
+    tar = tar_at_far(scores, issame, fars=(1e-3, 0.6))
+    assert tar["1e-03"] == pytest.approx(0.5)  # 0.9995 beats all negatives but the top one
+    assert tar["6e-01"] == pytest.approx(1.0)
+    # Below 1/n: TAR at zero false accepts.
+    assert tar_at_far(scores, issame, fars=(1e-6,))["1e-06"] == pytest.approx(0.0)
+
+
+def test_one_class_gives_nan_metrics_and_a_warning():
+    scores = np.linspace(0.3, 0.9, 10)
+    issame = np.ones(10, bool)
+    with pytest.warns(UserWarning, match="one class"):
+        res = evaluate_verification(scores, issame, folds=5)
+    assert res.accuracy == 1.0
+    assert math.isnan(res.auc) and math.isnan(res.eer) and math.isnan(res.tar_at_far["1e-02"])
+
+
+def test_contiguous_folds_match_sklearn_kfold():
+    from sklearn.model_selection import KFold
+
+    for n, k in [(6000, 10), (605, 10), (11, 3)]:
+        folds = contiguous_folds(n, k)
+        for f, (_, test) in enumerate(KFold(k, shuffle=False).split(np.arange(n))):
+            np.testing.assert_array_equal(np.flatnonzero(folds == f), test)
+    with pytest.raises(ValueError, match="num_folds"):
+        contiguous_folds(5, 10)
+    with pytest.raises(ValueError, match="num_folds"):
+        contiguous_folds(50, 1)
+
+
+def test_stratified_folds_balance_class_ordered_pairs():
+    issame = np.r_[np.ones(300, bool), np.zeros(300, bool)]  # LFW's order within a fold
+    folds = stratified_folds(issame, 10)
+    for f in range(10):
+        assert (folds == f).sum() == 60 and issame[folds == f].sum() == 30
+    # Contiguous chunks of the same pairs would give single-class folds.
+    assert set(issame[contiguous_folds(600, 10) == 0]) == {True}
+
+
+def test_explicit_folds_are_used_as_given():
+    scores, issame = _pairs(300, 1.0, seed=6)
+    folds = np.arange(300) % 3
+    res = evaluate_verification(scores, issame, folds=folds)
+    acc, thr = kfold_accuracy_loop(scores, issame, folds)
+    assert res.num_folds == 3
+    np.testing.assert_array_equal(res.fold_accuracies, acc)
+    np.testing.assert_array_equal(res.fold_thresholds, thr)
+    assert res.accuracy == pytest.approx(acc.mean()) and res.accuracy_std == pytest.approx(acc.std())
+
+
+def test_threshold_candidates_cover_every_decision():
+    thr = threshold_candidates(np.array([0.5, 0.1, 0.5, 0.9]))
+    np.testing.assert_allclose(thr, [-0.9, 0.3, 0.7, 1.9])
+
+
+def test_cosine_scores():
+    a = np.array([[1.0, 0.0], [3.0, 4.0]])
+    b = np.array([[2.0, 0.0], [-3.0, -4.0]])
+    np.testing.assert_allclose(cosine_scores(a, b), [1.0, -1.0])
+    with pytest.raises(ValueError, match="zero embedding"):
+        cosine_scores(np.zeros((1, 2)), np.ones((1, 2)))
+    with pytest.raises(ValueError, match="one shape"):
+        cosine_scores(np.ones((2, 3)), np.ones((2, 4)))
+
+
+def test_bad_input_errors():
+    s, y = _pairs(40, 1.0)
+    f = contiguous_folds(40, 4)
+    with pytest.raises(ValueError, match="40 scores but 39 issame"):
+        kfold_accuracy(s, y[:-1], f)
+    with pytest.raises(ValueError, match="NaN"):
+        kfold_accuracy(np.r_[s[:-1], np.nan], y, f)
+    with pytest.raises(ValueError, match="booleans"):
+        kfold_accuracy(s, np.full(40, 2), f)
+    with pytest.raises(ValueError, match="fold ids"):
+        kfold_accuracy(s, y, f[:-1])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        kfold_accuracy(s, y, f - 1)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        kfold_accuracy(s, y, f.astype(float))
+    with pytest.raises(ValueError, match="every pair"):
+        kfold_accuracy(s, y, np.zeros(40, int))
+    with pytest.raises(ValueError, match="every fold non-empty"):
+        kfold_accuracy(s, y, np.where(f == 1, 2, f))
+    with pytest.raises(ValueError, match="increasing"):
+        kfold_accuracy(s, y, f, np.array([0.5, 0.1]))
+    with pytest.raises(ValueError, match="no pairs"):
+        evaluate_verification(np.array([]), np.array([], bool))
