@@ -8,7 +8,8 @@ The ``.bin`` format is a pickle, and unpickling runs code named in the file. The
 are downloaded from third parties, so :func:`load_insightface_bin` uses a restricted
 unpickler: only lists, tuples, bytes, bools, and uint8/bool numpy arrays and scalars can be
 built, through stand-ins for the numpy globals such files name (they validate and copy raw
-data; no numpy object is unpickled); any other global is refused.
+data; no numpy object is unpickled), plus ``_codecs.encode`` limited to rebuilding bytes
+(how Python 3 writes ``bytes`` at protocol 2); any other global is refused.
 """
 
 from __future__ import annotations
@@ -144,6 +145,29 @@ def _np_scalar(dtype: Any, data: Any = None) -> bool:
     return bool(data[0])
 
 
+def _codecs_encode(text: Any, encoding: Any = "latin1") -> bytes:
+    """Stand-in for ``_codecs.encode``: how Python 3 pickles ``bytes`` with protocol 2
+    (``encode(bytes.decode('latin1'), 'latin1')``). Only that exact round trip is allowed."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("the .bin pickle calls _codecs.encode other than to rebuild bytes")
+    return text.encode("latin1")
+
+
+def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+    """Stand-in for ``numpy.core.numeric._frombuffer`` (numpy arrays pickled with protocol 5)."""
+    if not isinstance(dtype, _DtypeStub) or not isinstance(buf, (bytes, bytearray)):
+        raise pickle.UnpicklingError("the .bin pickle holds a numpy array that is not raw uint8/bool data")
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError("the .bin pickle holds a numpy array with a bad shape")
+    order = order.decode() if isinstance(order, bytes) else order
+    if order not in ("C", "F"):
+        raise pickle.UnpicklingError("the .bin pickle holds a numpy array with a bad memory order")
+    arr = np.frombuffer(bytes(buf), dtype=dtype.dtype)
+    if arr.size != int(np.prod(shape)):
+        raise pickle.UnpicklingError("the .bin pickle holds a numpy array whose data does not match its shape")
+    return arr.reshape(shape, order=order)
+
+
 def _materialize(obj: Any) -> Any:
     """Replace array stand-ins by their arrays, through lists and tuples."""
     if isinstance(obj, _ArrayStub):
@@ -174,6 +198,9 @@ class _BinUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _ArrayStub,
         ("numpy.core.multiarray", "scalar"): _np_scalar,
         ("numpy._core.multiarray", "scalar"): _np_scalar,
+        ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+        ("_codecs", "encode"): _codecs_encode,
+        ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
     }
 
     def find_class(self, module: str, name: str) -> Any:
