@@ -148,7 +148,8 @@ class ExfaceCLI(LightningCLI):
         if not self._is_exface_command():
             super().instantiate_classes()
             return
-        self.config_init = self.parser.instantiate_classes(self.config)
+        instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
+        self.config_init = instantiate(self.config)
         self.model = self.datamodule = self.trainer = None
 
     def _run_subcommand(self, subcommand: str) -> None:

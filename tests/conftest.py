@@ -24,3 +24,13 @@ def empty_zoo(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "exface-home"
     monkeypatch.setenv("EXFACE_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_is_restored():
+    """No test may leak a global autograd switch into the next one."""
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)

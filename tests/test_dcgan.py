@@ -9,7 +9,13 @@ import torch
 from exface.generators import DCGANDigiFace
 from exface.models.dcgan import DCGANGenerator, load_dcgan_weights
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """These tests only run inference; keep autograd off inside each test, not globally."""
+    with torch.no_grad():
+        yield
 
 # The state-dict keys of gan-face-generate's models.Generator (ngf=64, nc=3, nz=100).
 _PACKAGE_KEYS = [f"main.{i}.weight" for i in (0, 3, 6, 9, 12)] + [

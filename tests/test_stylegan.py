@@ -42,7 +42,13 @@ from exface.testing.stylegan_pickles import (
     write_network_pickle,
 )
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """These tests only run inference; keep autograd off inside each test, not globally."""
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")

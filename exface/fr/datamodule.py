@@ -49,7 +49,7 @@ class IdentityFolderDataset(Dataset):
         img = Image.open(self.paths[i]).convert("RGB")
         if img.size != (self.image_size[1], self.image_size[0]):
             img = img.resize((self.image_size[1], self.image_size[0]), Image.BILINEAR)
-        arr = np.asarray(img)
+        arr = np.array(img)
         if self.transform is not None:
             arr = self.transform(image=arr)["image"]
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 127.5 - 1.0
