@@ -1,0 +1,182 @@
+"""``IdentityBankDataModule``: the latent bank, identity labels and the train/val split for ``exface fit``.
+
+It drives the ExFaceGAN recipe's data side: build (or resume) a :class:`LatentBank`, take
+its first ``num_references`` latents as the reference identities (ExFaceGAN's references
+are bank latents, hence ``leave_one_out``), label every bank latent for every reference
+with :func:`~exface.exfacegan.labeling.label_identities`, and serve ``{"x", "y"}`` batches
+to :class:`~exface.boundaries.torch_svm.BoundaryFitModule`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from exface.alignment.base import Aligner
+from exface.embedders.base import IdentityEmbedder
+from exface.exfacegan.labeling import label_identities
+from exface.exfacegan.latent_bank import LatentBank
+from exface.generators.base import Generator
+
+__all__ = ["IdentityBankDataModule"]
+
+log = logging.getLogger(__name__)
+
+
+class _IndexBatches(torch.utils.data.Dataset):
+    """``ds[list_of_indices]`` is one ``{"x", "y"}`` batch (the DataLoader does no collation)."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, idx) -> dict[str, Tensor]:
+        idx = torch.as_tensor(idx)
+        return {"x": self.x[idx], "y": self.y[idx]}
+
+
+class IdentityBankDataModule(pl.LightningDataModule):
+    """Latents of a bank with their identity labels for R reference identities.
+
+    Batches are ``{"x": float32 [B, d], "y": int8 [B, R]}`` (1 = looks like the reference,
+    0 = does not, -1 = ignore for that reference). Attributes for the model:
+    ``latent_dim`` (d), ``num_references`` (R), ``space``.
+
+    Args:
+        generator, embedder, aligner: the parts; the identity embedding of a latent is
+            ``embedder(aligner(generator.synthesize(z)))``.
+        bank_dir: where the bank lives (resumed when it exists with the same settings;
+            an error naming the differences otherwise).
+        num_latents, chunk_size: bank size and latents per chunk file.
+        num_references: R, the first R bank latents.
+        space: latent space the boundaries live in: ``"w"`` or ``"z"`` (must be one of the
+            generator's ``latent_spaces``; DCGAN has only z).
+        label_rule, top_k, threshold, leave_one_out, balance: see ``label_identities``
+            (``top_k`` is its ``k`` for ``label_rule="topk"``).
+        val_fraction: share of bank latents held out for validation (seeded split).
+        batch_size: training batch size; None = one full batch (what L-BFGS needs).
+        seed: seeds the bank's latents, the split and ``balance``.
+        accelerator, devices: for the bank build (Lightning predict; several devices share
+            the chunks). The boundary fit itself uses the trainer's settings.
+        bank_batch_size: images per forward pass while building the bank.
+        store_images: keep the generator's uint8 images in the bank (disk: N * 3 * H * W bytes).
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        embedder: IdentityEmbedder,
+        aligner: Aligner,
+        bank_dir: str,
+        num_latents: int = 20000,
+        chunk_size: int = 1000,
+        num_references: int = 200,
+        space: str = "w",
+        label_rule: str = "median",
+        top_k: int | None = None,
+        threshold: float | None = None,
+        leave_one_out: bool = True,
+        balance: bool = False,
+        val_fraction: float = 0.3,
+        batch_size: int | None = None,
+        seed: int = 0,
+        accelerator: str = "auto",
+        devices: int | str = 1,
+        bank_batch_size: int = 64,
+        store_images: bool = False,
+    ) -> None:
+        super().__init__()
+        if space not in generator.latent_spaces or space == "w+":
+            usable = [s for s in generator.latent_spaces if s != "w+"]
+            raise ValueError(
+                f"{type(generator).__name__} has latent spaces {list(generator.latent_spaces)}; "
+                f"space={space!r} is not usable for boundaries; pass space= one of {usable}"
+            )
+        if not 1 <= num_references < num_latents:
+            raise ValueError(f"num_references must be in [1, num_latents={num_latents}), got {num_references}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None (full batch), got {batch_size}")
+        self.save_hyperparameters(ignore=["generator", "embedder", "aligner"])
+        self.generator, self.embedder, self.aligner = generator, embedder, aligner
+        self.bank_dir = Path(bank_dir)
+        self.space = space
+        self.latent_dim = generator.w_dim if space == "w" else generator.z_dim
+        self.num_references = int(num_references)
+        self.bank: LatentBank | None = None
+        self.labels: Tensor | None = None
+        self._train: _IndexBatches | None = None
+        self._val: _IndexBatches | None = None
+
+    # ---------------------------------------------------------------- the bank
+    def build_bank(self) -> LatentBank:
+        """Build or resume the bank (idempotent once complete)."""
+        h = self.hparams
+        t0 = time.perf_counter()
+        bank = LatentBank.build(
+            self.bank_dir, self.generator, self.aligner, self.embedder, num_latents=h.num_latents,
+            chunk_size=h.chunk_size, seed=h.seed, batch_size=h.bank_batch_size, store_images=h.store_images,
+            accelerator=h.accelerator, devices=h.devices,
+        )
+        log.info("latent bank %s ready in %.1f s (%d latents)", self.bank_dir, time.perf_counter() - t0, bank.num_latents)
+        return bank
+
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node: the bank is built (on the bank's
+        # own devices) before any rank's setup() reads it.
+        self.build_bank()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is not None:
+            return
+        bank = LatentBank(self.bank_dir)
+        if not bank.is_complete:  # prepare_data was skipped (e.g. a direct setup() call)
+            bank = self.build_bank()
+        self.bank = bank
+        h = self.hparams
+        data = bank.load((self.space, "embedding"))
+        x, emb = data[self.space].float(), data["embedding"].float()
+        ref_idx = torch.arange(self.num_references)
+        bank.write_references(ref_idx)
+        self.labels = label_identities(
+            emb, emb[ref_idx], rule=h.label_rule, k=h.top_k, threshold=h.threshold,
+            self_indices=ref_idx if h.leave_one_out else None, balance=h.balance, seed=h.seed,
+        )
+        n = x.shape[0]
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(h.seed))
+        n_val = max(1, int(round(n * h.val_fraction)))
+        if n - n_val < 2:
+            raise ValueError(f"num_latents={n} leaves fewer than 2 training latents at val_fraction={h.val_fraction}")
+        val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+        y = self.labels.T.contiguous()  # [N, R]
+        self._train = _IndexBatches(x[train_idx].contiguous(), y[train_idx])
+        self._val = _IndexBatches(x[val_idx].contiguous(), y[val_idx])
+        self.train_indices, self.val_indices = train_idx, val_idx
+
+    # ------------------------------------------------------------- dataloaders
+    def _loader(self, ds: _IndexBatches, shuffle: bool) -> DataLoader:
+        bs = self.hparams.batch_size or len(ds)
+        sampler = (
+            RandomSampler(ds, generator=torch.Generator().manual_seed(self.hparams.seed))
+            if shuffle and bs < len(ds) else SequentialSampler(ds)
+        )
+        return DataLoader(ds, batch_size=None, sampler=BatchSampler(sampler, bs, drop_last=False))
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train is None:
+            self.setup("fit")
+        return self._loader(self._train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self._val is None:
+            self.setup("fit")
+        return self._loader(self._val, shuffle=False)
