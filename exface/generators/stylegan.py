@@ -71,7 +71,7 @@ class _StyleGANBase(Generator):
         super().__init__()
         check_noise_mode(noise_mode)
         net = load_stylegan_network(pkl, network)
-        if not isinstance(net, self._network_class):
+        if type(net) is not self._network_class:
             raise ValueError(
                 f"{pkl} holds a {type(net).__name__.removesuffix('Generator')} generator; use the "
                 f"{self._other} generator part for it, not {type(self).__name__}"

@@ -512,8 +512,12 @@ class StyleGAN2Generator(nn.Module):
     """Mapping + synthesis: ``forward(z)`` renders images (unclamped float, ~[-1, 1]).
 
     Constructor arguments are those of NVIDIA's ``Generator``; they are kept in
-    :attr:`init_kwargs` so the network can be rebuilt or written back out.
+    :attr:`init_kwargs` so the network can be rebuilt or written back out. StyleGAN3
+    reuses this class with its own synthesis network (:attr:`synthesis_class`).
     """
+
+    synthesis_class: type[nn.Module] = SynthesisNetwork
+    default_mapping_layers: int | None = None  # None: MappingNetwork's own default
 
     def __init__(
         self,
@@ -528,13 +532,15 @@ class StyleGAN2Generator(nn.Module):
         super().__init__()
         mapping_kwargs = dict(mapping_kwargs or {})
         synthesis_kwargs = dict(synthesis_kwargs or {})
+        if self.default_mapping_layers is not None:
+            mapping_kwargs.setdefault("num_layers", self.default_mapping_layers)
         self.init_kwargs = dict(
             z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
             mapping_kwargs=dict(mapping_kwargs), synthesis_kwargs=dict(synthesis_kwargs),
         )
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(
+        self.synthesis = self.synthesis_class(
             w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs
         )
         self.num_ws = self.synthesis.num_ws

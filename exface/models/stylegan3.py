@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exface.models.stylegan2 import FullyConnectedLayer, MappingNetwork, check_noise_mode
+from exface.models.stylegan2 import FullyConnectedLayer, MappingNetwork, StyleGAN2Generator, check_noise_mode
 from exface.models.stylegan_ops import filtered_lrelu
 
 __all__ = [
@@ -322,45 +322,10 @@ class SynthesisNetwork3(nn.Module):
         return x.to(torch.float32)
 
 
-class StyleGAN3Generator(nn.Module):
+class StyleGAN3Generator(StyleGAN2Generator):
     """Mapping + StyleGAN3 synthesis; constructor arguments are NVIDIA's (kept in
     :attr:`init_kwargs`). Config T vs R is just ``synthesis_kwargs``
     (``conv_kernel=1, use_radial_filters=True`` and doubled channels for R)."""
 
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int = 3,
-        mapping_kwargs: dict[str, Any] | None = None,
-        synthesis_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        mapping_kwargs = dict(mapping_kwargs or {})
-        synthesis_kwargs = dict(synthesis_kwargs or {})
-        mapping_kwargs.setdefault("num_layers", 2)
-        self.init_kwargs = dict(
-            z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-            mapping_kwargs=dict(mapping_kwargs), synthesis_kwargs=dict(synthesis_kwargs),
-        )
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork3(
-            w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs
-        )
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
-
-    def forward(
-        self,
-        z: Tensor,
-        c: Tensor | None = None,
-        truncation_psi: float = 1.0,
-        truncation_cutoff: int | None = None,
-        noise_mode: str = "const",
-        **synthesis_kwargs: Any,
-    ) -> Tensor:
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.synthesis(ws, noise_mode=noise_mode, **synthesis_kwargs)
+    synthesis_class = SynthesisNetwork3
+    default_mapping_layers = 2
