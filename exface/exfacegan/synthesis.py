@@ -1,0 +1,557 @@
+"""``exface synthesize``: render an identity dataset from learned identity boundaries.
+
+For every boundary r the positive side is one identity ``{r:06d}`` and, with
+``both_sides``, the negative side a second identity ``{r:06d}_neg`` (ExFaceGAN's two
+identities per boundary). Each identity gets ``images_per_identity`` images drawn by a
+sampler (:mod:`exface.exfacegan.samplers`), optionally filtered by cosine similarity to the
+identity's anchor embedding (the reference's embedding; for the negative side, the
+embedding of the reference mirrored across the boundary).
+
+Layout of ``output_dir``::
+
+    <identity>/<k>.png     uint8 RGB PNG of the generator output at native resolution
+    manifest.jsonl         one line per image: identity, boundary, side, file, k,
+                           signed_distance, similarity_to_reference, passed_filter
+    latents.npy            [N, d] float32, the latents in manifest order (space in synthesis.json)
+    embeddings.npy         [N, D] float32, embedder(aligner(PNG pixels)) in manifest order
+    synthesis.json         the settings, identities and acceptance rate of the run
+    .work/<identity>/c<chunk>.pt   per work item record (what resuming checks)
+
+Work is split into items (identity, chunk of up to ``batch_size`` images), run by
+``lightning.Trainer.predict`` so ``devices``/``accelerator`` shard items over GPUs (DDP);
+each item's random stream is seeded from ``(seed, boundary, side, chunk)``, so results do
+not depend on the device split or on resuming. Files are written atomically (tmp file +
+``os.replace``); an item is complete when its record exists and all its images do, and a
+re-run redoes only incomplete items (writing only their missing images).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from exface.alignment.base import Aligner
+from exface.boundaries.base import Boundaries
+from exface.commands import command
+from exface.embedders.base import IdentityEmbedder
+from exface.exfacegan.samplers import LatentSampler, anchor_latent, make_sampler
+from exface.generators.base import Generator
+
+__all__ = [
+    "Identity",
+    "WorkItem",
+    "load_bank_references",
+    "plan_identities",
+    "plan_work",
+    "item_rng",
+    "to_uint8",
+    "embed_images",
+    "SynthesisModule",
+    "DatasetImageWriter",
+    "synthesize_dataset",
+    "synthesize",
+]
+
+MANIFEST = "manifest.jsonl"
+SETTINGS = "synthesis.json"
+WORK = ".work"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One synthetic identity: boundary ``boundary``'s side ``side`` (+1 / -1)."""
+
+    name: str
+    boundary: int
+    side: int
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """Images ``start .. start+count-1`` of identity ``identity`` (index into the plan)."""
+
+    identity: int
+    chunk: int
+    start: int
+    count: int
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def load_bank_references(
+    bank: str | Path, generator: Generator | None = None, embedder: IdentityEmbedder | None = None,
+    aligner: Aligner | None = None,
+) -> tuple[dict, dict[str, Tensor]]:
+    """The bank's ``manifest.json`` and ``references.pt``; checks the parts match the bank's.
+
+    The references' embeddings were made with the bank's generator/aligner/embedder; using
+    other parts would compare embeddings of different networks, so a class mismatch is an error.
+    """
+    bank = Path(bank)
+    mpath, rpath = bank / "manifest.json", bank / "references.pt"
+    for p in (mpath, rpath):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"latent bank file {p} is missing; build the bank first (exface fit --config recipes/...yaml) "
+                f"or point bank= at the folder holding manifest.json and references.pt"
+            )
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("format") != "exface-latent-bank":
+        raise ValueError(f"{mpath} is not an exface latent bank manifest (format={manifest.get('format')!r})")
+    parts = manifest.get("parts", {})
+    for role, part in (("generator", generator), ("embedder", embedder), ("aligner", aligner)):
+        if part is None or role not in parts:
+            continue
+        want = parts[role].get("class")
+        got = type(part).__name__
+        if want is not None and want != got:
+            raise ValueError(
+                f"the bank at {bank} was built with {role} {want}, but synthesize was given {got}; "
+                f"pass the bank's {role} (manifest.json 'parts') or rebuild the bank with {got}"
+            )
+    refs = torch.load(str(rpath), map_location="cpu", weights_only=True)
+    return manifest, refs
+
+
+def plan_identities(num_boundaries: int, num_identities: int | None, both_sides: bool) -> list[Identity]:
+    """Identities in order: boundary 0 (+, then - with ``both_sides``), boundary 1, ...
+
+    ``num_identities`` counts boundaries (each gives two identities with ``both_sides``).
+    """
+    n = num_boundaries if num_identities is None else int(num_identities)
+    if not 0 < n <= num_boundaries:
+        raise ValueError(f"num_identities must be in 1..{num_boundaries} (the number of boundaries), got {n}")
+    out = []
+    for r in range(n):
+        out.append(Identity(f"{r:06d}", r, 1))
+        if both_sides:
+            out.append(Identity(f"{r:06d}_neg", r, -1))
+    return out
+
+
+def plan_work(num_identities: int, images_per_identity: int, chunk: int) -> list[WorkItem]:
+    """Split each identity's images into chunks of at most ``chunk`` images."""
+    items = []
+    for i in range(num_identities):
+        for c, start in enumerate(range(0, images_per_identity, chunk)):
+            items.append(WorkItem(i, c, start, min(chunk, images_per_identity - start)))
+    return items
+
+
+def item_rng(seed: int, boundary: int, side: int, chunk: int, salt: int = 0) -> torch.Generator:
+    """A torch RNG seeded from the work item alone (independent of devices and batching)."""
+    state = np.random.SeedSequence([int(seed), int(boundary), int(side) + 1, int(chunk), int(salt)]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] float images -> uint8 [0, 255] (what is written to PNG)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def embed_images(aligner: Aligner, embedder: IdentityEmbedder, images_u8: Tensor) -> Tensor:
+    """Embeddings of uint8 images, exactly as they are stored on disk."""
+    x = images_u8.float() / 127.5 - 1.0
+    dev = next(iter(list(embedder.parameters()) + list(embedder.buffers())), torch.zeros(0)).device
+    return embedder(aligner(x.to(dev))).float()
+
+
+# ----------------------------------------------------------------------------- Lightning
+
+
+class _Items(Dataset):
+    def __init__(self, items: list[WorkItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, int, int, int]:
+        it = self.items[i]  # plain tuples: Lightning moves batches with apply_to_collection
+        return (it.identity, it.chunk, it.start, it.count)
+
+
+def _as_list(batch: list[tuple]) -> list[tuple]:
+    return list(batch)
+
+
+class SynthesisModule(LightningModule):
+    """Renders work items: sample latents, render, embed, filter (``predict_step`` only)."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        aligner: Aligner,
+        embedder: IdentityEmbedder,
+        boundaries: Boundaries,
+        references: Tensor,
+        reference_embeddings: Tensor,
+        identities: list[Identity],
+        sampler: LatentSampler,
+        seed: int = 0,
+        identity_filter: float | None = None,
+        filter_rounds: int = 10,
+        truncation_psi: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.gan, self.aligner, self.embedder = generator, aligner, embedder
+        self.boundaries = boundaries
+        self.references = references.float()
+        self.reference_embeddings = torch.nn.functional.normalize(reference_embeddings.float(), dim=1)
+        self.identities = identities
+        self.sampler = sampler
+        self.seed = seed
+        self.identity_filter = identity_filter
+        self.filter_rounds = max(1, int(filter_rounds))
+        self.truncation_psi = truncation_psi
+
+    @torch.no_grad()
+    def _render(self, latents: Tensor) -> tuple[Tensor, Tensor]:
+        imgs = to_uint8(self.gan.synthesize(latents.to(self.device), space=self.boundaries.space)).cpu()
+        return imgs, embed_images(self.aligner, self.embedder, imgs).cpu()
+
+    @torch.no_grad()
+    def anchor_embeddings(self, idents: list[Identity]) -> Tensor:
+        """Reference embedding (side +1) or the mirrored reference's embedding (side -1)."""
+        out = torch.empty(len(idents), self.reference_embeddings.shape[1])
+        neg = [j for j, ident in enumerate(idents) if ident.side < 0]
+        for j, ident in enumerate(idents):
+            if ident.side > 0:
+                out[j] = self.reference_embeddings[ident.boundary]
+        if neg:
+            lat = torch.stack([
+                anchor_latent(self.boundaries, idents[j].boundary, -1, self.references[idents[j].boundary]) for j in neg
+            ])
+            out[neg] = self._render(lat)[1]
+        return out
+
+    @torch.no_grad()
+    def predict_step(self, batch: list[tuple], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict]:
+        batch = [WorkItem(*map(int, t)) for t in batch]
+        idents = [self.identities[it.identity] for it in batch]
+        anchors = self.anchor_embeddings(idents)
+        need = [it.count for it in batch]
+        kept: list[list[tuple]] = [[] for _ in batch]  # (latent, image, emb, sim, passed)
+        spare: list[list[tuple]] = [[] for _ in batch]
+        drawn = [0] * len(batch)
+        rounds = self.filter_rounds if self.identity_filter is not None else 1
+        for rnd in range(rounds):
+            todo = [j for j in range(len(batch)) if len(kept[j]) < need[j]]
+            if not todo:
+                break
+            lats, owner = [], []
+            for j in todo:
+                it, ident = batch[j], idents[j]
+                rng = item_rng(self.seed, ident.boundary, ident.side, it.chunk, rnd)
+                n = need[j] - len(kept[j])
+                lat = self.sampler.sample(
+                    self.boundaries, ident.boundary, ident.side, self.references[ident.boundary], n, rng, self.gan,
+                    self.truncation_psi,
+                ).float().cpu()
+                lats.append(lat)
+                owner += [j] * n
+                drawn[j] += n
+            lat = torch.cat(lats)
+            imgs, emb = self._render(lat)
+            for q, j in enumerate(owner):
+                sim = float(emb[q] @ anchors[j])
+                rec = (lat[q], imgs[q], emb[q], sim)
+                if self.identity_filter is None or sim >= self.identity_filter:
+                    kept[j].append(rec + (True,))
+                else:
+                    spare[j].append(rec + (False,))
+        out = []
+        for j, it in enumerate(batch):
+            recs = kept[j]
+            if len(recs) < need[j]:  # retry budget spent: fill with the most similar rejects
+                spare[j].sort(key=lambda r: -r[3])
+                recs = recs + spare[j][: need[j] - len(recs)]
+            ident = idents[j]
+            lat = torch.stack([r[0] for r in recs])
+            out.append({
+                "identity": ident.name,
+                "boundary": ident.boundary,
+                "side": ident.side,
+                "chunk": it.chunk,
+                "k": list(range(it.start, it.start + it.count)),
+                "latent": lat,
+                "image": torch.stack([r[1] for r in recs]),
+                "embedding": torch.stack([r[2] for r in recs]),
+                "similarity": torch.tensor([r[3] for r in recs]),
+                "passed": torch.tensor([r[4] for r in recs]),
+                "signed_distance": self.boundaries.signed_distance(lat, ident.boundary),
+                "drawn": drawn[j],
+            })
+        return out
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _png_bytes(image_chw_u8: Tensor) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image_chw_u8.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _record_path(root: Path, identity: str, chunk: int) -> Path:
+    return root / WORK / identity / f"c{chunk:04d}.pt"
+
+
+def item_complete(root: Path, identity: str, chunk: int) -> bool:
+    """True when the item's record exists and every image it lists is on disk."""
+    rec = _record_path(root, identity, chunk)
+    if not rec.is_file():
+        return False
+    try:
+        files = torch.load(str(rec), map_location="cpu", weights_only=True)["files"]
+    except Exception:
+        return False
+    return all((root / f).is_file() for f in files)
+
+
+class DatasetImageWriter(BasePredictionWriter):
+    """Writes each rendered item: its missing PNGs, then its record (both atomically)."""
+
+    def __init__(self, root: str | Path) -> None:
+        super().__init__(write_interval="batch")
+        self.root = Path(root)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        for res in prediction:
+            d = self.root / res["identity"]
+            d.mkdir(parents=True, exist_ok=True)
+            files = []
+            for k, img in zip(res["k"], res["image"]):
+                path = d / f"{k}.png"
+                files.append(f"{res['identity']}/{k}.png")
+                if not path.is_file():
+                    _atomic_write_bytes(path, _png_bytes(img))
+            rec = {key: v for key, v in res.items() if key != "image"}
+            rec["files"] = files
+            rpath = _record_path(self.root, res["identity"], res["chunk"])
+            rpath.parent.mkdir(parents=True, exist_ok=True)
+            tmp = rpath.with_name(f".{rpath.name}.tmp{os.getpid()}")
+            torch.save(rec, str(tmp))
+            os.replace(tmp, rpath)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) -> dict:
+    """Merge the item records into manifest.jsonl, latents.npy and embeddings.npy (manifest order)."""
+    lines, lats, embs = [], [], []
+    drawn = kept = passed = 0
+    by_ident: dict[int, list[WorkItem]] = {}
+    for it in items:
+        by_ident.setdefault(it.identity, []).append(it)
+    for i, ident in enumerate(identities):
+        for it in sorted(by_ident[i], key=lambda w: w.chunk):
+            rec = torch.load(str(_record_path(root, ident.name, it.chunk)), map_location="cpu", weights_only=True)
+            drawn += int(rec["drawn"])
+            for q, f in enumerate(rec["files"]):
+                ok = bool(rec["passed"][q])
+                passed += ok
+                kept += 1
+                lines.append(json.dumps({
+                    "identity": ident.name, "boundary": ident.boundary, "side": ident.side, "file": f,
+                    "k": int(rec["k"][q]), "signed_distance": round(float(rec["signed_distance"][q]), 6),
+                    "similarity_to_reference": round(float(rec["similarity"][q]), 6), "passed_filter": ok,
+                }))
+            lats.append(rec["latent"].numpy())
+            embs.append(rec["embedding"].numpy())
+    _atomic_write_bytes(root / MANIFEST, ("\n".join(lines) + "\n").encode())
+    for name, arrs in (("latents.npy", lats), ("embeddings.npy", embs)):
+        tmp = root / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.concatenate(arrs).astype(np.float32))
+        os.replace(tmp, root / name)
+    return {"images": kept, "candidates_drawn": drawn, "passed_filter": passed,
+            "acceptance_rate": passed / drawn if drawn else float("nan")}
+
+
+def synthesize_dataset(
+    generator: Generator,
+    aligner: Aligner,
+    embedder: IdentityEmbedder,
+    boundaries: Boundaries,
+    references: dict[str, Tensor],
+    output_dir: str | Path,
+    images_per_identity: int = 20,
+    num_identities: int | None = None,
+    sampler: LatentSampler | None = None,
+    both_sides: bool = False,
+    identity_filter: float | None = None,
+    filter_rounds: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+    truncation_psi: float = 1.0,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    extra_settings: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Render the dataset into ``output_dir`` (resumable); returns the settings + statistics dict."""
+    root = Path(output_dir)
+    space = boundaries.space
+    if space not in references:
+        raise ValueError(f"references.pt has no {space!r} latents (keys {sorted(references)}); the boundaries are in {space!r}")
+    if len(references[space]) != len(boundaries):
+        raise ValueError(
+            f"{len(boundaries)} boundaries but {len(references[space])} reference latents; the boundaries file "
+            f"and the bank do not belong together"
+        )
+    sampler = sampler or make_sampler("exfacegan")
+    identities = plan_identities(len(boundaries), num_identities, both_sides)
+    chunk = max(1, min(batch_size, images_per_identity))
+    items = plan_work(len(identities), images_per_identity, chunk)
+    settings = {
+        "format": "exface-synthetic-dataset", "version": 1, "space": space, "images_per_identity": images_per_identity,
+        "both_sides": both_sides, "seed": seed, "chunk": chunk, "sampler": sampler.describe(),
+        "identity_filter": identity_filter, "filter_rounds": filter_rounds, "truncation_psi": truncation_psi,
+        "parts": {"generator": type(generator).__name__, "aligner": type(aligner).__name__,
+                  "embedder": type(embedder).__name__},
+        **(extra_settings or {}),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    spath = root / SETTINGS
+    if spath.is_file():
+        old = json.loads(spath.read_text())
+        keys = ("space", "images_per_identity", "seed", "chunk", "sampler", "identity_filter", "filter_rounds", "parts")
+        diff = [k for k in keys if json.loads(json.dumps(settings[k])) != old.get(k)]
+        if diff:
+            raise ValueError(
+                f"{root} holds a dataset made with other settings ({', '.join(diff)} differ: "
+                f"{ {k: old.get(k) for k in diff} }); use a new output_dir or delete it to start over"
+            )
+    todo = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk)]
+    if todo:
+        module = SynthesisModule(
+            generator, aligner, embedder, boundaries, references[space], references["embedding"], identities, sampler,
+            seed=seed, identity_filter=identity_filter, filter_rounds=filter_rounds, truncation_psi=truncation_psi,
+        )
+        per_batch = max(1, batch_size // chunk)
+        loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
+        trainer = Trainer(
+            accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
+            enable_model_summary=False, enable_progress_bar=progress, callbacks=[DatasetImageWriter(root)],
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+        trainer.strategy.barrier()
+        if not trainer.is_global_zero:
+            return {}
+    missing = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk)]
+    if missing:
+        raise RuntimeError(f"{len(missing)} work items did not complete (first: {missing[0]}); re-run to resume")
+    stats = _consolidate(root, identities, items)
+    settings.update(stats, identities=[[i.name, i.boundary, i.side] for i in identities],
+                    redone_items=len(todo), total_items=len(items))
+    _atomic_write_bytes(spath, json.dumps(settings, indent=1).encode())
+    return settings
+
+
+@command("synthesize")
+def synthesize(
+    bank: str,
+    boundaries: str,
+    generator: Generator,
+    aligner: Aligner,
+    embedder: IdentityEmbedder,
+    output_dir: str,
+    images_per_identity: int = 20,
+    num_identities: int | None = None,
+    sampler: str = "exfacegan",
+    min_offset: float = 0.0,
+    max_offset: float = 10.0,
+    normalize_z: bool = True,
+    distance: float = 3.0,
+    jitter: float = 0.0,
+    both_sides: bool = False,
+    identity_filter: float | None = None,
+    filter_rounds: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+    report: bool = True,
+    report_dir: str | None = None,
+    report_identities: int | None = None,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+) -> None:
+    """Render a synthetic identity dataset from identity boundaries (+ quality report).
+
+    Args:
+        bank: latent bank folder (manifest.json, references.pt) the boundaries were fit on.
+        boundaries: boundaries file written by the fit (Boundaries.save).
+        generator: the bank's generator. aligner / embedder: the bank's aligner and embedder.
+        output_dir: dataset folder (<identity>/<k>.png, manifest.jsonl, latents.npy, embeddings.npy).
+        images_per_identity: images per identity.
+        num_identities: how many boundaries to use (default all); both_sides doubles the identities.
+        sampler: 'exfacegan' (reference + U(min_offset, max_offset) per-dimension offsets along the
+            normal) or 'distance' (random latent moved to signed distance distance +- jitter).
+        min_offset: exfacegan sampler's lowest offset. max_offset: its highest offset.
+        normalize_z: exfacegan sampler rescales z latents to norm sqrt(d), as ExFaceGAN does.
+        distance: distance sampler's target signed distance. jitter: std of its target distance.
+        both_sides: the negative side of each boundary is a second identity ('<id>_neg').
+        identity_filter: reject images whose cosine to the identity's anchor embedding is below this.
+        filter_rounds: resampling rounds for rejected images before keeping the best rejects.
+        batch_size: images per forward pass (also the largest work item).
+        seed: base seed; every work item's stream derives from it and the item.
+        report: write the quality report (boundary sampler vs random / noise baselines).
+        report_dir: report folder (default: output_dir/../report).
+        report_identities: identities used by the report and its baselines (default all).
+        accelerator: Lightning accelerator. devices: Lightning devices (DDP over work items).
+    """
+    t0 = time.time()
+    manifest, refs = load_bank_references(bank, generator, embedder, aligner)
+    bnd = Boundaries.load(boundaries)
+    sam = make_sampler(sampler, min_offset=min_offset, max_offset=max_offset, normalize_z=normalize_z,
+                       distance=distance, jitter=jitter)
+    for m in (generator, aligner, embedder):
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    stats = synthesize_dataset(
+        generator, aligner, embedder, bnd, refs, output_dir, images_per_identity=images_per_identity,
+        num_identities=num_identities, sampler=sam, both_sides=both_sides, identity_filter=identity_filter,
+        filter_rounds=filter_rounds, batch_size=batch_size, seed=seed,
+        truncation_psi=float(manifest.get("truncation_psi", 1.0) or 1.0), accelerator=accelerator, devices=devices,
+        extra_settings={"bank": str(bank), "boundaries": str(boundaries)},
+    )
+    if not stats:  # non-zero DDP rank
+        return
+    print(
+        f"synthesized {stats['images']} images of {len(stats['identities'])} identities into {output_dir} "
+        f"({stats['redone_items']}/{stats['total_items']} work items rendered this run, "
+        f"filter acceptance {stats['acceptance_rate']:.3f}) in {time.time() - t0:.1f} s"
+    )
+    if report:
+        from exface.exfacegan.report import quality_report
+
+        rdir = report_dir or str(Path(output_dir).resolve().parent / "report")
+        quality_report(output_dir, rdir, generator, aligner, embedder, batch_size=batch_size, seed=seed,
+                       max_identities=report_identities)
