@@ -1,0 +1,80 @@
+"""Quality report: metrics on constructed embeddings, files written, baseline noise calibration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from exface.boundaries.base import Boundaries
+from exface.exfacegan.report import calibrate_noise_sigma, quality_report, set_metrics
+
+
+def _clustered(num_ids: int, k: int, spread: float, dim: int = 32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((num_ids, dim))
+    emb = np.repeat(centers, k, 0) + spread * rng.standard_normal((num_ids * k, dim))
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True), np.repeat(np.arange(num_ids), k)
+
+
+def test_strong_identity_has_eer_near_zero_and_random_near_half():
+    emb, lab = _clustered(30, 8, spread=0.05)
+    strong = set_metrics(emb, lab)
+    assert strong["eer"] < 0.01 and strong["fdr"] > 10
+    assert strong["genuine_mean"] > 0.95 and abs(strong["impostor_mean"]) < 0.2
+    assert len(strong["per_identity_genuine_mean"]) == 30
+    assert strong["num_genuine_pairs"] == 30 * 8 * 7 // 2
+    assert np.isclose(strong["feature_diversity"], 1 - strong["genuine_mean"], atol=1e-6)
+    rnd = np.random.default_rng(1).standard_normal((240, 32))
+    rand = set_metrics(rnd / np.linalg.norm(rnd, axis=1, keepdims=True), lab)
+    assert 0.4 < rand["eer"] < 0.6 and rand["fdr"] < 0.05
+
+
+def test_pixel_diversity_zero_for_identical_images():
+    emb, lab = _clustered(4, 5, spread=0.1)
+    imgs = np.repeat(np.random.default_rng(0).integers(0, 256, (4, 1, 3, 8, 8), dtype=np.uint8), 5, 1).reshape(20, 3, 8, 8)
+    assert set_metrics(emb, lab, imgs)["pixel_diversity"] == 0.0
+    noisy = np.random.default_rng(1).integers(0, 256, (20, 3, 8, 8), dtype=np.uint8)
+    # uniform [0, 1] pixels: E|a - b|^2 = 1/6, so RMS distance ~ 0.408
+    assert abs(set_metrics(emb, lab, noisy)["pixel_diversity"] - 6 ** -0.5) < 0.03
+
+
+@pytest.mark.parametrize("space, normalize", [("w", False), ("z", True)])
+def test_noise_sigma_matches_spread(space, normalize):
+    d = 16
+    refs = torch.randn(5, d)
+    bnd = Boundaries(torch.nn.functional.normalize(torch.randn(5, d), dim=1), torch.zeros(5), space,
+                     torch.ones(5), torch.ones(5))
+    sigma = calibrate_noise_sigma(bnd, refs, [(i, 1) for i in range(5)], 1.5, normalize, samples=64)
+    x = refs[:, None] + sigma * torch.randn(5, 2000, d)
+    if normalize:
+        x = x / x.norm(dim=-1, keepdim=True) * d ** 0.5
+    spread = (x - refs[:, None]).norm(dim=-1).mean()  # measured from the anchor latent itself
+    assert abs(float(spread) - 1.5) < 0.08
+
+
+def test_quality_report_files_and_verdict(tmp_path):
+    from tests.test_synthesis import make_tiny_bank
+    from exface.exfacegan.samplers import ExFaceGANSampler
+    from exface.exfacegan.synthesis import synthesize_dataset
+
+    gan, aligner, emb, bnd, refs = make_tiny_bank(tmp_path)
+    synthesize_dataset(gan, aligner, emb, bnd, refs, tmp_path / "ds", images_per_identity=6, num_identities=4,
+                       batch_size=12, accelerator="cpu", progress=False, sampler=ExFaceGANSampler(0.0, 1.0),
+                       extra_settings={"bank": str(tmp_path / "bank"), "boundaries": str(tmp_path / "boundaries.pt")})
+    res = quality_report(tmp_path / "ds", tmp_path / "rep", gan, aligner, emb, seed=0)
+    for f in ("report.md", "report.json", "similarity_hist.png", "grid.png", "grid_random.png", "grid_noise.png"):
+        assert (tmp_path / "rep" / f).is_file(), f
+    md = (tmp_path / "rep" / "report.md").read_text().splitlines()
+    assert md[0].startswith(("**Yes: the boundary sampler beats", "**No: the boundary sampler does not beat"))
+    assert "sigma =" in "\n".join(md)
+    js = json.loads((tmp_path / "rep" / "report.json").read_text())
+    for name in ("boundary", "random", "noise"):
+        m = js["sets"][name]
+        assert 0 <= m["eer"] <= 1 and m["num_images"] == 24 and m["num_identities"] == 4
+        assert m["pixel_diversity"] > 0
+    # the noise baseline's latent spread matches the boundary sampler's
+    assert abs(js["sets"]["noise"]["latent_spread"] - js["matched_latent_spread"]) < 0.1 * js["matched_latent_spread"]
+    assert res["verdict"] == md[0]
