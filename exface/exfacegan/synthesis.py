@@ -122,8 +122,25 @@ def load_bank_references(
                 f"the bank at {bank} was built with {role} {want}, but synthesize was given {got}; "
                 f"pass the bank's {role} (manifest.json 'parts') or rebuild the bank with {got}"
             )
+        if part is not None and role in parts:
+            _warn_arg_differences(role, parts[role].get("args", {}), part)
     refs = torch.load(str(rpath), map_location="cpu", weights_only=True)
     return manifest, refs
+
+
+def _warn_arg_differences(role: str, recorded: dict, part: Any) -> None:
+    """Warn when a part's init arguments differ from the bank's record (paths may move, so not an error)."""
+    try:
+        from exface.exfacegan.latent_bank import part_record
+    except ImportError:  # pragma: no cover - the bank module is part of the package
+        return
+    given = json.loads(json.dumps(part_record(part)["args"]))
+    diff = {k: (recorded[k], given[k]) for k in recorded.keys() & given.keys() if recorded[k] != given[k]}
+    if diff:
+        warnings.warn(
+            f"{role} {type(part).__name__} has other arguments than the bank's (bank vs given: {diff}); "
+            f"embeddings may not be comparable with the references", stacklevel=3,
+        )
 
 
 def plan_identities(num_boundaries: int, num_identities: int | None, both_sides: bool) -> list[Identity]:
