@@ -242,7 +242,7 @@ def quality_report(
         normalize_z = bool(settings["sampler"].get("normalize_z", False))
         sigma = calibrate_noise_sigma(bnd, references, [(b, s) for _, b, s in idents], spread, normalize_z, seed=seed)
         samplers = {"random": RandomSampler(), "noise": NoiseSampler(sigma, normalize_z=normalize_z)}
-        psi = float(settings.get("truncation_psi", 1.0))
+        psi = settings.get("truncation_psi")
         for name, sam in samplers.items():
             lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator, psi) for _, b, s in idents])
             imgs, e = render_set(generator, aligner, embedder, lats.float(), space, batch_size)

@@ -39,13 +39,19 @@ __all__ = [
 ]
 
 
-def random_latents(gan: Generator, num: int, space: str, rng: torch.Generator, truncation_psi: float = 1.0) -> Tensor:
-    """``num`` random latents of ``space`` drawn from ``rng`` (z ~ N(0, I); w = mapping(z))."""
+def random_latents(gan: Generator, num: int, space: str, rng: torch.Generator,
+                   truncation_psi: float | None = None) -> Tensor:
+    """``num`` random latents of ``space`` drawn from ``rng`` (z ~ N(0, I); w = mapping(z)).
+
+    ``truncation_psi`` None uses the generator's own default (its ``truncation_psi``).
+    """
     z = torch.randn(num, gan.z_dim, generator=rng)
     if space == "z":
         return z
     if space == "w":
         with torch.no_grad():
+            if truncation_psi is None:
+                return gan.to_w(z.to(gan.device)).float().cpu()
             return gan.to_w(z.to(gan.device), truncation_psi=truncation_psi).float().cpu()
     raise ValueError(f"sampling supports the latent spaces 'z' and 'w', not {space!r}")
 
@@ -70,7 +76,7 @@ class LatentSampler(ABC):
         num: int,
         rng: torch.Generator,
         gan: Generator,
-        truncation_psi: float = 1.0,
+        truncation_psi: float | None = None,
     ) -> Tensor:
         """``[num, d]`` latents in ``boundaries.space``; ``reference`` is the boundary's reference latent ``[d]``."""
 
@@ -106,7 +112,7 @@ class ExFaceGANSampler(LatentSampler):
         self.max_offset = float(max_offset)
         self.normalize_z = bool(normalize_z)
 
-    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=1.0):
+    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=None):
         n = boundaries.normals[index].float()
         d = n.shape[0]
         o = self.min_offset + (self.max_offset - self.min_offset) * torch.rand(num, d, generator=rng)
@@ -134,7 +140,7 @@ class DistanceSampler(LatentSampler):
         self.distance = float(distance)
         self.jitter = float(jitter)
 
-    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=1.0):
+    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=None):
         x = random_latents(gan, num, boundaries.space, rng, truncation_psi)
         target = self.distance + self.jitter * torch.randn(num, generator=rng)
         target = float(side) * target
@@ -157,7 +163,7 @@ class NoiseSampler(LatentSampler):
         self.sigma = float(sigma)
         self.normalize_z = bool(normalize_z)
 
-    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=1.0):
+    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=None):
         anchor = anchor_latent(boundaries, index, side, reference)
         x = anchor.unsqueeze(0) + self.sigma * torch.randn(num, anchor.shape[0], generator=rng)
         if boundaries.space == "z" and self.normalize_z:
@@ -170,7 +176,7 @@ class RandomSampler(LatentSampler):
 
     name = "random"
 
-    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=1.0):
+    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=None):
         return random_latents(gan, num, boundaries.space, rng, truncation_psi)
 
 

@@ -222,7 +222,7 @@ class SynthesisModule(LightningModule):
         seed: int = 0,
         identity_filter: float | None = None,
         filter_rounds: int = 10,
-        truncation_psi: float = 1.0,
+        truncation_psi: float | None = None,
     ) -> None:
         super().__init__()
         self.gan, self.aligner, self.embedder = generator, aligner, embedder
@@ -425,7 +425,7 @@ def synthesize_dataset(
     filter_rounds: int = 10,
     batch_size: int = 64,
     seed: int = 0,
-    truncation_psi: float = 1.0,
+    truncation_psi: float | None = None,
     accelerator: str = "auto",
     devices: int | str = 1,
     extra_settings: dict | None = None,
@@ -556,7 +556,7 @@ def synthesize(
         generator, aligner, embedder, bnd, refs, output_dir, images_per_identity=images_per_identity,
         num_identities=num_identities, sampler=sam, both_sides=both_sides, identity_filter=identity_filter,
         filter_rounds=filter_rounds, batch_size=batch_size, seed=seed,
-        truncation_psi=float(manifest.get("truncation_psi", 1.0) or 1.0), accelerator=accelerator, devices=devices,
+        truncation_psi=manifest.get("truncation_psi"), accelerator=accelerator, devices=devices,
         extra_settings={"bank": str(bank), "boundaries": str(boundaries)},
     )
     if not stats:  # non-zero DDP rank
