@@ -73,24 +73,28 @@ def _pair_scores(emb: np.ndarray, labels: np.ndarray, max_impostors: int, rng: n
     return np.concatenate(genuine), impostor, per_identity, feat_div
 
 
-def _pixel_diversity(images: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over identities of the mean pairwise RMS distance of images in [0, 1]."""
+def _pixel_diversity(images: np.ndarray, labels: np.ndarray, scale: float = 255.0, rms: bool = True) -> float:
+    """Mean over identities of the mean pairwise RMS distance of images in [0, 1].
+
+    With ``scale=1, rms=False`` it is the mean pairwise L2 distance of rows (used for latents).
+    """
     out = []
     for lab in np.unique(labels):
-        x = torch.from_numpy(images[labels == lab]).float().flatten(1) / 255.0
+        x = torch.from_numpy(np.asarray(images[labels == lab])).double().flatten(1) / scale
         if len(x) < 2:
             continue
-        d = torch.cdist(x, x) / math.sqrt(x.shape[1])
+        d = torch.cdist(x, x) / (math.sqrt(x.shape[1]) if rms else 1.0)
         iu = torch.triu_indices(len(x), len(x), 1)
         out.append(float(d[iu[0], iu[1]].mean()))
     return float(np.mean(out)) if out else math.nan
 
 
 def set_metrics(emb: np.ndarray, labels: np.ndarray, images: np.ndarray | None = None,
-                max_impostors: int = 200_000, seed: int = 0) -> dict:
+                max_impostors: int = 200_000, seed: int = 0, latents: np.ndarray | None = None) -> dict:
     """Genuine/impostor statistics, EER, FDR and diversity of one set of embeddings.
 
-    ``emb`` ``[N, D]`` unit rows, ``labels`` ``[N]`` identity ids, ``images`` ``[N, 3, H, W]`` uint8.
+    ``emb`` ``[N, D]`` unit rows, ``labels`` ``[N]`` identity ids, ``images`` ``[N, 3, H, W]`` uint8,
+    ``latents`` ``[N, d]`` (for the within-identity latent spread).
     """
     emb = np.asarray(emb, dtype=np.float32)
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
@@ -113,6 +117,7 @@ def set_metrics(emb: np.ndarray, labels: np.ndarray, images: np.ndarray | None =
         "per_identity_genuine_median": float(np.nanmedian(per_id)),
         "feature_diversity": float(np.nanmean(feat_div)),
         "pixel_diversity": _pixel_diversity(images, labels) if images is not None else math.nan,
+        "latent_pairwise_distance": _pixel_diversity(latents, labels, 1.0, False) if latents is not None else math.nan,
         "_genuine": g, "_impostor": i,
     }
 
@@ -225,7 +230,7 @@ def quality_report(
     k = settings["images_per_identity"]
     space = settings["space"]
 
-    sets = {"boundary": set_metrics(emb, labels, images, seed=seed)}
+    sets = {"boundary": set_metrics(emb, labels, images, seed=seed, latents=lat.numpy())}
     result: dict = {"dataset": str(root), "sampler": settings["sampler"], "images_per_identity": k,
                     "num_identities": len(idents), "space": space}
     grids = {"boundary": "grid.png"}
@@ -247,7 +252,7 @@ def quality_report(
             lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator, psi) for _, b, s in idents])
             imgs, e = render_set(generator, aligner, embedder, lats.float(), space, batch_size)
             lab = np.repeat([n for n, _, _ in idents], k)
-            sets[name] = set_metrics(e, lab, imgs, seed=seed)
+            sets[name] = set_metrics(e, lab, imgs, seed=seed, latents=lats.numpy())
             if name == "noise":
                 sets[name]["latent_spread"] = float(
                     (lats - torch.stack([anchor_latent(bnd, b, s, references[b]) for _, b, s in idents])
@@ -290,13 +295,14 @@ def _verdict(result: dict) -> str:
 
 
 def _table(result: dict) -> str:
-    head = "| set | EER | FDR | genuine mean | impostor mean | per-id genuine min / median | pixel diversity | feature diversity |"
-    out = [head, "|" + "---|" * 8]
+    head = ("| set | EER | FDR | genuine mean | impostor mean | per-id genuine min / median | pixel diversity "
+            "| feature diversity | latent pairwise dist |")
+    out = [head, "|" + "---|" * 9]
     for name, m in result["sets"].items():
         out.append(
             f"| {name} | {m['eer']:.4f} | {m['fdr']:.3f} | {m['genuine_mean']:.3f} | {m['impostor_mean']:.3f} | "
             f"{m['per_identity_genuine_min']:.3f} / {m['per_identity_genuine_median']:.3f} | "
-            f"{m['pixel_diversity']:.4f} | {m['feature_diversity']:.4f} |"
+            f"{m['pixel_diversity']:.4f} | {m['feature_diversity']:.4f} | {m['latent_pairwise_distance']:.3f} |"
         )
     return "\n".join(out)
 
@@ -320,7 +326,7 @@ def _markdown(result: dict) -> list[str]:
     lines += ["", _table(result), ""]
     lines.append("EER/FDR from all genuine pairs and up to 200k random impostor pairs; pixel diversity = mean pairwise "
                  "RMS distance of [0, 1] images within an identity; feature diversity = mean pairwise 1 - cos within "
-                 "an identity. Winning = lower EER with pixel diversity at least "
+                 "an identity; latent pairwise dist = mean pairwise L2 of an identity's latents. Winning = lower EER with pixel diversity at least "
                  f"{100 * (1 - DIVERSITY_TOLERANCE):.0f}% of the noise baseline's.")
     lines += ["", "![similarities](similarity_hist.png)", ""]
     for name, g in result["grids"].items():
