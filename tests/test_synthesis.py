@@ -196,3 +196,15 @@ def test_synthesize_recipe_runs_in_process(tmp_path):
         (ds / "synthesis.json").read_text())["both_sides"] else 1)
     rep = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
     assert set(rep["sets"]) == {"boundary", "random", "noise"}
+
+
+@pytest.mark.parametrize("name", ["dcgan_faceapi_synthesize.yaml", "stylegan2_arcface_synthesize.yaml"])
+def test_synthesize_recipes_parse(name, capsys):
+    from exface.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / name
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synthesize", "--config", str(recipe), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "sampler: exfacegan" in out and "images_per_identity" in out
