@@ -106,7 +106,9 @@ class IdentityBankDataModule(pl.LightningDataModule):
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None (full batch), got {batch_size}")
-        self.save_hyperparameters(ignore=["generator", "embedder", "aligner"])
+        # ``space`` is kept out of hparams: BoundaryFitModule has its own ``space`` hparam
+        # (None = take it from here), and Lightning refuses differing duplicates when logging.
+        self.save_hyperparameters(ignore=["generator", "embedder", "aligner", "space"])
         self.generator, self.embedder, self.aligner = generator, embedder, aligner
         self.bank_dir = Path(bank_dir)
         self.space = space
