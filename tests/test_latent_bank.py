@@ -125,3 +125,27 @@ def test_datamodule_rejects_missing_space(tmp_path, parts):
     _, a, e = parts
     with pytest.raises(ValueError, match=r"latent spaces \['z'\].*space= one of \['z'\]"):
         IdentityBankDataModule(z_only, e, a, bank_dir=str(tmp_path), space="w")
+
+
+def test_two_processes_build_the_same_bank(tmp_path, parts):
+    """Chunks shared over 2 DDP workers (CPU, ddp_spawn) give the single-process bank."""
+    one = _build(tmp_path / "one", parts).load(("z", "w", "embedding"))
+    two_bank = _build(tmp_path / "two", parts, devices=2)
+    assert two_bank.manifest["build"]["runs"][0]["devices"] == 2
+    two = two_bank.load(("z", "w", "embedding"))
+    for k in one:
+        assert torch.equal(one[k], two[k]), k
+
+
+def test_attribute_scores(tmp_path, parts):
+    from exface.zoo import is_cached
+
+    if not is_cached("faceapi-age-gender"):
+        pytest.skip("zoo weights faceapi-age-gender are not cached; run `exface zoo fetch` (needs network)")
+    from exface.attributes import FaceApiAgeGender
+
+    pred = FaceApiAgeGender().eval()
+    bank = _build(tmp_path / "bank", parts, num_latents=10, chunk_size=4, attribute_predictors=[pred])
+    attrs = bank.load(("attributes",))["attributes"]
+    assert set(attrs) == set(pred.attribute_names) and all(v.shape == (10,) for v in attrs.values())
+    assert bank.manifest["parts"]["attributes"][0]["class"] == "FaceApiAgeGender"

@@ -263,6 +263,10 @@ class _LatentBankBuilder(pl.LightningModule):
         self.cfg = dict(num_latents=num_latents, chunk_size=chunk_size, seed=seed, batch_size=batch_size,
                         store_images=store_images)
 
+    def setup(self, stage: str) -> None:
+        # chunks are indexed by the batch itself, not by sampler indices (in every worker process)
+        warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
+
     def predict_step(self, batch: Any, batch_idx: int = 0) -> dict[str, Any]:
         return compute_chunk(int(batch), self.generator, self.aligner, self.embedder,
                              attribute_predictors=list(self.attribute_predictors), **self.cfg)
