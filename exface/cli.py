@@ -15,9 +15,14 @@ valid names, instead of jsonargparse's page of union-type errors.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 from typing import Any
+
+# LightningCLI itself calls jsonargparse APIs that jsonargparse deprecates; those warnings
+# say nothing to an exface user (set the variable to "all" to see them).
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
