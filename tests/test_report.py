@@ -78,3 +78,31 @@ def test_quality_report_files_and_verdict(tmp_path):
     # the noise baseline's latent spread matches the boundary sampler's
     assert abs(js["sets"]["noise"]["latent_spread"] - js["matched_latent_spread"]) < 0.1 * js["matched_latent_spread"]
     assert res["verdict"] == md[0]
+
+
+def test_equal_diversity_noise_matches_the_boundary_samplers_pixel_diversity(tmp_path):
+    """The verdict's comparison set: noise calibrated to the boundary sampler's pixel diversity."""
+    from tests.test_synthesis import make_tiny_bank
+    from exface.exfacegan.report import calibrate_sigma_to_diversity
+    from exface.exfacegan.samplers import ExFaceGANSampler
+    from exface.exfacegan.synthesis import synthesize_dataset
+
+    gan, aligner, emb, bnd, refs = make_tiny_bank(tmp_path)
+    synthesize_dataset(gan, aligner, emb, bnd, refs, tmp_path / "ds", images_per_identity=6, num_identities=4,
+                       batch_size=12, accelerator="cpu", progress=False, sampler=ExFaceGANSampler(0.0, 1.0),
+                       extra_settings={"bank": str(tmp_path / "bank"), "boundaries": str(tmp_path / "boundaries.pt")})
+    js = quality_report(tmp_path / "ds", tmp_path / "rep", gan, aligner, emb, seed=0)
+    target = js["sets"]["boundary"]["pixel_diversity"]
+    reached = js["sets"]["noise_equal_diversity"]["pixel_diversity"]
+    assert abs(reached - target) < 0.15 * target
+    assert (tmp_path / "rep" / "grid_noise_equal_diversity.png").is_file()
+    assert "noise_equal_diversity" in (tmp_path / "rep" / "report.md").read_text()
+    # diversity grows with sigma, and the calibration lands on the target
+    space = js["space"]
+    references = refs[space].float() if isinstance(refs, dict) else refs
+    idents = [(0, 1), (1, 1)]
+    sigma, d = calibrate_sigma_to_diversity(gan, bnd, references, idents, 6, space, 0.05, 0.1, False, None,
+                                            steps=10)
+    sigma2, d2 = calibrate_sigma_to_diversity(gan, bnd, references, idents, 6, space, 0.1, 0.1, False, None,
+                                              steps=10)
+    assert sigma2 > sigma and abs(d - 0.05) < 0.01 and abs(d2 - 0.1) < 0.02

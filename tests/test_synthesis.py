@@ -195,7 +195,7 @@ def test_synthesize_recipe_runs_in_process(tmp_path):
     assert len((ds / "manifest.jsonl").read_text().splitlines()) == 3 * 4 * (2 if json.loads(
         (ds / "synthesis.json").read_text())["both_sides"] else 1)
     rep = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
-    assert set(rep["sets"]) == {"boundary", "random", "noise"}
+    assert set(rep["sets"]) == {"boundary", "random", "noise", "noise_equal_diversity"}
 
 
 @pytest.mark.parametrize("name", ["dcgan_faceapi_synthesize.yaml", "stylegan2_arcface_synthesize.yaml"])
