@@ -9,11 +9,11 @@ to :class:`~exface.boundaries.torch_svm.BoundaryFitModule`.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
@@ -26,7 +26,6 @@ from exface.generators.base import Generator
 
 __all__ = ["IdentityBankDataModule"]
 
-log = logging.getLogger(__name__)
 
 
 class _IndexBatches(torch.utils.data.Dataset):
@@ -128,8 +127,9 @@ class IdentityBankDataModule(pl.LightningDataModule):
             self.bank_dir, self.generator, self.aligner, self.embedder, num_latents=h.num_latents,
             chunk_size=h.chunk_size, seed=h.seed, batch_size=h.bank_batch_size, store_images=h.store_images,
             accelerator=h.accelerator, devices=h.devices,
+            enable_progress_bar=getattr(self.trainer, "progress_bar_callback", None) is not None,
         )
-        log.info("latent bank %s ready in %.1f s (%d latents)", self.bank_dir, time.perf_counter() - t0, bank.num_latents)
+        rank_zero_info(f"latent bank {self.bank_dir} ready in {time.perf_counter() - t0:.1f} s ({bank.num_latents} latents)")
         return bank
 
     def prepare_data(self) -> None:
