@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from exface.boundaries.base import Boundaries
-from exface.exfacegan.report import calibrate_noise_sigma, quality_report, set_metrics
+from exface.exfacegan.report import REPORT_SIZE, calibrate_noise_sigma, quality_report, set_metrics, shrink
 
 
 def _clustered(num_ids: int, k: int, spread: float, dim: int = 32, seed: int = 0):
@@ -39,6 +39,19 @@ def test_pixel_diversity_zero_for_identical_images():
     noisy = np.random.default_rng(1).integers(0, 256, (20, 3, 8, 8), dtype=np.uint8)
     # uniform [0, 1] pixels: E|a - b|^2 = 1/6, so RMS distance ~ 0.408
     assert abs(set_metrics(emb, lab, noisy)["pixel_diversity"] - 6 ** -0.5) < 0.03
+
+
+def test_shrink_bounds_size_and_keeps_small_images_exact():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (3, 3, REPORT_SIZE, REPORT_SIZE // 2), dtype=np.uint8)
+    assert np.array_equal(shrink(small), small)
+    big = np.repeat(np.repeat(small, 4, axis=2), 4, axis=3)  # each pixel a 4x4 block
+    out = shrink(big)
+    assert out.dtype == np.uint8 and out.shape == small.shape  # longer side back to REPORT_SIZE
+    assert np.array_equal(out, small)  # area averaging of constant blocks is exact
+    # pixel diversity is scale-free: the same images at 4x size measure (almost) the same
+    emb, lab = _clustered(1, 3, spread=0.1)
+    assert abs(set_metrics(emb, lab, shrink(big))["pixel_diversity"] - set_metrics(emb, lab, small)["pixel_diversity"]) < 1e-9
 
 
 @pytest.mark.parametrize("space, normalize", [("w", False), ("z", True)])

@@ -16,7 +16,10 @@ distributions, the EER (:func:`exface.evaluation.verification.equal_error_rate`)
 discriminant ratio ``(mu_g - mu_i)^2 / (var_g + var_i)``, per-identity mean genuine
 similarity, and intra-identity diversity: mean pairwise RMS pixel distance (images in
 [0, 1], so resolution-independent) and mean pairwise feature distance ``1 - cos``.
-Embeddings are always of the uint8 images as stored.
+Embeddings are always of the uint8 images as stored (full resolution); pixel diversity and
+the grids use copies area-downscaled to at most :data:`REPORT_SIZE` pixels, so the report's
+memory does not grow with the generator's resolution (10k StyleGAN 1024 px images would be
+31 GB) and diversities of different generators are measured at one scale.
 
 Writes ``report.md`` (its first lines say whether the boundary sampler beats the noise
 baseline: lower EER than noise of equal pixel diversity), ``report.json``,
@@ -44,6 +47,7 @@ from exface.generators.base import Generator
 
 __all__ = [
     "set_metrics",
+    "shrink",
     "calibrate_noise_sigma",
     "calibrate_sigma_to_diversity",
     "render_set",
@@ -53,6 +57,20 @@ __all__ = [
 
 #: pixel diversity counts as "equal" within this relative tolerance
 DIVERSITY_TOLERANCE = 0.02
+#: images larger than this (pixels per side) are area-downscaled for pixel diversity and grids
+REPORT_SIZE = 64
+
+
+def shrink(images_u8: Tensor | np.ndarray, size: int = REPORT_SIZE) -> np.ndarray:
+    """uint8 ``[N, 3, H, W]`` -> uint8 with the longer side at most ``size`` (area averaging)."""
+    x = torch.as_tensor(np.asarray(images_u8))
+    h, w = x.shape[-2:]
+    if max(h, w) <= size:
+        return x.numpy()
+    scale = size / max(h, w)
+    out = torch.nn.functional.interpolate(x.float(), size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                                          mode="area")
+    return out.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def _pair_scores(emb: np.ndarray, labels: np.ndarray, max_impostors: int, rng: np.random.Generator):
@@ -129,16 +147,17 @@ def set_metrics(emb: np.ndarray, labels: np.ndarray, images: np.ndarray | None =
 @torch.no_grad()
 def render_set(gan: Generator, aligner: Aligner | None, embedder: IdentityEmbedder | None, latents: Tensor,
                space: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 images ``[N, 3, H, W]`` and embeddings (of those uint8 images) of ``latents``.
+    """uint8 images ``[N, 3, h, w]`` (downscaled by :func:`shrink`) and embeddings of ``latents``.
 
-    With ``embedder=None`` only the images are rendered (embeddings ``None``).
+    The embeddings are of the full-resolution uint8 images (as a dataset stores them). With
+    ``embedder=None`` only the images are rendered (embeddings ``None``).
     """
     from exface.exfacegan.synthesis import embed_images, to_uint8
 
     imgs, embs = [], []
     for s in range(0, len(latents), batch_size):
         u8 = to_uint8(gan.synthesize(latents[s:s + batch_size].to(gan.device), space=space)).cpu()
-        imgs.append(u8.numpy())
+        imgs.append(shrink(u8))
         if embedder is not None:
             embs.append(embed_images(aligner, embedder, u8).cpu().numpy())
     return np.concatenate(imgs), (np.concatenate(embs) if embs else None)
@@ -270,7 +289,8 @@ def quality_report(
     rows = [r for r, s in zip(rows, sel) if s]
     emb, lat = emb[sel], lat[torch.from_numpy(sel)]
     labels = np.array([r["identity"] for r in rows])
-    images = np.stack([np.asarray(Image.open(root / r["file"]).convert("RGB")).transpose(2, 0, 1) for r in rows])
+    images = np.concatenate([shrink(np.asarray(Image.open(root / r["file"]).convert("RGB")).transpose(2, 0, 1)[None])
+                             for r in rows])
     k = settings["images_per_identity"]
     space = settings["space"]
 
@@ -397,7 +417,7 @@ def _markdown(result: dict) -> list[str]:
         )
     lines += ["", _table(result), ""]
     lines.append("EER/FDR from all genuine pairs and up to 200k random impostor pairs; pixel diversity = mean pairwise "
-                 "RMS distance of [0, 1] images within an identity; feature diversity = mean pairwise 1 - cos within "
+                 f"RMS distance of [0, 1] images (area-downscaled to at most {REPORT_SIZE} px) within an identity; feature diversity = mean pairwise 1 - cos within "
                  "an identity; latent pairwise dist = mean pairwise L2 of an identity's latents. Winning = lower EER than "
                  f"noise_equal_diversity, with pixel diversity at least {100 * (1 - DIVERSITY_TOLERANCE):.0f}% of its.")
     lines += ["", "![similarities](similarity_hist.png)", ""]
