@@ -57,7 +57,14 @@ def _dcgan_faceapi(tmp_path: Path) -> list[str]:
 
 
 def _fr_arcface_synthetic(tmp_path: Path) -> list[str]:
-    pytest.skip("needs a synthetic identity-folder dataset; tests/test_fr_training.py runs this recipe")
+    from exface.testing.identity_folder import make_identity_folder
+
+    root = make_identity_folder(tmp_path / "dataset")
+    return [
+        "--model.init_args.backbone.init_args.arch=r18",
+        f"--data.init_args.root={root}", "--data.init_args.batch_size=6", "--data.init_args.num_workers=0",
+        "--data.init_args.val_fraction=0.3",
+    ]
 
 
 SETUPS = {"stylegan2_arcface": _stylegan2_arcface, "dcgan_faceapi": _dcgan_faceapi,

@@ -14,7 +14,6 @@ data; no numpy object is unpickled), plus ``_codecs.encode`` limited to rebuildi
 
 from __future__ import annotations
 
-import io
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -63,12 +63,12 @@ REPORT_SIZE = 64
 
 def shrink(images_u8: Tensor | np.ndarray, size: int = REPORT_SIZE) -> np.ndarray:
     """uint8 ``[N, 3, H, W]`` -> uint8 with the longer side at most ``size`` (area averaging)."""
-    x = torch.as_tensor(np.asarray(images_u8))
-    h, w = x.shape[-2:]
+    arr = images_u8.numpy() if isinstance(images_u8, Tensor) else np.asarray(images_u8)
+    h, w = arr.shape[-2:]
     if max(h, w) <= size:
-        return x.numpy()
+        return arr
     scale = size / max(h, w)
-    out = torch.nn.functional.interpolate(x.float(), size=(max(1, round(h * scale)), max(1, round(w * scale))),
+    out = torch.nn.functional.interpolate(torch.from_numpy(arr.astype(np.float32)), size=(max(1, round(h * scale)), max(1, round(w * scale))),
                                           mode="area")
     return out.round().clamp(0, 255).to(torch.uint8).numpy()
 

@@ -14,7 +14,6 @@ pickle's stored filters on load.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exface.models.stylegan2 import FullyConnectedLayer, MappingNetwork, StyleGAN2Generator, check_noise_mode
+from exface.models.stylegan2 import FullyConnectedLayer, StyleGAN2Generator, check_noise_mode
 from exface.models.stylegan_ops import filtered_lrelu
 
 __all__ = [
