@@ -247,8 +247,12 @@ def _histogram(sets: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), sharey=False)
+    # one x range for every panel, from the lowest score of any set (face-api scores, say,
+    # all lie above 0.7: a [-1, 1] axis would squeeze them into a few bins)
+    lo = min(float(min(m["_genuine"].min(initial=1.0), m["_impostor"].min(initial=1.0))) for m in sets.values())
+    lo = max(-1.0, math.floor(lo * 20) / 20)
     for ax, (name, m) in zip(np.atleast_1d(axes), sets.items()):
-        bins = np.linspace(-1, 1, 81)
+        bins = np.linspace(lo, 1, 81)
         ax.hist(m["_impostor"], bins=bins, density=True, alpha=0.55, label="impostor")
         ax.hist(m["_genuine"], bins=bins, density=True, alpha=0.55, label="genuine")
         ax.set_title(f"{name}: EER {m['eer']:.3f}, FDR {m['fdr']:.2f}")
