@@ -33,6 +33,7 @@ from exface.alignment.geometry import warp_affine
 from exface.models.faceapi_landmarks import FaceLandmark68Net
 from exface.models.faceapi_ops import FACEAPI_INPUT_SIZE, faceapi_input
 from exface.registry import Registrable
+from exface.tensors import to_uint8
 
 __all__ = [
     "LandmarkSource",
@@ -201,7 +202,7 @@ def face_recognition_models_path(name: str) -> Path:
 
 
 def _to_uint8_hwc(images: Tensor) -> np.ndarray:
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = to_uint8(images)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).cpu().numpy())
 
 

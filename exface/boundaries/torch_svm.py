@@ -48,9 +48,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-from exface.boundaries.base import Boundaries, BoundaryLearner
+from exface.boundaries.base import (
+    Boundaries,
+    BoundaryLearner,
+    check_boundary_inputs,
+    hyperplanes_to_raw,
+    latent_split,
+)
 from exface.boundaries.metrics import balanced_accuracy, roc_auc
-from exface.boundaries.sklearn_learners import check_boundary_inputs, hyperplanes_to_raw, latent_split
 
 __all__ = ["BatchedLinearSVM", "BoundaryFitModule", "TorchLinearSVM"]
 

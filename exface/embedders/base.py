@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from exface.registry import Registrable
+from exface.tensors import module_device
 
 __all__ = ['IdentityEmbedder']
 
@@ -35,6 +36,10 @@ class IdentityEmbedder(Registrable, nn.Module, ABC):
     color_order: str = "RGB"
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+
+    @property
+    def device(self) -> torch.device:
+        return module_device(self)
 
     def preprocess(self, images: Tensor) -> Tensor:
         """[-1, 1] RGB -> the network's colour order and normalization."""

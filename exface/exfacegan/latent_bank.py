@@ -44,6 +44,7 @@ from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
 from exface.embedders.base import IdentityEmbedder
 from exface.generators.base import Generator
+from exface.tensors import to_uint8
 
 __all__ = ["LatentBank", "BankMismatchError", "bank_config", "part_record", "chunk_seed"]
 
@@ -227,12 +228,12 @@ def compute_chunk(
         w = generator.to_w(z)
         images = generator.synthesize(z, space="z")
         crops = aligner(images)
-        emb = embedder(crops.to(next(embedder.parameters(), crops).device))
+        emb = embedder(crops.to(embedder.device))
         zs.append(z.float().cpu())
         ws.append(w.float().cpu())
-        embs.append(F.normalize(emb.float(), dim=1).cpu())
+        embs.append(emb.float().cpu())  # the embedder contract already L2-normalizes
         if store_images:
-            imgs.append(((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+            imgs.append(to_uint8(images).cpu())
         for p in attribute_predictors:
             x = crops
             if tuple(x.shape[-2:]) != tuple(p.input_size):

@@ -44,6 +44,7 @@ from exface.embedders.base import IdentityEmbedder
 from exface.evaluation.verification import equal_error_rate
 from exface.exfacegan.samplers import NoiseSampler, RandomSampler, anchor_latent
 from exface.generators.base import Generator
+from exface.tensors import to_uint8
 
 __all__ = [
     "set_metrics",
@@ -152,7 +153,7 @@ def render_set(gan: Generator, aligner: Aligner | None, embedder: IdentityEmbedd
     The embeddings are of the full-resolution uint8 images (as a dataset stores them). With
     ``embedder=None`` only the images are rendered (embeddings ``None``).
     """
-    from exface.exfacegan.synthesis import embed_images, to_uint8
+    from exface.exfacegan.synthesis import embed_images
 
     imgs, embs = [], []
     for s in range(0, len(latents), batch_size):

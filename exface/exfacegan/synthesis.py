@@ -48,6 +48,7 @@ from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
 from exface.exfacegan.samplers import LatentSampler, anchor_latent, make_sampler
 from exface.generators.base import Generator
+from exface.tensors import to_uint8
 
 __all__ = [
     "Identity",
@@ -56,7 +57,6 @@ __all__ = [
     "plan_identities",
     "plan_work",
     "item_rng",
-    "to_uint8",
     "embed_images",
     "SynthesisModule",
     "DatasetImageWriter",
@@ -174,17 +174,11 @@ def item_rng(seed: int, boundary: int, side: int, chunk: int, salt: int = 0) -> 
     return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
 
 
-def to_uint8(images: Tensor) -> Tensor:
-    """[-1, 1] float images -> uint8 [0, 255] (what is written to PNG)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 @torch.no_grad()
 def embed_images(aligner: Aligner, embedder: IdentityEmbedder, images_u8: Tensor) -> Tensor:
     """Embeddings of uint8 images, exactly as they are stored on disk."""
     x = images_u8.float() / 127.5 - 1.0
-    dev = next(iter(list(embedder.parameters()) + list(embedder.buffers())), torch.zeros(0)).device
-    return embedder(aligner(x.to(dev))).float()
+    return embedder(aligner(x.to(embedder.device))).float()
 
 
 # ----------------------------------------------------------------------------- Lightning

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from exface.registry import Registrable
+from exface.tensors import module_device
 
 __all__ = ['Generator', 'LATENT_SPACES']
 
@@ -64,8 +65,4 @@ class Generator(Registrable, nn.Module, ABC):
 
     @property
     def device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        for b in self.buffers():
-            return b.device
-        return torch.device("cpu")
+        return module_device(self)
