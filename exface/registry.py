@@ -155,6 +155,7 @@ _BUILTIN_MODULES = (
     "exface.attributes",
     "exface.alignment",
     "exface.boundaries",
+    "exface.editing",
     "exface.losses",
     "exface.exfacegan",
     "exface.evaluation",
