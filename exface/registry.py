@@ -153,6 +153,7 @@ _BUILTIN_MODULES = (
     "exface.generators",
     "exface.embedders",
     "exface.attributes",
+    "exface.detectors",
     "exface.alignment",
     "exface.boundaries",
     "exface.editing",
