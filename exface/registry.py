@@ -157,6 +157,7 @@ _BUILTIN_MODULES = (
     "exface.alignment",
     "exface.boundaries",
     "exface.editing",
+    "exface.interfacegan",
     "exface.losses",
     "exface.exfacegan",
     "exface.evaluation",
