@@ -156,6 +156,7 @@ _BUILTIN_MODULES = (
     "exface.alignment",
     "exface.boundaries",
     "exface.editing",
+    "exface.agerl",
     "exface.losses",
     "exface.exfacegan",
     "exface.evaluation",
