@@ -158,6 +158,7 @@ _BUILTIN_MODULES = (
     "exface.boundaries",
     "exface.editing",
     "exface.interfacegan",
+    "exface.agerl",
     "exface.losses",
     "exface.exfacegan",
     "exface.evaluation",
