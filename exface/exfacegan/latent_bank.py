@@ -139,6 +139,11 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return diffs
 
 
+# the names other modules imported before exface.exfacegan.run_files held these
+_atomic_save = atomic_torch_save
+_atomic_write_json = atomic_write_json
+
+
 def references_digest(refs: dict[str, Tensor]) -> str:
     """The content digest of a bank's references (what boundaries and datasets record as "the bank")."""
     return tensor_digest({k: refs[k] for k in sorted(refs)})

@@ -294,14 +294,18 @@ def quality_report(
     rows = [r for r, s in zip(rows, sel) if s]
     emb, lat = emb[sel], lat[torch.from_numpy(sel)]
     labels = np.array([r["identity"] for r in rows])
-    images = np.concatenate([shrink(np.asarray(Image.open(root / r["file"]).convert("RGB")).transpose(2, 0, 1)[None])
-                             for r in rows])
     k = settings["images_per_identity"]
     space = settings["space"]
+    if settings.get("crop") is None or all("frame" in r for r in rows):  # the frames are on disk
+        images = np.concatenate([shrink(np.asarray(Image.open(root / r.get("frame", r["file"])).convert("RGB"))
+                                        .transpose(2, 0, 1)[None]) for r in rows])
+    else:  # the dataset stores crops: re-render its frames, as the baselines are measured on frames
+        images, _ = render_set(generator, None, None, lat.float(), space, batch_size)
 
     sets = {"boundary": set_metrics(emb, labels, images, seed=seed, latents=lat.numpy())}
     result: dict = {"dataset": str(root), "sampler": settings["sampler"], "images_per_identity": k,
-                    "num_identities": len(idents), "space": space}
+                    "num_identities": len(idents), "space": space,
+                    "face_check": {k2: settings.get(k2) for k2 in ("crop", "face_check", "face_check_failed", "dropped")}}
     grids = {"boundary": "grid.png"}
     _grid(images, labels, out / "grid.png")
     if baselines:
@@ -419,6 +423,13 @@ def _markdown(result: dict) -> list[str]:
             f"found by bisection so that its pixel diversity matches the boundary sampler's ({cal['target']:.4f}; "
             f"{cal['reached_on_subset']:.4f} on the {cal['subset_identities']} identities it was calibrated on). "
             f"The verdict compares against this set: equal diversity, so the EER decides."
+        )
+    fc = result.get("face_check") or {}
+    if fc.get("crop"):
+        lines.append(
+            f"Stored images: {fc['crop']['class']} crops {fc['crop']['output_size']}; face check "
+            f"{'off' if fc.get('face_check') is None else fc['face_check']}: {fc.get('face_check_failed') or 0} draws "
+            f"failed it (resampled), {fc.get('dropped') or 0} images dropped. Pixel diversity is measured on the frames."
         )
     lines += ["", _table(result), ""]
     lines.append("EER/FDR from all genuine pairs and up to 200k random impostor pairs; pixel diversity = mean pairwise "
