@@ -157,6 +157,8 @@ _BUILTIN_MODULES = (
     "exface.alignment",
     "exface.boundaries",
     "exface.editing",
+    "exface.interfacegan",
+    "exface.agerl",
     "exface.losses",
     "exface.exfacegan",
     "exface.evaluation",

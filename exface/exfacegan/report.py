@@ -178,14 +178,15 @@ def render_set(gan: Generator, judges: list[Judge], latents: Tensor, space: str,
 
 @torch.no_grad()
 def _embed_files(root: Path, rows: list[dict], judge: Judge, batch_size: int) -> np.ndarray:
-    """Embeddings of a dataset's stored PNGs (full resolution) by one judge."""
+    """Embeddings of a dataset's stored frames (full resolution) by one judge."""
     from PIL import Image
 
     from exface.exfacegan.synthesis import embed_images
 
     out = []
     for s in range(0, len(rows), batch_size):
-        u8 = torch.from_numpy(np.stack([np.asarray(Image.open(root / r["file"]).convert("RGB")).transpose(2, 0, 1)
+        u8 = torch.from_numpy(np.stack([np.asarray(Image.open(root / r.get("frame", r["file"])).convert("RGB"))
+                                        .transpose(2, 0, 1)
                                         for r in rows[s:s + batch_size]]))
         out.append(embed_images(judge[0], judge[1], u8).cpu().numpy())
     return np.concatenate(out)
@@ -340,20 +341,27 @@ def quality_report(
     rows = [r for r, s in zip(rows, sel) if s]
     emb, lat = emb[sel], lat[torch.from_numpy(sel)]
     labels = np.array([r["identity"] for r in rows])
-    images = np.concatenate([shrink(np.asarray(Image.open(root / r["file"]).convert("RGB")).transpose(2, 0, 1)[None])
-                             for r in rows])
     k = settings["images_per_identity"]
     space = settings["space"]
+    ev_emb = None
+    if settings.get("crop") is None or all("frame" in r for r in rows):  # the frames are on disk
+        images = np.concatenate([shrink(np.asarray(Image.open(root / r.get("frame", r["file"])).convert("RGB"))
+                                        .transpose(2, 0, 1)[None]) for r in rows])
+        if evaluator is not None:
+            ev_emb = _embed_files(root, rows, judges[1], batch_size)
+    else:  # the dataset stores crops: re-render its frames, as the baselines are measured on frames
+        images, es = render_set(generator, judges[1:], lat.float(), space, batch_size)
+        ev_emb = es[0] if evaluator is not None else None
 
     sets = {"boundary": set_metrics(emb, labels, images, seed=seed, latents=lat.numpy())}
     ev_sets: dict[str, dict] = {}
-    if evaluator is not None:
-        ev_sets["boundary"] = set_metrics(_embed_files(root, rows, judges[1], batch_size), labels, images, seed=seed,
-                                          latents=lat.numpy())
+    if ev_emb is not None:
+        ev_sets["boundary"] = set_metrics(ev_emb, labels, images, seed=seed, latents=lat.numpy())
     result: dict = {"dataset": str(root), "sampler": settings["sampler"], "images_per_identity": k,
                     "num_identities": len(idents), "space": space, "labeler": type(embedder).__name__,
                     "evaluator": type(evaluator).__name__ if evaluator is not None else None,
-                    "evaluator_choice": why}
+                    "evaluator_choice": why,
+                    "face_check": {k2: settings.get(k2) for k2 in ("crop", "face_check", "face_check_failed", "dropped")}}
     grids = {"boundary": "grid.png"}
     _grid(images, labels, out / "grid.png")
     if baselines:
@@ -490,6 +498,13 @@ def _markdown(result: dict) -> list[str]:
             f"found by bisection so that its pixel diversity matches the boundary sampler's ({cal['target']:.4f}; "
             f"{cal['reached_on_subset']:.4f} on the {cal['subset_identities']} identities it was calibrated on). "
             f"The verdict compares against this set: equal diversity, so the EER decides."
+        )
+    fc = result.get("face_check") or {}
+    if fc.get("crop"):
+        lines.append(
+            f"Stored images: {fc['crop']['class']} crops {fc['crop']['output_size']}; face check "
+            f"{'off' if fc.get('face_check') is None else fc['face_check']}: {fc.get('face_check_failed') or 0} draws "
+            f"failed it (resampled), {fc.get('dropped') or 0} images dropped. Pixel diversity is measured on the frames."
         )
     if result.get("evaluator_sets"):
         lines += ["", f"## Judged by the evaluator {result['evaluator']} (no part in the labels; the verdict's figures)",

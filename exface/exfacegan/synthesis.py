@@ -9,8 +9,11 @@ embedding of the reference mirrored across the boundary).
 
 Layout of ``output_dir``::
 
-    <identity>/<k>.png     uint8 RGB PNG of the generator output at native resolution
-    manifest.jsonl         one line per image: identity, boundary, side, file, k,
+    <identity>/<k>.png     uint8 RGB PNG (or ``.jpg``: ``image_format``) of what FR trains on:
+                           the ``crop_aligner``'s crop (e.g. the 112x112 ArcFace template),
+                           or the generator frame at native resolution without one
+    frames/<identity>/<k>.png  the native frame beside the crop (``save_frames``)
+    manifest.jsonl         one line per image: identity, boundary, side, file, [frame,] k,
                            signed_distance, similarity_to_reference, passed_filter
     latents.npy            [N, d] float32, the latents in manifest order (space in synthesis.json)
     embeddings.npy         [N, D] float32, embedder(aligner(PNG pixels)) in manifest order
@@ -20,7 +23,11 @@ Layout of ``output_dir``::
 Work is split into items (identity, chunk of up to ``batch_size`` images), run by
 ``lightning.Trainer.predict`` so ``devices``/``accelerator`` shard items over GPUs (DDP);
 each item's random stream is seeded from ``(seed, boundary, side, chunk)``, so results do
-not depend on the device split or on resuming. Files are written atomically (tmp file +
+not depend on the device split or on resuming. Images whose landmarks fail the crop
+aligner's face check (:func:`exface.exfacegan.crops.plausible_faces`) are resampled for up
+to ``filter_rounds`` rounds, then dropped; both are counted (``face_check_failed``,
+``dropped`` in ``synthesis.json``). Embeddings and the identity filter always use the
+embedder's own ``aligner`` on the frame. Files are written atomically (tmp file +
 ``os.replace``); an item is complete when its record exists and all its images do, and a
 re-run redoes only incomplete items (writing only their missing images).
 """
@@ -46,6 +53,7 @@ from exface.alignment.base import Aligner
 from exface.boundaries.base import Boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
+from exface.exfacegan.crops import IMAGE_SUFFIX, ImageFormat, aligned_crops, describe_crop, encode_image
 from exface.exfacegan.samplers import LatentSampler, anchor_latent, make_sampler
 from exface.generators.base import Generator
 from exface.tensors import to_uint8
@@ -217,9 +225,13 @@ class SynthesisModule(LightningModule):
         identity_filter: float | None = None,
         filter_rounds: int = 10,
         truncation_psi: float | None = None,
+        crop_aligner: Aligner | None = None,
+        face_check: float | None = 0.35,
+        save_frames: bool = False,
     ) -> None:
         super().__init__()
         self.gan, self.aligner, self.embedder = generator, aligner, embedder
+        self.crop_aligner, self.face_check, self.save_frames = crop_aligner, face_check, bool(save_frames)
         self.boundaries = boundaries
         self.references = references.float()
         self.reference_embeddings = torch.nn.functional.normalize(reference_embeddings.float(), dim=1)
@@ -256,10 +268,11 @@ class SynthesisModule(LightningModule):
         idents = [self.identities[it.identity] for it in batch]
         anchors = self.anchor_embeddings(idents)
         need = [it.count for it in batch]
-        kept: list[list[tuple]] = [[] for _ in batch]  # (latent, image, emb, sim, passed)
+        kept: list[list[tuple]] = [[] for _ in batch]  # (latent, frame, emb, sim, passed, crop)
         spare: list[list[tuple]] = [[] for _ in batch]
-        drawn = [0] * len(batch)
-        rounds = self.filter_rounds if self.identity_filter is not None else 1
+        drawn, face_failed = [0] * len(batch), [0] * len(batch)
+        checking = self.crop_aligner is not None and self.face_check is not None
+        rounds = self.filter_rounds if self.identity_filter is not None or checking else 1
         for rnd in range(rounds):
             todo = [j for j in range(len(batch)) if len(kept[j]) < need[j]]
             if not todo:
@@ -278,13 +291,15 @@ class SynthesisModule(LightningModule):
                 drawn[j] += n
             lat = torch.cat(lats)
             imgs, emb = self._render(lat)
+            crops, face_ok = (imgs, torch.ones(len(imgs), dtype=torch.bool)) if self.crop_aligner is None else \
+                aligned_crops(self.crop_aligner, imgs, self.face_check, self.device)
             for q, j in enumerate(owner):
+                if not face_ok[q]:  # no face: never kept, resampled next round
+                    face_failed[j] += 1
+                    continue
                 sim = float(emb[q] @ anchors[j])
-                rec = (lat[q], imgs[q], emb[q], sim)
-                if self.identity_filter is None or sim >= self.identity_filter:
-                    kept[j].append(rec + (True,))
-                else:
-                    spare[j].append(rec + (False,))
+                passed = self.identity_filter is None or sim >= self.identity_filter
+                (kept if passed else spare)[j].append((lat[q], imgs[q], emb[q], sim, passed, crops[q]))
         out = []
         for j, it in enumerate(batch):
             recs = kept[j]
@@ -292,20 +307,28 @@ class SynthesisModule(LightningModule):
                 spare[j].sort(key=lambda r: -r[3])
                 recs = recs + spare[j][: need[j] - len(recs)]
             ident = idents[j]
-            lat = torch.stack([r[0] for r in recs])
+            if not recs:  # every draw failed the face check: the whole item is dropped
+                lat = self.references.new_zeros((0, self.references.shape[1]))
+                res = {"image": torch.zeros(0, dtype=torch.uint8), "embedding": torch.zeros(0, anchors.shape[1]),
+                       "frame": None}
+            else:
+                lat = torch.stack([r[0] for r in recs])
+                res = {"image": torch.stack([r[5] for r in recs]), "embedding": torch.stack([r[2] for r in recs]),
+                       "frame": torch.stack([r[1] for r in recs]) if self.save_frames and self.crop_aligner else None}
             out.append({
                 "identity": ident.name,
                 "boundary": ident.boundary,
                 "side": ident.side,
                 "chunk": it.chunk,
-                "k": list(range(it.start, it.start + it.count)),
+                "k": list(range(it.start, it.start + len(recs))),
                 "latent": lat,
-                "image": torch.stack([r[1] for r in recs]),
-                "embedding": torch.stack([r[2] for r in recs]),
+                **res,
                 "similarity": torch.tensor([r[3] for r in recs]),
-                "passed": torch.tensor([r[4] for r in recs]),
+                "passed": torch.tensor([r[4] for r in recs], dtype=torch.bool),
                 "signed_distance": self.boundaries.signed_distance(lat, ident.boundary),
                 "drawn": drawn[j],
+                "face_check_failed": face_failed[j],
+                "dropped": it.count - len(recs),
             })
         return out
 
@@ -315,16 +338,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
-
-
-def _png_bytes(image_chw_u8: Tensor) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image_chw_u8.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _record_path(root: Path, identity: str, chunk: int) -> Path:
@@ -343,25 +356,44 @@ def item_complete(root: Path, identity: str, chunk: int) -> bool:
     return all((root / f).is_file() for f in files)
 
 
-class DatasetImageWriter(BasePredictionWriter):
-    """Writes each rendered item: its missing PNGs, then its record (both atomically)."""
+FRAMES = "frames"
 
-    def __init__(self, root: str | Path) -> None:
+
+def dataset_bytes(root: str | Path) -> int:
+    """Bytes on disk of a dataset folder (images, frames, manifest, arrays; not ``.work`` records or synthesis.json)."""
+    root = Path(root)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and WORK not in p.relative_to(root).parts
+               and p.name != SETTINGS)
+
+
+class DatasetImageWriter(BasePredictionWriter):
+    """Writes each rendered item: its missing images (and frames), then its record (all atomically)."""
+
+    def __init__(self, root: str | Path, image_format: ImageFormat = "png", jpeg_quality: int = 95) -> None:
         super().__init__(write_interval="batch")
         self.root = Path(root)
+        self.image_format, self.jpeg_quality = image_format, int(jpeg_quality)
+        self.suffix = IMAGE_SUFFIX[image_format]
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         for res in prediction:
             d = self.root / res["identity"]
             d.mkdir(parents=True, exist_ok=True)
-            files = []
-            for k, img in zip(res["k"], res["image"]):
-                path = d / f"{k}.png"
-                files.append(f"{res['identity']}/{k}.png")
+            files, frames = [], []
+            for q, (k, img) in enumerate(zip(res["k"], res["image"])):
+                path = d / f"{k}{self.suffix}"
+                files.append(f"{res['identity']}/{k}{self.suffix}")
                 if not path.is_file():
-                    _atomic_write_bytes(path, _png_bytes(img))
-            rec = {key: v for key, v in res.items() if key != "image"}
-            rec["files"] = files
+                    _atomic_write_bytes(path, encode_image(img, self.image_format, self.jpeg_quality))
+                if res["frame"] is not None:
+                    frames.append(f"{FRAMES}/{res['identity']}/{k}.png")
+                    fpath = self.root / frames[-1]
+                    if not fpath.is_file():
+                        fpath.parent.mkdir(parents=True, exist_ok=True)
+                        _atomic_write_bytes(fpath, encode_image(res["frame"][q]))
+            rec = {key: v for key, v in res.items() if key not in ("image", "frame")}
+            rec["files"] = files + frames
+            rec["frames"] = frames
             rpath = _record_path(self.root, res["identity"], res["chunk"])
             rpath.parent.mkdir(parents=True, exist_ok=True)
             tmp = rpath.with_name(f".{rpath.name}.tmp{os.getpid()}")
@@ -375,7 +407,7 @@ class DatasetImageWriter(BasePredictionWriter):
 def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) -> dict:
     """Merge the item records into manifest.jsonl, latents.npy and embeddings.npy (manifest order)."""
     lines, lats, embs = [], [], []
-    drawn = kept = passed = 0
+    drawn = kept = passed = face_failed = dropped = 0
     by_ident: dict[int, list[WorkItem]] = {}
     for it in items:
         by_ident.setdefault(it.identity, []).append(it)
@@ -383,13 +415,16 @@ def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) 
         for it in sorted(by_ident[i], key=lambda w: w.chunk):
             rec = torch.load(str(_record_path(root, ident.name, it.chunk)), map_location="cpu", weights_only=True)
             drawn += int(rec["drawn"])
-            for q, f in enumerate(rec["files"]):
+            face_failed += int(rec.get("face_check_failed", 0))
+            dropped += int(rec.get("dropped", 0))
+            frames = rec.get("frames") or []
+            for q, f in enumerate(rec["files"][:len(rec["k"])]):
                 ok = bool(rec["passed"][q])
                 passed += ok
                 kept += 1
                 lines.append(json.dumps({
                     "identity": ident.name, "boundary": ident.boundary, "side": ident.side, "file": f,
-                    "k": int(rec["k"][q]), "signed_distance": round(float(rec["signed_distance"][q]), 6),
+                    **({"frame": frames[q]} if frames else {}), "k": int(rec["k"][q]), "signed_distance": round(float(rec["signed_distance"][q]), 6),
                     "similarity_to_reference": round(float(rec["similarity"][q]), 6), "passed_filter": ok,
                 }))
             lats.append(rec["latent"].numpy())
@@ -401,7 +436,8 @@ def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) 
             np.save(fh, np.concatenate(arrs).astype(np.float32))
         os.replace(tmp, root / name)
     return {"images": kept, "candidates_drawn": drawn, "passed_filter": passed,
-            "acceptance_rate": passed / drawn if drawn else float("nan")}
+            "acceptance_rate": passed / drawn if drawn else float("nan"),
+            "face_check_failed": face_failed, "dropped": dropped}
 
 
 def synthesize_dataset(
@@ -424,6 +460,11 @@ def synthesize_dataset(
     devices: int | str = 1,
     extra_settings: dict | None = None,
     progress: bool = True,
+    crop_aligner: Aligner | None = None,
+    face_check: float | None = 0.35,
+    image_format: ImageFormat = "png",
+    jpeg_quality: int = 95,
+    save_frames: bool = False,
 ) -> dict:
     """Render the dataset into ``output_dir`` (resumable); returns the settings + statistics dict."""
     root = Path(output_dir)
@@ -445,13 +486,16 @@ def synthesize_dataset(
         "identity_filter": identity_filter, "filter_rounds": filter_rounds, "truncation_psi": truncation_psi,
         "parts": {"generator": type(generator).__name__, "aligner": type(aligner).__name__,
                   "embedder": type(embedder).__name__},
+        "crop": describe_crop(crop_aligner), "face_check": face_check if crop_aligner is not None else None,
+        "image_format": image_format, "save_frames": bool(save_frames and crop_aligner is not None),
         **(extra_settings or {}),
     }
     root.mkdir(parents=True, exist_ok=True)
     spath = root / SETTINGS
     if spath.is_file():
         old = json.loads(spath.read_text())
-        keys = ("space", "images_per_identity", "seed", "chunk", "sampler", "identity_filter", "filter_rounds", "parts")
+        keys = ("space", "images_per_identity", "seed", "chunk", "sampler", "identity_filter", "filter_rounds", "parts",
+                "crop", "face_check", "image_format", "save_frames")
         diff = [k for k in keys if json.loads(json.dumps(settings[k])) != old.get(k)]
         if diff:
             raise ValueError(
@@ -463,12 +507,13 @@ def synthesize_dataset(
         module = SynthesisModule(
             generator, aligner, embedder, boundaries, references[space], references["embedding"], identities, sampler,
             seed=seed, identity_filter=identity_filter, filter_rounds=filter_rounds, truncation_psi=truncation_psi,
+            crop_aligner=crop_aligner, face_check=face_check, save_frames=save_frames,
         )
         per_batch = max(1, batch_size // chunk)
         loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
         trainer = Trainer(
             accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
-            enable_model_summary=False, enable_progress_bar=progress, callbacks=[DatasetImageWriter(root)],
+            enable_model_summary=False, enable_progress_bar=progress, callbacks=[DatasetImageWriter(root, image_format, jpeg_quality)],
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -481,7 +526,7 @@ def synthesize_dataset(
         raise RuntimeError(f"{len(missing)} work items did not complete (first: {missing[0]}); re-run to resume")
     stats = _consolidate(root, identities, items)
     settings.update(stats, identities=[[i.name, i.boundary, i.side] for i in identities],
-                    redone_items=len(todo), total_items=len(items))
+                    redone_items=len(todo), total_items=len(items), bytes_on_disk=dataset_bytes(root))
     _atomic_write_bytes(spath, json.dumps(settings, indent=1).encode())
     return settings
 
@@ -515,6 +560,11 @@ def synthesize(
     independent_evaluator: bool = True,
     accelerator: str = "auto",
     devices: int | str = 1,
+    crop_aligner: Aligner | None = None,
+    face_check: float | None = 0.35,
+    image_format: ImageFormat = "png",
+    jpeg_quality: int = 95,
+    save_frames: bool = False,
 ) -> None:
     """Render a synthetic identity dataset from identity boundaries (+ quality report).
 
@@ -543,13 +593,20 @@ def synthesize(
             (default: the labeler's crop at its input size). independent_evaluator: False
             lets the labeler judge alone.
         accelerator: Lightning accelerator. devices: Lightning devices (DDP over work items).
+        crop_aligner: the aligner whose crop is stored for FR training (e.g. ArcFaceAligner: the
+            112x112 ArcFace template); default none: the generator frame is stored.
+        face_check: a landmark crop aligner's sanity check: images whose keypoints miss the template
+            by more than this many eye distances (or leave the frame) are resampled, then dropped;
+            null turns it off.
+        image_format: 'png' or 'jpeg'. jpeg_quality: JPEG quality (1-100).
+        save_frames: also store the native frame, as frames/<identity>/<k>.png.
     """
     t0 = time.time()
     manifest, refs = load_bank_references(bank, generator, embedder, aligner)
     bnd = Boundaries.load(boundaries)
     sam = make_sampler(sampler, min_offset=min_offset, max_offset=max_offset, normalize_z=normalize_z,
                        distance=distance, jitter=jitter)
-    for m in (generator, aligner, embedder):
+    for m in (generator, aligner, embedder) + ((crop_aligner,) if crop_aligner is not None else ()):
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
@@ -558,14 +615,16 @@ def synthesize(
         num_identities=num_identities, sampler=sam, both_sides=both_sides, identity_filter=identity_filter,
         filter_rounds=filter_rounds, batch_size=batch_size, seed=seed,
         truncation_psi=manifest.get("truncation_psi"), accelerator=accelerator, devices=devices,
-        extra_settings={"bank": str(bank), "boundaries": str(boundaries)},
+        extra_settings={"bank": str(bank), "boundaries": str(boundaries)}, crop_aligner=crop_aligner,
+        face_check=face_check, image_format=image_format, jpeg_quality=jpeg_quality, save_frames=save_frames,
     )
     if not stats:  # non-zero DDP rank
         return
     print(
         f"synthesized {stats['images']} images of {len(stats['identities'])} identities into {output_dir} "
         f"({stats['redone_items']}/{stats['total_items']} work items rendered this run, "
-        f"filter acceptance {stats['acceptance_rate']:.3f}) in {time.time() - t0:.1f} s"
+        f"filter acceptance {stats['acceptance_rate']:.3f}; {stats['face_check_failed']} draws failed the face check, "
+        f"{stats['dropped']} images dropped) in {time.time() - t0:.1f} s; {stats['bytes_on_disk'] / 2**20:.1f} MiB on disk"
     )
     if report:
         from exface.exfacegan.report import quality_report
