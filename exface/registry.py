@@ -160,6 +160,7 @@ _BUILTIN_MODULES = (
     "exface.exfacegan",
     "exface.evaluation",
     "exface.fr",
+    "exface.disentangle",
     "exface.zoo",
 )
 
