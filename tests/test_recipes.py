@@ -67,8 +67,43 @@ def _fr_arcface_synthetic(tmp_path: Path) -> list[str]:
     ]
 
 
+def _fr_verification_overrides(tmp_path: Path) -> list[str]:
+    """Replace a recipe's callbacks: verification on the shared small .bin (or none) + last checkpoint."""
+    import json
+
+    from tests.conftest import SHARED_DATA
+
+    small = SHARED_DATA / "insightface-bin" / "small_lfw.bin"
+    cbs = [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]
+    if small.is_file():
+        cbs.insert(0, {"class_path": "VerificationCallback",
+                       "init_args": {"sets": [str(small)], "folds": 2, "batch_size": 10}})
+    return [f"--trainer.callbacks={json.dumps(cbs)}"]
+
+
+def _fr_exfacegan_iresnet50(tmp_path: Path) -> list[str]:
+    from exface.testing.identity_folder import make_identity_folder
+
+    root = make_identity_folder(tmp_path / "dataset", size=112)
+    return [
+        "--model.init_args.backbone.init_args.arch=r18",  # the recipe's r50, made small for the test
+        f"--data.init_args.root={root}", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+        "--trainer.precision=32-true", "--trainer.devices=1",
+        *_fr_verification_overrides(tmp_path),
+    ]
+
+
+def _fr_mobilefacenet_dcgan(tmp_path: Path) -> list[str]:
+    from exface.testing.identity_folder import make_identity_folder
+
+    root = make_identity_folder(tmp_path / "dataset", size=112)
+    return [f"--data.init_args.root={root}", "--data.init_args.batch_size=4",
+            *_fr_verification_overrides(tmp_path)]
+
+
 SETUPS = {"stylegan2_arcface": _stylegan2_arcface, "dcgan_faceapi": _dcgan_faceapi,
-          "fr_arcface_synthetic": _fr_arcface_synthetic}
+          "fr_arcface_synthetic": _fr_arcface_synthetic, "fr_exfacegan_iresnet50": _fr_exfacegan_iresnet50,
+          "fr_mobilefacenet_dcgan": _fr_mobilefacenet_dcgan}
 
 
 def test_every_recipe_has_a_check():
