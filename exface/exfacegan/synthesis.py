@@ -53,6 +53,15 @@ from exface.alignment.base import Aligner
 from exface.boundaries.base import Boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
+from exface.errors import ExfaceError, ExfaceFileError, ExfaceStateError
+from exface.exfacegan.provenance import part_differences, part_fingerprint, tensor_digest
+from exface.exfacegan.run_files import (
+    FolderLock,
+    atomic_torch_save,
+    atomic_write_bytes,
+    clean_partials,
+    is_primary_process,
+)
 from exface.exfacegan.crops import IMAGE_SUFFIX, ImageFormat, aligned_crops, describe_crop, encode_image
 from exface.exfacegan.samplers import LatentSampler, anchor_latent, make_sampler
 from exface.generators.base import Generator
@@ -62,6 +71,8 @@ __all__ = [
     "Identity",
     "WorkItem",
     "load_bank_references",
+    "load_boundaries",
+    "check_boundaries_bank",
     "plan_identities",
     "plan_work",
     "item_rng",
@@ -103,51 +114,91 @@ def load_bank_references(
     bank: str | Path, generator: Generator | None = None, embedder: IdentityEmbedder | None = None,
     aligner: Aligner | None = None,
 ) -> tuple[dict, dict[str, Tensor]]:
-    """The bank's ``manifest.json`` and ``references.pt``; checks the parts match the bank's.
+    """The bank's ``manifest.json`` and ``references.pt``; checks the parts are the bank's.
 
-    The references' embeddings were made with the bank's generator/aligner/embedder; using
-    other parts would compare embeddings of different networks, so a class mismatch is an error.
+    The references' embeddings were made with the bank's generator/aligner/embedder; other
+    parts would compare embeddings of different networks, so a part that differs from the
+    bank's record (class, weights sha256, or a non-path argument: the comparison ``exface
+    fit`` uses for the bank itself) is an error.
     """
     bank = Path(bank)
     mpath, rpath = bank / "manifest.json", bank / "references.pt"
     for p in (mpath, rpath):
         if not p.is_file():
-            raise FileNotFoundError(
-                f"latent bank file {p} is missing; build the bank first (exface fit --config recipes/...yaml) "
-                f"or point bank= at the folder holding manifest.json and references.pt"
+            raise ExfaceFileError(
+                f"latent bank file {p.name} is missing", where=p,
+                fix="build the bank first (exface fit --config recipes/...yaml), or point bank= at the folder "
+                    "holding manifest.json and references.pt",
             )
-    manifest = json.loads(mpath.read_text())
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ExfaceFileError(f"the bank manifest is not valid JSON ({err})", where=mpath,
+                              fix="rebuild the bank (a new bank_dir) or restore manifest.json") from None
     if manifest.get("format") != "exface-latent-bank":
-        raise ValueError(f"{mpath} is not an exface latent bank manifest (format={manifest.get('format')!r})")
+        raise ExfaceFileError(f"not an exface latent bank manifest (format={manifest.get('format')!r})", where=mpath,
+                              fix="point bank= at the folder `exface fit` built")
     parts = manifest.get("parts", {})
+    diffs: list[str] = []
     for role, part in (("generator", generator), ("embedder", embedder), ("aligner", aligner)):
         if part is None or role not in parts:
             continue
-        want = parts[role].get("class")
-        got = type(part).__name__
-        if want is not None and want != got:
-            raise ValueError(
-                f"the bank at {bank} was built with {role} {want}, but synthesize was given {got}; "
-                f"pass the bank's {role} (manifest.json 'parts') or rebuild the bank with {got}"
-            )
-        if part is not None and role in parts:
-            _warn_arg_differences(role, parts[role].get("args", {}), part)
-    refs = torch.load(str(rpath), map_location="cpu", weights_only=True)
+        diffs += part_differences(role, parts[role], part_fingerprint(part))
+    if diffs:
+        raise ExfaceError(
+            "synthesize was given other parts than the bank was built with:\n  " + "\n  ".join(diffs),
+            where=mpath, fix="pass the bank's parts (manifest.json 'parts'), or rebuild the bank with these",
+        )
+    try:
+        refs = torch.load(str(rpath), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-screen message
+        raise ExfaceFileError(f"cannot read the bank's references ({type(err).__name__}: {str(err)[:200]})",
+                              where=rpath, fix="run `exface fit` again: it rewrites references.pt") from None
+    if not isinstance(refs, dict) or "embedding" not in refs:
+        raise ExfaceFileError("references.pt holds no reference latents and embeddings", where=rpath,
+                              fix="run `exface fit` again: it rewrites references.pt")
     return manifest, refs
 
 
-def _warn_arg_differences(role: str, recorded: dict, part: Any) -> None:
-    """Warn when a part's init arguments differ from the bank's record (paths may move, so not an error)."""
+_BOUNDARY_KEYS = ("normals", "offsets", "space", "val_balanced_accuracy", "val_auc", "meta")
+
+
+def load_boundaries(path: str | Path) -> Boundaries:
+    """A boundaries file written by ``exface fit`` (``Boundaries.save``), checked for what it is."""
+    path = Path(path)
+    fix = "pass the boundaries.pt that `exface fit` wrote (the model's save_path)"
+    if not path.is_file():
+        raise ExfaceFileError("the boundaries file does not exist", where=path, fix=fix)
     try:
-        from exface.exfacegan.latent_bank import part_record
-    except ImportError:  # pragma: no cover - the bank module is part of the package
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ExfaceFileError(f"cannot read the boundaries file ({type(err).__name__}: {first})", where=path,
+                              fix=fix) from None
+    if not isinstance(data, dict) or not {"normals", "offsets", "space"} <= set(data):
+        what = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
+        hint = " (that is a bank's references.pt)" if isinstance(data, dict) and "indices" in data else ""
+        raise ExfaceFileError(f"not a boundaries file: it holds {what}{hint}", where=path, fix=fix)
+    r = data["normals"].shape[0]
+    nan = torch.full((r,), float("nan"))
+    return Boundaries(data["normals"], data["offsets"], data["space"], data.get("val_balanced_accuracy", nan),
+                      data.get("val_auc", nan), dict(data.get("meta") or {}))
+
+
+def check_boundaries_bank(boundaries: Boundaries, references: dict[str, Tensor], where: object = None) -> None:
+    """Refuse boundaries fit on another bank (their recorded references digest differs)."""
+    from exface.exfacegan.latent_bank import references_digest
+
+    recorded = (boundaries.meta or {}).get("bank_references_sha256")
+    if recorded is None:
+        warnings.warn(f"the boundaries {where or ''} do not record the bank they were fit on (made by an older "
+                      f"exface); their bank cannot be checked", stacklevel=2)
         return
-    given = json.loads(json.dumps(part_record(part)["args"]))
-    diff = {k: (recorded[k], given[k]) for k in recorded.keys() & given.keys() if recorded[k] != given[k]}
-    if diff:
-        warnings.warn(
-            f"{role} {type(part).__name__} has other arguments than the bank's (bank vs given: {diff}); "
-            f"embeddings may not be comparable with the references", stacklevel=3,
+    if recorded != references_digest(references):
+        raise ExfaceError(
+            f"the boundaries were fit on another bank (references sha256 {recorded[:12]}..., this bank's "
+            f"{references_digest(references)[:12]}...; recorded bank folder {boundaries.meta.get('bank')!r})",
+            where=where, fix="pass the bank the boundaries were fit on, or fit boundaries on this bank (exface fit)",
         )
 
 
@@ -158,7 +209,8 @@ def plan_identities(num_boundaries: int, num_identities: int | None, both_sides:
     """
     n = num_boundaries if num_identities is None else int(num_identities)
     if not 0 < n <= num_boundaries:
-        raise ValueError(f"num_identities must be in 1..{num_boundaries} (the number of boundaries), got {n}")
+        raise ExfaceError(f"num_identities must be in 1..{num_boundaries} (the number of boundaries), got {n}",
+                          where="num_identities", fix=f"pass --num_identities between 1 and {num_boundaries}")
     out = []
     for r in range(n):
         out.append(Identity(f"{r:06d}", r, 1))
@@ -333,27 +385,24 @@ class SynthesisModule(LightningModule):
         return out
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _record_path(root: Path, identity: str, chunk: int) -> Path:
     return root / WORK / identity / f"c{chunk:04d}.pt"
 
 
-def item_complete(root: Path, identity: str, chunk: int) -> bool:
-    """True when the item's record exists and every image it lists is on disk."""
+def item_complete(root: Path, identity: str, chunk: int, settings_key: str | None = None) -> bool:
+    """True when the item's record exists, was made with ``settings_key``, and its images are on disk."""
     rec = _record_path(root, identity, chunk)
     if not rec.is_file():
         return False
     try:
-        files = torch.load(str(rec), map_location="cpu", weights_only=True)["files"]
-    except Exception:
+        data = torch.load(str(rec), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable record is an incomplete item
         return False
-    return all((root / f).is_file() for f in files)
+    if settings_key is not None and data.get("settings_key") != settings_key:
+        return False
+    return all((root / f).is_file() for f in data["files"])
 
 
 FRAMES = "frames"
@@ -367,13 +416,20 @@ def dataset_bytes(root: str | Path) -> int:
 
 
 class DatasetImageWriter(BasePredictionWriter):
-    """Writes each rendered item: its missing images (and frames), then its record (all atomically)."""
+    """Writes each rendered item: its images (and frames), then its record (all atomically, record last).
 
-    def __init__(self, root: str | Path, image_format: ImageFormat = "png", jpeg_quality: int = 95) -> None:
+    Images are always (re)written: a record must describe the image files beside it, so a
+    redone item never keeps an image of an earlier attempt. The record carries the run's
+    ``settings_key``, which ties it to ``synthesis.json``.
+    """
+
+    def __init__(self, root: str | Path, image_format: ImageFormat = "png", jpeg_quality: int = 95,
+                 settings_key: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.root = Path(root)
         self.image_format, self.jpeg_quality = image_format, int(jpeg_quality)
         self.suffix = IMAGE_SUFFIX[image_format]
+        self.settings_key = settings_key
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         for res in prediction:
@@ -381,24 +437,20 @@ class DatasetImageWriter(BasePredictionWriter):
             d.mkdir(parents=True, exist_ok=True)
             files, frames = [], []
             for q, (k, img) in enumerate(zip(res["k"], res["image"])):
-                path = d / f"{k}{self.suffix}"
                 files.append(f"{res['identity']}/{k}{self.suffix}")
-                if not path.is_file():
-                    _atomic_write_bytes(path, encode_image(img, self.image_format, self.jpeg_quality))
+                atomic_write_bytes(d / f"{k}{self.suffix}", encode_image(img, self.image_format, self.jpeg_quality))
                 if res["frame"] is not None:
                     frames.append(f"{FRAMES}/{res['identity']}/{k}.png")
                     fpath = self.root / frames[-1]
-                    if not fpath.is_file():
-                        fpath.parent.mkdir(parents=True, exist_ok=True)
-                        _atomic_write_bytes(fpath, encode_image(res["frame"][q]))
+                    fpath.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(fpath, encode_image(res["frame"][q]))
             rec = {key: v for key, v in res.items() if key not in ("image", "frame")}
             rec["files"] = files + frames
             rec["frames"] = frames
+            rec["settings_key"] = self.settings_key
             rpath = _record_path(self.root, res["identity"], res["chunk"])
             rpath.parent.mkdir(parents=True, exist_ok=True)
-            tmp = rpath.with_name(f".{rpath.name}.tmp{os.getpid()}")
-            torch.save(rec, str(tmp))
-            os.replace(tmp, rpath)
+            atomic_torch_save(rec, rpath)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -406,6 +458,8 @@ class DatasetImageWriter(BasePredictionWriter):
 
 def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) -> dict:
     """Merge the item records into manifest.jsonl, latents.npy and embeddings.npy (manifest order)."""
+    import io
+
     lines, lats, embs = [], [], []
     drawn = kept = passed = face_failed = dropped = 0
     by_ident: dict[int, list[WorkItem]] = {}
@@ -429,15 +483,78 @@ def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) 
                 }))
             lats.append(rec["latent"].numpy())
             embs.append(rec["embedding"].numpy())
-    _atomic_write_bytes(root / MANIFEST, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(root / MANIFEST, ("\n".join(lines) + "\n").encode())
     for name, arrs in (("latents.npy", lats), ("embeddings.npy", embs)):
-        tmp = root / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.concatenate(arrs).astype(np.float32))
-        os.replace(tmp, root / name)
+        buf = io.BytesIO()
+        np.save(buf, np.concatenate(arrs).astype(np.float32))
+        atomic_write_bytes(root / name, buf.getvalue())
     return {"images": kept, "candidates_drawn": drawn, "passed_filter": passed,
             "acceptance_rate": passed / drawn if drawn else float("nan"),
             "face_check_failed": face_failed, "dropped": dropped}
+
+
+#: settings that decide what an image is; a resume must match them all
+_CONTENT_KEYS = ("space", "images_per_identity", "both_sides", "seed", "chunk", "sampler", "identity_filter",
+                 "filter_rounds", "truncation_psi", "bank_references_sha256", "boundaries_sha256", "crop", "face_check",
+                 "image_format", "save_frames")
+
+
+def _canonical(v):
+    return json.loads(json.dumps(v, sort_keys=True))
+
+
+def _settings_key(settings: dict) -> str:
+    """A digest of everything that decides the images (content settings + parts' fingerprints)."""
+    import hashlib
+
+    content = {k: settings.get(k) for k in _CONTENT_KEYS}
+    content["parts"] = {role: {k: v for k, v in rec.items() if k != "args"} for role, rec in settings["parts"].items()}
+    return hashlib.sha256(json.dumps(_canonical(content), sort_keys=True).encode()).hexdigest()
+
+
+def _resume_differences(old: dict, new: dict) -> list[str]:
+    diffs = [f"{k}: the dataset has {old.get(k)!r}, this run {new.get(k)!r}"
+             for k in _CONTENT_KEYS if _canonical(old.get(k)) != _canonical(new.get(k))]
+    for role in sorted(set(old.get("parts", {})) | set(new["parts"])):
+        rec_old, rec_new = old.get("parts", {}).get(role), new["parts"].get(role)
+        if isinstance(rec_old, str):  # an older dataset recorded class names only
+            rec_old = {"class": rec_old}
+        diffs += part_differences(f"parts.{role}", rec_old, rec_new)
+    return diffs
+
+
+def _check_resume(root: Path, spath: Path, settings: dict, identities: list[Identity]) -> None:
+    """Refuse to add to a dataset made with other settings, or to leave identities it holds unlisted."""
+    if not spath.is_file():
+        foreign = [p.name for p in root.iterdir() if p.name not in (".lock", WORK) and not p.name.startswith(".partial-")]
+        if foreign:
+            raise ExfaceStateError(
+                f"the output folder is not empty and holds no {SETTINGS} (e.g. {sorted(foreign)[:3]})", where=root,
+                fix="use a new or empty output_dir: synthesize never mixes its images with other files",
+            )
+        return
+    try:
+        old = json.loads(spath.read_text())
+    except ValueError:
+        raise ExfaceFileError(f"{SETTINGS} is not valid JSON", where=spath,
+                              fix="use a new output_dir, or delete this folder to start over") from None
+    fix = "run with the dataset's settings to finish or extend it, or use a new output_dir (or delete this one)"
+    if "settings_key" not in old:
+        raise ExfaceStateError("the dataset was made by an older exface that did not record its provenance",
+                               where=spath, fix="use a new output_dir, or delete this folder to start over")
+    diffs = _resume_differences(old, settings)
+    if diffs:
+        raise ExfaceStateError("the dataset in this folder was made with other settings:\n  " + "\n  ".join(diffs),
+                               where=root, fix=fix)
+    names = {i.name for i in identities}
+    dropped = [n for n, *_ in old.get("identities", []) if n not in names]
+    if dropped:
+        raise ExfaceStateError(
+            f"the dataset holds {len(old.get('identities', []))} identities; this run plans {len(identities)} and "
+            f"would leave {len(dropped)} identity folders (e.g. {dropped[:3]}) on disk but out of its manifest",
+            where=root, fix=f"pass num_identities so that every identity already there is kept "
+                            f"({len({b for _, b, _ in old['identities']})} or more), or use a new output_dir",
+        )
 
 
 def synthesize_dataset(
@@ -466,68 +583,92 @@ def synthesize_dataset(
     jpeg_quality: int = 95,
     save_frames: bool = False,
 ) -> dict:
-    """Render the dataset into ``output_dir`` (resumable); returns the settings + statistics dict."""
+    """Render the dataset into ``output_dir`` (resumable); returns the settings + statistics dict.
+
+    Provenance: the settings (with the bank's references digest, the boundaries' digest and
+    the parts' fingerprints) are written to ``synthesis.json`` *before* any image, and every
+    work record carries their digest (``settings_key``); a resume with any other setting is
+    refused, naming each difference. ``output_dir`` is locked for the run (a second run
+    stops with a message naming the first).
+    """
+    from exface.exfacegan.latent_bank import references_digest
+
     root = Path(output_dir)
     space = boundaries.space
+    if int(images_per_identity) < 1:
+        raise ExfaceError(f"images_per_identity must be >= 1, got {images_per_identity}", where="images_per_identity",
+                          fix="pass --images_per_identity 1 or more")
     if space not in references:
-        raise ValueError(f"references.pt has no {space!r} latents (keys {sorted(references)}); the boundaries are in {space!r}")
+        raise ExfaceError(f"references.pt has no {space!r} latents (keys {sorted(references)}); the boundaries are "
+                          f"in {space!r}", where="boundaries", fix="pass the boundaries fit on this bank")
     if len(references[space]) != len(boundaries):
-        raise ValueError(
+        raise ExfaceError(
             f"{len(boundaries)} boundaries but {len(references[space])} reference latents; the boundaries file "
-            f"and the bank do not belong together"
+            f"and the bank do not belong together", where="boundaries",
+            fix="pass the boundaries `exface fit` wrote for this bank",
         )
     sampler = sampler or make_sampler("exfacegan")
     identities = plan_identities(len(boundaries), num_identities, both_sides)
     chunk = max(1, min(batch_size, images_per_identity))
     items = plan_work(len(identities), images_per_identity, chunk)
     settings = {
-        "format": "exface-synthetic-dataset", "version": 1, "space": space, "images_per_identity": images_per_identity,
+        "format": "exface-synthetic-dataset", "version": 2, "space": space, "images_per_identity": images_per_identity,
         "both_sides": both_sides, "seed": seed, "chunk": chunk, "sampler": sampler.describe(),
         "identity_filter": identity_filter, "filter_rounds": filter_rounds, "truncation_psi": truncation_psi,
-        "parts": {"generator": type(generator).__name__, "aligner": type(aligner).__name__,
-                  "embedder": type(embedder).__name__},
+        "bank_references_sha256": references_digest(references),
+        "boundaries_sha256": tensor_digest({"normals": boundaries.normals, "offsets": boundaries.offsets}),
+        "parts": {"generator": part_fingerprint(generator), "aligner": part_fingerprint(aligner),
+                  "embedder": part_fingerprint(embedder)},
         "crop": describe_crop(crop_aligner), "face_check": face_check if crop_aligner is not None else None,
         "image_format": image_format, "save_frames": bool(save_frames and crop_aligner is not None),
         **(extra_settings or {}),
     }
+    settings = _canonical(settings)
+    key = settings["settings_key"] = _settings_key(settings)
+    settings["identities"] = [[i.name, i.boundary, i.side] for i in identities]
+    primary = is_primary_process()
     root.mkdir(parents=True, exist_ok=True)
     spath = root / SETTINGS
-    if spath.is_file():
-        old = json.loads(spath.read_text())
-        keys = ("space", "images_per_identity", "seed", "chunk", "sampler", "identity_filter", "filter_rounds", "parts",
-                "crop", "face_check", "image_format", "save_frames")
-        diff = [k for k in keys if json.loads(json.dumps(settings[k])) != old.get(k)]
-        if diff:
-            raise ValueError(
-                f"{root} holds a dataset made with other settings ({', '.join(diff)} differ: "
-                f"{ {k: old.get(k) for k in diff} }); use a new output_dir or delete it to start over"
+    lock = FolderLock(root, "exface synthesize") if primary else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        if primary:
+            _check_resume(root, spath, settings, identities)
+            clean_partials(root, recursive=True)
+            old = json.loads(spath.read_text()) if spath.is_file() else {}
+            keep = {k: old[k] for k in ("images", "candidates_drawn", "passed_filter", "acceptance_rate") if k in old}
+            atomic_write_bytes(spath, json.dumps({**settings, **keep, "status": "running"}, indent=1).encode())
+        todo = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk, key)]
+        if todo:
+            module = SynthesisModule(
+                generator, aligner, embedder, boundaries, references[space], references["embedding"], identities,
+                sampler, seed=seed, identity_filter=identity_filter, filter_rounds=filter_rounds,
+                truncation_psi=truncation_psi, crop_aligner=crop_aligner, face_check=face_check, save_frames=save_frames,
             )
-    todo = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk)]
-    if todo:
-        module = SynthesisModule(
-            generator, aligner, embedder, boundaries, references[space], references["embedding"], identities, sampler,
-            seed=seed, identity_filter=identity_filter, filter_rounds=filter_rounds, truncation_psi=truncation_psi,
-            crop_aligner=crop_aligner, face_check=face_check, save_frames=save_frames,
-        )
-        per_batch = max(1, batch_size // chunk)
-        loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
-        trainer = Trainer(
-            accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
-            enable_model_summary=False, enable_progress_bar=progress, callbacks=[DatasetImageWriter(root, image_format, jpeg_quality)],
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            trainer.predict(module, dataloaders=loader, return_predictions=False)
-        trainer.strategy.barrier()
-        if not trainer.is_global_zero:
-            return {}
-    missing = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk)]
-    if missing:
-        raise RuntimeError(f"{len(missing)} work items did not complete (first: {missing[0]}); re-run to resume")
-    stats = _consolidate(root, identities, items)
-    settings.update(stats, identities=[[i.name, i.boundary, i.side] for i in identities],
-                    redone_items=len(todo), total_items=len(items), bytes_on_disk=dataset_bytes(root))
-    _atomic_write_bytes(spath, json.dumps(settings, indent=1).encode())
+            per_batch = max(1, batch_size // chunk)
+            loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
+            trainer = Trainer(
+                accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
+                enable_model_summary=False, enable_progress_bar=progress, callbacks=[DatasetImageWriter(root, image_format, jpeg_quality, key)],
+            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                trainer.predict(module, dataloaders=loader, return_predictions=False)
+            trainer.strategy.barrier()
+            if not trainer.is_global_zero:
+                return {}
+        missing = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk, key)]
+        if missing:
+            raise ExfaceStateError(f"{len(missing)} work items did not complete (first: {missing[0]})", where=root,
+                                   fix="run the same command again to resume")
+        stats = _consolidate(root, identities, items)
+        settings.update(stats, redone_items=len(todo), total_items=len(items), bytes_on_disk=dataset_bytes(root),
+                        status="complete")
+        atomic_write_bytes(spath, json.dumps(settings, indent=1).encode())
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
     return settings
 
 
@@ -603,7 +744,8 @@ def synthesize(
     """
     t0 = time.time()
     manifest, refs = load_bank_references(bank, generator, embedder, aligner)
-    bnd = Boundaries.load(boundaries)
+    bnd = load_boundaries(boundaries)
+    check_boundaries_bank(bnd, refs, where=boundaries)
     sam = make_sampler(sampler, min_offset=min_offset, max_offset=max_offset, normalize_z=normalize_z,
                        distance=distance, jitter=jitter)
     for m in (generator, aligner, embedder) + ((crop_aligner,) if crop_aligner is not None else ()):
