@@ -199,16 +199,23 @@ def test_recipe_resumes_from_last_checkpoint_and_policy_runs_as_an_editor(tmp_pa
     assert traj.value.shape == (4, 4) and torch.isfinite(traj.value).all() and traj.steps_used.min() >= 1
 
 
-def test_age_report_files(tmp_path):
+def test_age_report_files_and_merge(tmp_path):
     from exface.agerl.report import age_report
 
     env = make_env(max_steps=2)
-    report = age_report(env, [GradientWalkEditor(0.5), Stay()], output_dir=str(tmp_path / "rep"), targets=[-15.0, 15.0],
-                        num_starts=4, evaluator=TinyEmbedder(seed=5), grid_starts=2)
+    kw = dict(targets=[-15.0, 15.0], num_starts=4, evaluator=TinyEmbedder(seed=5), age_evaluator=TinyAgePredictor(seed=2),
+              grid_starts=2)
+    age_report(env, [GradientWalkEditor(0.5)], output_dir=str(tmp_path / "walk"), **kw)
+    report = age_report(env, [Stay()], output_dir=str(tmp_path / "rep"), merge=[str(tmp_path / "walk" / "report.json")], **kw)
     files = {p.name for p in (tmp_path / "rep").iterdir()}
     assert {"report.md", "report.json", "curves.png", "grid_GradientWalkEditor_+15.png", "grid_Stay_-15.png"} <= files
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert set(data["results"]) == {"GradientWalkEditor", "Stay"}
     r = data["results"]["Stay"]["+15"]
     assert r["success_rate"] == 0.0 and r["mean_age_change"] == 0.0 and r["mean_similarity_evaluator"] == pytest.approx(1.0)
+    assert r["mean_age_change_evaluator"] == pytest.approx(0.0, abs=1e-5) and data["age_evaluator"] == "TinyAgePredictor"
     assert data["evaluator"] == "TinyEmbedder" and report["mean_success"]["Stay"] == 0.0
-    assert "success" in (tmp_path / "rep" / "report.md").read_text()
+    assert "| Stay | +15 |" in (tmp_path / "rep" / "report.md").read_text()
+    with pytest.raises(ValueError, match="num_starts"):
+        age_report(env, [Stay()], output_dir=str(tmp_path / "bad"), merge=[str(tmp_path / "walk" / "report.json")],
+                   **{**kw, "num_starts": 3})

@@ -102,3 +102,49 @@ def test_ssd_matches_face_api_on_tfjs(tmp_path):
             assert abs(score - w["score"]) <= 1e-4
             n_faces += 1
     assert n_faces >= 2
+
+
+def test_detector_feeds_landmark_aligners_and_flags_images_without_a_face():
+    from exface.alignment import DlibChipAligner
+    from exface.alignment.landmarks import LandmarkSource
+    from exface.testing.tiny import TinyDetector
+
+    class Recorder(LandmarkSource):  # not registered under a public name: a local stand-in
+        scheme = "dlib5"
+        box = None
+
+        def forward(self, images, boxes=None):
+            self.seen = boxes.clone()
+            c = (boxes[:, :2] + boxes[:, 2:]) / 2
+            return c[:, None, :] + torch.tensor([[20.0, 0], [10, 0], [-20, 0], [-10, 0], [0, 15]])
+
+    src = Recorder()
+    al = DlibChipAligner(150, source=src, detector=TinyDetector(((0.1, 0.1, 0.3, 0.3), (0.4, 0.4, 0.9, 0.9))))
+    x = torch.zeros(3, 3, 100, 100)
+    x[2] = -1.0  # a black image: no face
+    crops = al(x)
+    assert crops.shape == (3, 3, 150, 150)
+    assert al.last_found.tolist() == [True, True, False]
+    assert src.seen[0].tolist() == pytest.approx([40.0, 40.0, 90.0, 90.0])  # the largest face
+    assert src.seen[2].tolist() == [0.0, 0.0, 100.0, 100.0]  # fallback: the source's own box
+    al_c = DlibChipAligner(150, source=src, detector=TinyDetector(((0.1, 0.1, 0.3, 0.3), (0.4, 0.4, 0.9, 0.9))),
+                           choose="nearest_box", expected_box=(0.0, 0.0, 0.4, 0.4))
+    al_c(x)
+    assert src.seen[0].tolist() == pytest.approx([10.0, 10.0, 30.0, 30.0])
+
+
+def test_detector_crop_aligner_cuts_the_widened_box():
+    from exface.alignment.detector_crop import DetectorCropAligner
+    from exface.testing.tiny import TinyDetector
+
+    al = DetectorCropAligner(TinyDetector(((0.2, 0.2, 0.6, 0.6),)), output_size=(40, 40), margin=0.25)
+    x = torch.linspace(-1, 1, 100).view(1, 1, 1, 100).expand(2, 3, 100, 100).clone()
+    x[1] = -1.0
+    boxes = al.face_boxes(x)
+    assert boxes[0].tolist() == pytest.approx([10.0, 10.0, 70.0, 70.0])  # 40 px box + 10 px per side
+    assert boxes[1].tolist() == pytest.approx([0.0, 0.0, 100.0, 100.0])  # no face: clipped fallback
+    crops = al(x)
+    assert al.last_found.tolist() == [True, False]
+    # the crop's columns sample image columns 10..70: the ramp's values there
+    assert float(crops[0, 0, 0, 0]) == pytest.approx(float(x[0, 0, 0, 10:12].mean()), abs=0.02)
+    assert float(crops[0, 0, 0, -1]) == pytest.approx(float(x[0, 0, 0, 68:70].mean()), abs=0.02)

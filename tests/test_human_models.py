@@ -227,3 +227,31 @@ def test_hse_age_gender_predictor():
     assert set(out) == set(pred.attribute_names)
     assert all(5 < a < 90 for a in out["age"].tolist())
     assert all(0 <= g <= 1 for g in out["gender_male"].tolist())
+
+
+def test_mobileface_matches_tfjs(tmp_path):
+    """HumanMobileFace (Pad/PReLU-style ops, Reshape, MatMul) vs TF.js on the same graph: <= 1e-4."""
+    try:
+        from exface.zoo import fetch
+
+        model = fetch("human-mobileface", quiet=True)
+    except Exception as err:
+        pytest.skip(f"Human's mobileface model unavailable from the model zoo: {err}")
+    node = shutil.which("node")
+    if node is None or not (TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs").is_dir():
+        pytest.skip(f"the TF.js reference needs node and `npm ci` in {TFJS_DIR}")
+    from exface.embedders.human import HumanMobileFace
+
+    emb = HumanMobileFace(model)
+    x = torch.rand(1, 3, 112, 112) * 2 - 1
+    net_in = emb.preprocess(x)
+    net_in.permute(0, 2, 3, 1)[0].numpy().astype("<f4").tofile(tmp_path / "x0.f32")
+    req = tmp_path / "request.json"
+    req.write_text(json.dumps({"graph": {"model": str(model), "outputs": [emb.output]},
+                               "images": [{"file": "x0.f32", "height": 112, "width": 112}]}))
+    res = subprocess.run([node, str(TFJS_DIR / "run.cjs"), str(req)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ref = np.asarray(json.loads(res.stdout)["results"]["graph"][0][emb.output], dtype=np.float32)
+    with torch.no_grad():
+        got = emb.embed_raw(net_in)[0].numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())

@@ -261,7 +261,33 @@ def test_recipes_run_on_tiny_parts(model, tmp_path):
                 conditional=[["brightness", "redness"]], output_dir=str(tmp_path / "report"), num_latents=6,
                 steps=3, batch_size=32)
     rep = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert [r["direction"] for r in rep["directions"]] == ["brightness", "redness", "brightness | redness"]
+    assert [r["direction"] for r in rep["directions"]] == ["brightness", "redness", "brightness given redness"]
     assert rep["directions"][0]["slope"]["brightness"] > 0  # editing brightness raises it
     for f in ("change_matrix.png", "conditional_matrix.png", "cosine_matrix.png", "report.md", "steps/start.pt"):
         assert (tmp_path / "report" / f).is_file(), f
+
+
+def test_w_plus_boundaries_flat_and_per_layer(tmp_path):
+    from exface.generators.stylegan import StyleGAN2
+    from exface.interfacegan.fit import fit_attribute_boundaries
+
+    parts = _tiny_parts(tmp_path, "stylegan2")
+    g = StyleGAN2(pkl=parts["generator"]["init_args"]["pkl"], truncation_psi=0.7).eval()
+    bank = LatentBank.build(tmp_path / "bank", g, ResizeAligner((16, 16)), TinyEmbedder(), num_latents=40,
+                            chunk_size=20, accelerator="cpu")
+    BankScores(bank).score(g, ResizeAligner((16, 16)), [TinyAttributes()], accelerator="cpu")
+    learner = InterFaceGANBoundary(chosen_num_or_ratio=0.25)
+    w = fit_attribute_boundaries(bank, g, learner, ["brightness"], "w")
+    flat = fit_attribute_boundaries(bank, g, learner, ["brightness"], "w+")
+    per = fit_attribute_boundaries(bank, g, learner, ["brightness"], "w+", per_layer=True)
+    assert flat.normals.shape == (1, g.num_ws * g.w_dim) and per.normals.shape == (g.num_ws, g.w_dim)
+    assert per.meta["layers"] == list(range(g.num_ws)) and per.meta["attribute_names"] == ["brightness"] * g.num_ws
+    # the bank holds unmixed w (w repeated per layer): every layer's boundary is the w boundary
+    assert (per.normals @ w.normals[0]).min() > 0.9999
+    d = select_direction(per, "brightness", layer=2)
+    wp = bank.get([0, 1], ("w",))["w"][:, None].expand(-1, g.num_ws, -1)
+    out = linear_interpolate(wp, d, -1.0, 1.0, 3)
+    moved = (out[:, 2] - wp).abs().sum(-1)  # only layer 2 moves
+    assert moved[:, 2].min() > 0 and moved[:, [0, 1, 3]].max() == 0
+    with pytest.raises(ValueError, match="per_layer"):
+        fit_attribute_boundaries(bank, g, learner, ["brightness"], "w", per_layer=True)

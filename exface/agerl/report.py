@@ -26,6 +26,7 @@ similarity along the steps, per editor and target) and ``grid_<editor>_<target>.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from torch import Tensor
 
 from exface.agerl.env import AgeEditEnv, Trajectory
 from exface.alignment.base import Aligner
+from exface.attributes.base import AttributePredictor
 from exface.commands import command
 from exface.editing.base import LatentEditor
 from exface.embedders.base import IdentityEmbedder
@@ -52,18 +54,46 @@ def _describe(editor: LatentEditor) -> dict:
     return {"class": type(editor).__name__, "args": args}
 
 
-@torch.no_grad()
-def _similarity(embedder: IdentityEmbedder, aligner: Aligner, env: AgeEditEnv, a: Tensor, b: Tensor,
-                batch_size: int) -> Tensor:
-    out = []
-    for i in range(0, a.shape[0], batch_size):
-        ea = embedder(aligner(env.generator.synthesize(a[i : i + batch_size].to(env.device), space=env.space)).to(embedder.device))
-        eb = embedder(aligner(env.generator.synthesize(b[i : i + batch_size].to(env.device), space=env.space)).to(embedder.device))
-        out.append((ea * eb).sum(1).float().cpu())
-    return torch.cat(out)
+class _Evaluators:
+    """The independent judges: an identity embedder and an age predictor, each behind its own crop."""
+
+    def __init__(self, env: AgeEditEnv, embedder: IdentityEmbedder | None, embedder_aligner: Aligner | None,
+                 age: AttributePredictor | None, age_aligner: Aligner | None, attribute: str) -> None:
+        self.env, self.embedder, self.age, self.attribute = env, embedder, age, attribute
+        self.embedder_aligner = embedder_aligner or env.aligner
+        self.age_aligner = age_aligner or env.aligner
+
+    @torch.no_grad()
+    def __call__(self, latents: Tensor) -> dict[str, Tensor]:
+        """``{"embedding": [N, D], "age": [N]}`` for what is configured."""
+        env, out = self.env, {}
+        embs, ages = [], []
+        for i in range(0, latents.shape[0], env.batch_size):
+            images = env.generator.synthesize(latents[i : i + env.batch_size].to(env.device), space=env.space)
+            if self.embedder is not None:
+                x = _fit_size(self.embedder_aligner(images), self.embedder.input_size)
+                embs.append(self.embedder(x.to(self.embedder.device)).float().cpu())
+            if self.age is not None:
+                x = _fit_size(self.age_aligner(images), self.age.input_size)
+                ages.append(self.age(x)[self.attribute].float().cpu())
+        if embs:
+            out["embedding"] = torch.cat(embs)
+        if ages:
+            out["age"] = torch.cat(ages)
+        return out
 
 
-def summarize(traj: Trajectory, tolerance: float, evaluator_similarity: Tensor | None) -> dict:
+def _fit_size(x: Tensor, size) -> Tensor:
+    import torch.nn.functional as F
+
+    size = tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=x.shape[-1] > size[-1])
+
+
+def summarize(traj: Trajectory, tolerance: float, evaluator_similarity: Tensor | None = None,
+              evaluator_age_change: Tensor | None = None) -> dict:
     """The report's figures for one editor and one target."""
     final_err = (traj.value[-1] - traj.target).abs()
     out = {
@@ -80,6 +110,11 @@ def summarize(traj: Trajectory, tolerance: float, evaluator_similarity: Tensor |
     }
     if evaluator_similarity is not None:
         out["mean_similarity_evaluator"] = float(evaluator_similarity.mean())
+    if evaluator_age_change is not None:
+        out["mean_age_change_evaluator"] = float(evaluator_age_change.mean())
+        requested = traj.target - traj.value[0]
+        out["evaluator_age_change_per_requested_year"] = float(
+            (evaluator_age_change * requested).sum() / requested.pow(2).sum().clamp_min(1e-12))
     return out
 
 
@@ -137,16 +172,20 @@ def _markdown(report: dict) -> str:
          "No evaluator embedder was given: identity similarity is by the reward's own embedder "
          f"({s['reward_embedder']}), which steered the edits; it is not independent evidence."),
         "",
-        "| editor | target | success | final age error | age change | bound held | similarity (reward emb.) "
-        "| similarity (evaluator) | steps |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ("Age change by the age evaluator " + report["age_evaluator"] + " (independent of the steered predictor)"
+         if report["age_evaluator"] != "none" else "No age evaluator was given: ages are the steered predictor's."),
+        "",
+        "| editor | target | success | final age error | age change | age change (age evaluator) | bound held "
+        "| similarity (reward emb.) | similarity (evaluator) | steps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, per_target in report["results"].items():
         for t, r in per_target.items():
             evs = f"{r['mean_similarity_evaluator']:.3f}" if "mean_similarity_evaluator" in r else "—"
+            eva = f"{r['mean_age_change_evaluator']:+.2f}" if "mean_age_change_evaluator" in r else "—"
             lines.append(
                 f"| {name} | {float(t):+g} | {r['success_rate']:.3f} | {r['mean_final_age_error']:.2f} | "
-                f"{r['mean_age_change']:+.2f} | {r['bound_held_rate']:.3f} | {r['mean_similarity_reward_embedder']:.3f} | "
+                f"{r['mean_age_change']:+.2f} | {eva} | {r['bound_held_rate']:.3f} | {r['mean_similarity_reward_embedder']:.3f} | "
                 f"{evs} | {r['mean_steps_used']:.2f} |"
             )
     lines += ["", f"Mean success over targets: " + ", ".join(
@@ -174,6 +213,34 @@ def _verdict(mean_success: dict[str, float], policy: str | None) -> str:
             f"a difference of {diff:+.3f}.")
 
 
+def _load_mergeable(path: Path, env: AgeEditEnv, targets: list[float], num_starts: int, start_seed: int) -> tuple[Path, dict]:
+    """An earlier report.json, refused (with the differing setting) when it was made otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--merge {path}: no such report.json")
+    old = json.loads(path.read_text())
+    s = old.get("settings", {})
+    want = {"num_starts": int(num_starts), "start_seed": int(start_seed), "targets": list(map(float, targets)),
+            "identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
+            "tolerance": env.tolerance, "space": env.space, "reward_embedder": type(env.embedder).__name__}
+    diff = [f"{k}: {s.get(k)!r} there, {v!r} here" for k, v in want.items() if s.get(k) != v]
+    if diff:
+        raise ValueError(f"--merge {path} was made with other settings ({'; '.join(diff)}); rerun it with these")
+    return path, old
+
+
+def _check_policy_env(editor: LatentEditor, env: AgeEditEnv) -> None:
+    """A trained policy runs only in an environment with its training bound, step and budget."""
+    rec = getattr(editor, "record", None)
+    if not isinstance(rec, dict) or "env" not in rec:
+        return
+    trained = rec["env"]
+    diff = [f"{k}: trained {trained[k]!r}, here {getattr(env, k)!r}" for k in ("identity_bound", "max_step", "max_steps",
+                                                                                "tolerance") if trained[k] != getattr(env, k)]
+    if diff:
+        raise ValueError(f"policy {getattr(editor, 'path', '')} was trained in another environment ({'; '.join(diff)}); "
+                         f"give the report the training recipe's env settings")
+
+
 @command("age-report")
 def age_report(
     env: AgeEditEnv,
@@ -184,7 +251,10 @@ def age_report(
     start_seed: int = 2026,
     evaluator: IdentityEmbedder | None = None,
     evaluator_aligner: Aligner | None = None,
+    age_evaluator: AttributePredictor | None = None,
+    age_evaluator_aligner: Aligner | None = None,
     grid_starts: int = 6,
+    merge: list[str] = [],  # noqa: B006
 ) -> dict:
     """Compare age editors (RL policy, InterFaceGAN walk, gradient walk) under one identity bound and step budget.
 
@@ -196,13 +266,21 @@ def age_report(
         num_starts: held-out start latents (the issue asks for >= 200).
         start_seed: seed of the start latents (keep it apart from the training rollouts' seeds).
         evaluator: an identity embedder that is not the reward's, for the reported similarity.
-        evaluator_aligner: its crop (default: the environment's aligner, resized by the embedder's own input size).
+        evaluator_aligner: its crop (default: the environment's aligner; resized to the evaluator's input size).
+        age_evaluator: an age predictor that is not the reward's (e.g. HSEAgeGender): its age
+            change between start and final faces is reported beside the steered one.
+        age_evaluator_aligner: its crop (default: the environment's aligner; resized likewise).
         grid_starts: start latents shown in each trajectory grid.
+        merge: report.json files of earlier runs (same environment, starts and targets, other
+            editors) whose results join this report's table; their grids are copied. Lets
+            editors run in separate processes, or an editor be added without rerunning the others.
     """
-    if not editors:
-        raise ValueError("age-report needs at least one editor (e.g. --editors+ GradientWalkEditor)")
+    merged = [_load_mergeable(Path(p), env, targets, num_starts, start_seed) for p in merge]
+    if not editors and not merged:
+        raise ValueError("age-report needs at least one editor (e.g. --editors+ GradientWalkEditor) or --merge+ report.json")
     for ed in editors:
         env.check_editor(ed)
+        _check_policy_env(ed, env)
     names = [editor_label(e) for e in editors]
     if len(set(names)) != len(names):
         names = [f"{n}{i}" for i, n in enumerate(names)]
@@ -211,25 +289,34 @@ def age_report(
     out.mkdir(parents=True, exist_ok=True)
     env.eval()
     starts = env.sample_latents(int(num_starts), seed=int(start_seed))
-    ev_aligner = evaluator_aligner
-    if evaluator is not None and ev_aligner is None:
-        from exface.alignment.crops import ResizeAligner
-
-        ev_aligner = torch.nn.Sequential(env.aligner, ResizeAligner(tuple(evaluator.input_size)))
+    judges = _Evaluators(env, evaluator, evaluator_aligner, age_evaluator, age_evaluator_aligner, env.attribute)
+    start_judged = judges(starts) if (evaluator is not None or age_evaluator is not None) else {}
     results: dict[str, dict[str, dict]] = {}
     for name, ed in zip(names, editors):
         results[name] = {}
         for t in targets:
             traj = env.run(ed, starts, float(t), relative=True, keep_latents=True)
-            ev_sim = None
-            if evaluator is not None:
-                ev_sim = _similarity(evaluator, ev_aligner, env, traj.latents[0], traj.latents[-1], env.batch_size)
-            results[name][f"{float(t):+g}"] = summarize(traj, env.tolerance, ev_sim)
+            final_judged = judges(traj.latents[-1]) if start_judged else {}
+            ev_sim = ((final_judged["embedding"] * start_judged["embedding"]).sum(1)
+                      if "embedding" in final_judged else None)
+            ev_age = final_judged["age"] - start_judged["age"] if "age" in final_judged else None
+            results[name][f"{float(t):+g}"] = summarize(traj, env.tolerance, ev_sim, ev_age)
             _grid(env, traj.latents[:, : int(grid_starts)], out / f"grid_{name}_{float(t):+g}.png")
             print(f"{name} target {float(t):+g}: success {results[name][f'{float(t):+g}']['success_rate']:.3f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
+    descriptions = {n: _describe(e) for n, e in zip(names, editors)}
+    for path, old in merged:
+        for n, rs in old["results"].items():
+            if n in results:
+                raise ValueError(f"editor {n!r} is in both this run and {path}; leave it out of one of them")
+            results[n] = rs
+            descriptions[n] = old["editors"][n]
+            for t in rs:
+                grid = path.parent / f"grid_{n}_{t}.png"
+                if grid.is_file() and grid.parent.resolve() != out.resolve():
+                    shutil.copyfile(grid, out / grid.name)
     mean_success = {n: sum(r["success_rate"] for r in rs.values()) / len(rs) for n, rs in results.items()}
-    policy = next((n for n, e in zip(names, editors) if type(e).__name__ == "AgePolicyEditor"), None)
+    policy = next((n for n, d in descriptions.items() if d["class"] == "AgePolicyEditor"), None)
     report = {
         "verdict": _verdict(mean_success, policy),
         "mean_success": mean_success,
@@ -240,8 +327,9 @@ def age_report(
                      "reward_embedder": type(env.embedder).__name__,
                      "parts": {"generator": part_record(env.generator), "aligner": part_record(env.aligner),
                                "age_predictor": part_record(env.age_predictor), "embedder": part_record(env.embedder)}},
-        "editors": {n: _describe(e) for n, e in zip(names, editors)},
+        "editors": descriptions,
         "evaluator": type(evaluator).__name__ if evaluator is not None else "none",
+        "age_evaluator": type(age_evaluator).__name__ if age_evaluator is not None else "none",
         "seconds": time.time() - t0,
     }
     _curves(results, env.identity_bound, out / "curves.png")

@@ -696,6 +696,9 @@ def synthesize(
     report: bool = True,
     report_dir: str | None = None,
     report_identities: int | None = None,
+    evaluator: IdentityEmbedder | None = None,
+    evaluator_aligner: Aligner | None = None,
+    independent_evaluator: bool = True,
     accelerator: str = "auto",
     devices: int | str = 1,
     crop_aligner: Aligner | None = None,
@@ -726,6 +729,10 @@ def synthesize(
         report: write the quality report (boundary sampler vs random / noise baselines).
         report_dir: report folder (default: output_dir/../report).
         report_identities: identities used by the report and its baselines (default all).
+        evaluator: the report's independent judge (default: another offline face network than
+            the labeler, e.g. HSEFaceRes for FaceApiResNet34). evaluator_aligner: its crops
+            (default: the labeler's crop at its input size). independent_evaluator: False
+            lets the labeler judge alone.
         accelerator: Lightning accelerator. devices: Lightning devices (DDP over work items).
         crop_aligner: the aligner whose crop is stored for FR training (e.g. ArcFaceAligner: the
             112x112 ArcFace template); default none: the generator frame is stored.
@@ -766,4 +773,5 @@ def synthesize(
 
         rdir = report_dir or str(Path(output_dir).resolve().parent / "report")
         quality_report(output_dir, rdir, generator, aligner, embedder, batch_size=batch_size, seed=seed,
-                       max_identities=report_identities)
+                       max_identities=report_identities, evaluator=evaluator, evaluator_aligner=evaluator_aligner,
+                       independent_evaluator=independent_evaluator)

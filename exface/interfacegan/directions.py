@@ -62,7 +62,7 @@ class EditDirection:
 
     @property
     def label(self) -> str:
-        return self.name + (f" | {', '.join(self.conditions)}" if self.conditions else "")
+        return self.name + (f" given {', '.join(self.conditions)}" if self.conditions else "")
 
 
 def _row(boundaries: Boundaries, name: str, layer: int | None) -> int:

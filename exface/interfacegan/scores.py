@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
-from exface.exfacegan.latent_bank import LatentBank, _atomic_save, _atomic_write_json, part_record
+from exface.exfacegan.latent_bank import LatentBank, _atomic_save, _atomic_write_json, _ChunkIndices, part_record
 from exface.generators.base import Generator
 
 __all__ = ["BankScores", "SCORES_DIR"]
@@ -109,17 +109,6 @@ class _ScoreWriter(BasePredictionWriter):
                 _atomic_save({"index": prediction["index"], "scores": scores}, path)
 
 
-class _Chunks(torch.utils.data.Dataset):
-    def __init__(self, chunks: list[int]) -> None:
-        self.chunks = chunks
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __getitem__(self, i: int) -> int:
-        return self.chunks[i]
-
-
 class BankScores:
     """The attribute scores stored with one latent bank (see the module docstring)."""
 
@@ -192,11 +181,13 @@ class BankScores:
         devices: int | str = 1,
         max_chunks: int | None = None,
         enable_progress_bar: bool = False,
+        chunks: Sequence[int] | None = None,
     ) -> dict[str, int]:
         """Score every bank chunk some predictor lacks; returns ``{predictor key: chunks computed}``.
 
         Chunks the bank has not written yet are skipped (a bank still being built can be
-        scored as it grows; run this again afterwards).
+        scored as it grows; run this again afterwards). ``chunks`` restricts the work to those
+        chunk indices, in that order (to split it by hand); ``max_chunks`` caps it.
         """
         want = self.bank.manifest["parts"]["generator"]["class"]
         if type(generator).__name__ != want:
@@ -225,7 +216,7 @@ class BankScores:
                 if k in absent:
                     continue
                 todo.setdefault(k, []).append(key)
-        chunks = sorted(todo)
+        chunks = sorted(todo) if chunks is None else [int(k) for k in chunks if int(k) in todo]
         if max_chunks is not None:
             chunks = chunks[: max(0, int(max_chunks))]
         if not chunks:
@@ -237,11 +228,12 @@ class BankScores:
                 _atomic_write_json(_record(p, aligner), path)
         for part in (generator, aligner, *preds.values()):
             part.eval()
-        module = _ScoreChunks(self.bank, generator, aligner, preds, {k: todo[k] for k in chunks}, batch_size)
+        todo = {k: todo[k] for k in chunks}
+        module = _ScoreChunks(self.bank, generator, aligner, preds, todo, batch_size)
         trainer = pl.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
                              enable_progress_bar=enable_progress_bar, enable_model_summary=False,
                              callbacks=[_ScoreWriter(self.root)])
-        loader = torch.utils.data.DataLoader(_Chunks(chunks), batch_size=None, shuffle=False)
+        loader = torch.utils.data.DataLoader(_ChunkIndices(chunks), batch_size=None, shuffle=False)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
