@@ -145,7 +145,7 @@ def test_boundary_editor_steps_toward_the_target():
 
 def test_select_direction_and_applicability_errors():
     b = _boundaries()
-    with pytest.raises(ValueError, match="no boundary for 'age'.*interfacegan-fit"):
+    with pytest.raises(ValueError, match="(?s)no boundary for 'age'.*interfacegan-fit"):
         select_direction(b, "age")
     with pytest.raises(ValueError, match="DCGANDigiFace"):
         check_applicable(_boundaries(gen="DCGANDigiFace"), TinyGenerator(z_dim=6))
@@ -183,7 +183,7 @@ def tiny_bank(tmp_path):
 def test_bank_scores_resume_and_add_a_predictor(tiny_bank):
     bank, g, al = tiny_bank
     scores = BankScores(bank)
-    with pytest.raises(ValueError, match="no scores for \\['brightness'\\].*FaceApiAgeGender"):
+    with pytest.raises(ValueError, match="(?s)no scores for \\['brightness'\\].*FaceApiAgeGender"):
         scores.load(["brightness"])
     assert scores.score(g, al, [TinyAttributes()], accelerator="cpu", max_chunks=2) == {"TinyAttributes": 2}
     with pytest.raises(ValueError, match="partly scored"):

@@ -31,7 +31,10 @@ from torch import Tensor, nn
 
 from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
-from exface.exfacegan.latent_bank import LatentBank, _atomic_save, _atomic_write_json, _ChunkIndices, part_record
+from exface.errors import ExfaceError
+from exface.exfacegan.latent_bank import LatentBank, _ChunkIndices
+from exface.exfacegan.provenance import part_record
+from exface.exfacegan.run_files import atomic_torch_save, atomic_write_json
 from exface.generators.base import Generator
 
 __all__ = ["BankScores", "SCORES_DIR"]
@@ -106,7 +109,7 @@ class _ScoreWriter(BasePredictionWriter):
         for key, scores in prediction["scores"].items():
             path = self.root / key / _chunk_file(prediction["chunk"])
             if not path.is_file():  # never rewrite a chunk already on disk
-                _atomic_save({"index": prediction["index"], "scores": scores}, path)
+                atomic_torch_save({"index": prediction["index"], "scores": scores}, path)
 
 
 class BankScores:
@@ -147,11 +150,12 @@ class BankScores:
         if missing:
             partial = [k for k in self.predictor_keys() if self.missing_chunks(k)]
             hint = f" (partly scored: {partial}; run the scoring again, it resumes)" if partial else ""
-            raise ValueError(
-                f"the bank {self.bank.root} has no scores for {missing}; it has {sorted(sources) or 'none'}{hint}. "
-                f"Add a predictor that outputs them (attribute_predictors: in the fit recipe, "
-                f"e.g. FaceApiAgeGender for age/gender_male, FaceApiLandmarks68 for yaw/smile) and re-run "
-                f"`exface interfacegan-fit`: only the missing scores are computed"
+            raise ExfaceError(
+                f"the bank has no scores for {missing}; it has {sorted(sources) or 'none'}{hint}",
+                where=self.bank.root,
+                fix="add a predictor that outputs them to attribute_predictors in the fit recipe (FaceApiAgeGender: "
+                    "age, gender_male; FaceApiLandmarks68: yaw, pitch, roll, smile, mouth_open, eyes_open; "
+                    "FaceApiExpression: happy, ...) and re-run `exface interfacegan-fit`: only missing scores are computed",
             )
         n = self.bank.num_latents
         out = {name: torch.empty(n, dtype=torch.float32) for name in names}
@@ -191,9 +195,9 @@ class BankScores:
         """
         want = self.bank.manifest["parts"]["generator"]["class"]
         if type(generator).__name__ != want:
-            raise ValueError(
-                f"the bank {self.bank.root} was made by generator {want}, but scoring was given "
-                f"{type(generator).__name__}; pass the bank's generator (manifest.json 'parts')"
+            raise ExfaceError(
+                f"the bank was made by generator {want}, but scoring was given {type(generator).__name__}",
+                where=self.bank.root / "manifest.json", fix="pass the bank's generator (manifest.json 'parts'), or a new bank_dir",
             )
         preds: dict[str, AttributePredictor] = {}
         for p in predictors:
@@ -205,9 +209,9 @@ class BankScores:
             if path.is_file():
                 old = json.loads(path.read_text())
                 if old != rec:
-                    raise ValueError(
-                        f"{path.parent} holds {key} scores made with other settings (stored {old}, given {rec}); "
-                        f"pass the same predictor and aligner arguments, or delete {path.parent} to score again"
+                    raise ExfaceError(
+                        f"the bank holds {key} scores made with other settings (stored {old}, given {rec})",
+                        where=path, fix=f"pass the same predictor and aligner arguments, or delete {path.parent} to score again",
                     )
         todo: dict[int, list[str]] = {}
         absent = set(self.bank.missing_chunks())
@@ -225,7 +229,7 @@ class BankScores:
             (self.root / key).mkdir(parents=True, exist_ok=True)
             path = self.root / key / RECORD
             if not path.is_file():
-                _atomic_write_json(_record(p, aligner), path)
+                atomic_write_json(_record(p, aligner), path)
         for part in (generator, aligner, *preds.values()):
             part.eval()
         todo = {k: todo[k] for k in chunks}
