@@ -291,3 +291,13 @@ def test_w_plus_boundaries_flat_and_per_layer(tmp_path):
     assert moved[:, 2].min() > 0 and moved[:, [0, 1, 3]].max() == 0
     with pytest.raises(ValueError, match="per_layer"):
         fit_attribute_boundaries(bank, g, learner, ["brightness"], "w", per_layer=True)
+
+
+def test_a_second_predictor_of_the_same_names_is_kept_qualified():
+    from exface.interfacegan.scores import score_images
+
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    out = score_images(x, ResizeAligner((16, 16)), [TinyAttributes(), _SecondTinyPredictor(), TinyAttributes()])
+    assert set(out) == {"brightness", "redness", "contrast", "brightness2", "TinyAttributes.brightness",
+                        "TinyAttributes.redness", "TinyAttributes.contrast"}
+    assert torch.equal(out["brightness"], out["TinyAttributes.brightness"])

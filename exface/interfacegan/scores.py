@@ -55,7 +55,11 @@ def _record(predictor: AttributePredictor, aligner: Aligner) -> dict[str, Any]:
 
 @torch.inference_mode()
 def score_images(images: Tensor, aligner: Aligner, predictors: Sequence[AttributePredictor]) -> dict[str, Tensor]:
-    """Every predictor's scores ``{name: [N]}`` of images ``[N, 3, H, W]`` in [-1, 1]."""
+    """Every predictor's scores ``{name: [N]}`` of images ``[N, 3, H, W]`` in [-1, 1].
+
+    A name an earlier predictor already gave (two age nets, say) is kept as
+    ``<PredictorClass>.<name>``, so a second net can judge the first one's attribute.
+    """
     crops = aligner(images)
     out: dict[str, Tensor] = {}
     for p in predictors:
@@ -64,7 +68,7 @@ def score_images(images: Tensor, aligner: Aligner, predictors: Sequence[Attribut
         if tuple(x.shape[-2:]) != tuple(p.input_size):
             x = F.interpolate(x, size=tuple(p.input_size), mode="bilinear", align_corners=False, antialias=True)
         for name, v in p(x).items():
-            out[name] = v.float().cpu()
+            out[name if name not in out else f"{type(p).__name__}.{name}"] = v.float().cpu()
     return out
 
 
@@ -84,7 +88,7 @@ class _ScoreChunks(pl.LightningModule):
         data = torch.load(self.bank.chunk_path(k), map_location="cpu", weights_only=True, mmap=True)
         keys = self.todo[k]
         preds = [self.predictors[key] for key in keys]
-        scores: dict[str, list[Tensor]] = {}
+        scores: dict[str, dict[str, list[Tensor]]] = {key: {} for key in keys}
         n = data["index"].shape[0]
         for b0 in range(0, n, self.batch_size):
             if stored_images:
@@ -93,10 +97,10 @@ class _ScoreChunks(pl.LightningModule):
                 z = data["z"][b0 : b0 + self.batch_size].to(self.generator.device)
                 with torch.inference_mode():
                     images = self.generator.synthesize(z, space="z")
-            for name, v in score_images(images.to(self.generator.device), self.aligner, preds).items():
-                scores.setdefault(name, []).append(v)
-        by_pred = {key: {name: torch.cat(scores[name]) for name in self.predictors[key].attribute_names}
-                   for key in keys}
+            for key, p in zip(keys, preds):  # one predictor at a time: each keeps its own names
+                for name, v in score_images(images.to(self.generator.device), self.aligner, [p]).items():
+                    scores[key].setdefault(name, []).append(v)
+        by_pred = {key: {name: torch.cat(v) for name, v in scores[key].items()} for key in keys}
         return {"chunk": k, "index": data["index"].clone(), "scores": by_pred}
 
 
