@@ -208,7 +208,7 @@ def test_metrics_match_sklearn_with_ties_and_ignored_labels():
     assert torch.isnan(roc_auc(torch.randn(1, 10), one_class)).all()
 
 
-@pytest.mark.parametrize("n_ignored", [0, 3, 200])
+@pytest.mark.parametrize("n_ignored", [0, 1, 3, 200])
 def test_ridge_equals_sklearn_ridge_per_reference_on_its_valid_latents(n_ignored):
     """One shared solve, the Woodbury downdate (few ignored latents) and a reference's own
     Gram (many) all equal sklearn Ridge fitted on that reference's valid latents alone."""
@@ -225,8 +225,8 @@ def test_ridge_equals_sklearn_ridge_per_reference_on_its_valid_latents(n_ignored
     for r in range(4):
         keep = (y[r] >= 0).numpy()
         ref = Ridge(alpha=2.5).fit(x.numpy()[keep].astype(np.float64), np.where(y[r].numpy()[keep] == 1, 1.0, -1.0))
-        np.testing.assert_allclose(w[r].numpy(), ref.coef_, rtol=1e-7, atol=1e-9)
-        np.testing.assert_allclose(b[r].item(), ref.intercept_, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(w[r].numpy(), ref.coef_, rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(b[r].item(), ref.intercept_, rtol=2e-5, atol=1e-7)
 
 
 def test_ridge_boundary_classifies_separable_data():
@@ -246,3 +246,17 @@ def test_ridge_boundary_is_registered_and_validated():
     y[0, :] = 1
     with pytest.raises(ValueError, match="no positive or no negative"):
         RidgeBoundary().fit(x, y)
+
+
+def test_lbfgs_tolerance_reaches_the_optimizer_and_loose_stops_earlier():
+    from exface.boundaries.torch_svm import RowwiseLBFGS
+
+    m = BoundaryFitModule(lbfgs_tolerance=3e-3)
+    m.configure_svm(2, 4)
+    opt = m.configure_optimizers()
+    assert isinstance(opt, RowwiseLBFGS) and opt.param_groups[0]["tolerance_change"] == 3e-3
+    x, y, _ = _separable()
+    loose = TorchLinearSVM(C=1.0, lbfgs_tolerance=1e-1).fit(x, y, "z")
+    tight = TorchLinearSVM(C=1.0, lbfgs_tolerance=1e-7).fit(x, y, "z")
+    assert (tight.val_balanced_accuracy > 0.95).all()
+    assert ((loose.normals * tight.normals).sum(1) > 0.9).all()
