@@ -153,13 +153,17 @@ _BUILTIN_MODULES = (
     "exface.generators",
     "exface.embedders",
     "exface.attributes",
+    "exface.detectors",
     "exface.alignment",
     "exface.boundaries",
     "exface.editing",
+    "exface.interfacegan",
+    "exface.agerl",
     "exface.losses",
     "exface.exfacegan",
     "exface.evaluation",
     "exface.fr",
+    "exface.disentangle",
     "exface.zoo",
 )
 

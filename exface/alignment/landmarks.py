@@ -16,6 +16,10 @@ Built in:
   ``face-recognition-models`` package, on dlib's HOG face detection (falling back to the box).
   CPU, not differentiable.
 - :class:`MTCNNLandmarks` (``insightface5``): facenet-pytorch's MTCNN, an optional dependency.
+
+Given face boxes (``forward(images, boxes)``, e.g. from a registered face detector through
+:class:`~exface.alignment.landmark_aligner.LandmarkAligner`'s ``detector``), the face-api
+and dlib sources start from those boxes instead of their fixed box or dlib's HOG detector.
 """
 
 from __future__ import annotations
@@ -118,8 +122,17 @@ class LandmarkSource(Registrable, nn.Module, ABC):
     scheme: ClassVar[str] = ""
 
     @abstractmethod
-    def forward(self, images: Tensor) -> Tensor:
-        """Landmark pixel coordinates ``[N, K, 2]``."""
+    def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
+        """Landmark pixel coordinates ``[N, K, 2]``.
+
+        ``boxes`` (``[N, 4]`` pixel face boxes, e.g. from a :mod:`exface.detectors` detector)
+        replace the source's own starting box or detector where it has one.
+        """
+
+    def default_boxes(self, images: Tensor) -> Tensor:
+        """``[N, 4]`` pixel boxes the source starts from without a detector (its ``box``)."""
+        n, _, h, w = images.shape
+        return resolve_box(getattr(self, "box", None), n, h, w, images.device).to(images.dtype)
 
 
 class FaceApiLandmarks(LandmarkSource):
@@ -177,9 +190,8 @@ class FaceApiLandmarks(LandmarkSource):
         raw = self.net.forward_raw(faceapi_input(crops)).view(n, 68, 2) * size
         return raw * step.unsqueeze(1) + boxes[:, :2].unsqueeze(1)
 
-    def forward(self, images: Tensor) -> Tensor:
-        n, _, h, w = images.shape
-        boxes = resolve_box(self.box, n, h, w, images.device).to(images.dtype)
+    def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
+        boxes = self.default_boxes(images) if boxes is None else boxes.to(images.device, images.dtype)
         pts = self.landmarks_in_boxes(images, boxes)
         for _ in range(self.refine):
             pts = self.landmarks_in_boxes(images, box_from_landmarks(pts.detach()))
@@ -244,14 +256,15 @@ class DlibLandmarks(LandmarkSource):
     def scheme(self) -> str:  # type: ignore[override]
         return "dlib5" if self.points == 5 else "ibug68"
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
         dlib = self._dlib
-        n, _, h, w = images.shape
-        boxes = resolve_box(self.box, n, h, w).tolist()
+        n = images.shape[0]
+        given = boxes is not None
+        boxes = (self.default_boxes(images) if boxes is None else boxes).tolist()
         out = np.zeros((n, self.points, 2), dtype=np.float32)
         for i, img in enumerate(_to_uint8_hwc(images)):
             rect = None
-            if self._detector is not None:
+            if self._detector is not None and not given:
                 dets = self._detector(img, self.upsample)
                 if len(dets):
                     rect = max(dets, key=lambda r: r.area())
@@ -287,7 +300,8 @@ class MTCNNLandmarks(LandmarkSource):
         if self.fallback_box is not None:
             resolve_box(self.fallback_box, 1, 1, 1)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
+        """MTCNN's own detection; ``boxes`` are not used (MTCNN finds faces itself)."""
         from exface.alignment.templates import ARCFACE_96x112
 
         n, _, h, w = images.shape

@@ -82,11 +82,14 @@ def embed_images(
     batch_size: int = 64,
     flip: bool = False,
     device: str | torch.device = "cpu",
+    no_face: list[int] | None = None,
 ) -> np.ndarray:
     """Unit-length embeddings ``[M, D]`` of every image of ``vs`` (aligned, then embedded).
 
     With ``flip`` each crop's embedding is the normalized sum of the crop's and its mirror
-    image's embeddings (insightface's test-time flip).
+    image's embeddings (insightface's test-time flip). When the aligner runs a face detector
+    (it sets ``last_found``), the indices of images without a face are appended to
+    ``no_face`` (they are embedded from the aligner's fallback box).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -95,6 +98,9 @@ def embed_images(
     out = np.zeros((vs.num_images, embedder.embedding_dim), dtype=np.float32)
     for start, x in _image_batches(vs, batch_size):
         crops = aligner(x.to(device))
+        found = getattr(aligner, "last_found", None)
+        if no_face is not None and found is not None:
+            no_face.extend(start + int(i) for i in torch.nonzero(~found.cpu()).flatten())
         if tuple(crops.shape[-2:]) != tuple(embedder.input_size):
             raise ValueError(
                 f"the aligner {type(aligner).__name__} makes {tuple(crops.shape[-2:])} crops but "
@@ -130,6 +136,14 @@ def _describe(aligner: Aligner) -> str:
     return f"{type(aligner).__name__}({', '.join(parts)})"
 
 
+def _image_name(vs: VerificationSet, i: int) -> str:
+    """A readable name of image ``i``: its file name (``Name/Name_0001.jpg``) or ``#i``."""
+    if vs.paths is not None:
+        p = Path(vs.paths[i])
+        return f"{p.parent.name}/{p.name}"
+    return f"#{i}"
+
+
 def _nan_to_none(x: Any) -> Any:
     if isinstance(x, float) and math.isnan(x):
         return None
@@ -162,10 +176,17 @@ def benchmark_set(
         raise ValueError(f"{vs.name} has {len(vs)} pair(s); the k-fold protocol needs at least 2")
     aligner = default_aligner(vs, embedder) if aligner is None else aligner
     t0 = time.perf_counter()
-    emb = embed_images(vs, embedder, aligner, batch_size, flip, device)
+    no_face: list[int] = []
+    emb = embed_images(vs, embedder, aligner, batch_size, flip, device, no_face)
     scores = cosine_scores(emb[vs.pairs[:, 0]], emb[vs.pairs[:, 1]])
     fold_ids, how = _fold_ids(vs, folds)
     notes = []
+    no_face_names = [_image_name(vs, i) for i in no_face]
+    if no_face_names:
+        notes.append(
+            f"the detector found no face in {len(no_face_names)} image(s), embedded from the "
+            f"aligner's fallback box: {', '.join(no_face_names)}"
+        )
     if len(np.unique(fold_ids)) < folds:
         notes.append(f"only {len(vs)} pairs: used {how}")
     n_same = int(vs.issame.sum())
@@ -187,6 +208,7 @@ def benchmark_set(
         "score_mean_same": float(scores[vs.issame].mean()) if n_same else None,
         "score_mean_diff": float(scores[~vs.issame].mean()) if n_same < len(vs) else None,
         "seconds": round(time.perf_counter() - t0, 2),
+        "no_face": no_face_names,
         "notes": notes,
     }
     return _nan_to_none(out)

@@ -1,6 +1,6 @@
-"""Tiny deterministic test doubles of a generator and an identity embedder.
+"""Tiny deterministic test doubles of a generator, an identity embedder and a landmark source.
 
-They are registered parts (``TinyGenerator``, ``TinyEmbedder``) so recipes and the CLI can
+They are registered parts (``TinyGenerator``, ``TinyEmbedder``, ``TinyLandmarks``) so recipes and the CLI can
 name them, but they are random networks built from a seed: fast stand-ins for pipeline
 tests, never for measurements. Import this module (``import exface.testing.tiny``) before
 a recipe names them, or use the full class path ``exface.testing.tiny.TinyGenerator``.
@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from exface.alignment.landmarks import LandmarkSource
+from exface.detectors.base import Detections, FaceDetector
 from exface.embedders.base import IdentityEmbedder
 from exface.generators.base import Generator
 
-__all__ = ["TinyGenerator", "TinyEmbedder"]
+__all__ = ["TinyGenerator", "TinyEmbedder", "TinyDetector", "TinyLandmarks"]
 
 
 def _seeded_init(module: nn.Module, seed: int) -> None:
@@ -84,3 +86,43 @@ class TinyEmbedder(IdentityEmbedder):
     def embed_raw(self, x: Tensor) -> Tensor:
         x = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 4)
         return self.fc(x.flatten(1))
+
+
+class TinyDetector(FaceDetector):
+    """Finds the faces it is told to: the relative ``boxes`` in every image brighter than
+    ``min_mean`` (mean pixel in [-1, 1]); darker images have no face. For pipeline tests."""
+
+    def __init__(self, boxes: tuple[tuple[float, float, float, float], ...] = ((0.25, 0.25, 0.75, 0.75),),
+                 min_mean: float = -0.9) -> None:
+        super().__init__()
+        self.boxes = tuple(tuple(float(v) for v in b) for b in boxes)
+        self.min_mean = float(min_mean)
+
+    def detect(self, images: Tensor) -> list[Detections]:
+        h, w = images.shape[-2:]
+        rel = torch.tensor(self.boxes, dtype=torch.float32).view(-1, 4)
+        pix = rel * torch.tensor([w, h, w, h], dtype=torch.float32)
+        scores = torch.linspace(0.9, 0.6, len(rel))
+        out = []
+        for img in images:
+            keep = float(img.mean()) > self.min_mean
+            out.append(Detections(pix if keep else pix[:0], scores if keep else scores[:0]))
+        return out
+
+
+class TinyLandmarks(LandmarkSource):
+    """A random, differentiable conv + linear net: images -> 68 (ibug-scheme) points inside the image."""
+
+    scheme = "ibug68"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = int(seed)
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 136)
+        _seeded_init(self, self.seed)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = F.adaptive_avg_pool2d(F.relu(self.conv(images)), 4).flatten(1)
+        rel = torch.sigmoid(4.0 * self.fc(x)).view(-1, 68, 2)
+        return rel * torch.tensor([images.shape[-1], images.shape[-2]], dtype=rel.dtype, device=rel.device)
