@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from exface.alignment.base import Aligner
-from exface.alignment.geometry import warp_affine
+from exface.alignment.geometry import float_dtype, warp_affine
 from exface.alignment.keypoints import to_keypoints
 from exface.alignment.landmarks import FACE_BOXES, LandmarkSource
 from exface.alignment.templates import ArcFaceTemplate, DlibChipTemplate, FaceTemplate, make_template
@@ -79,7 +79,7 @@ class LandmarkAligner(Aligner):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected RGB images [N, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
         kp = self.keypoints(images) if keypoints is None else keypoints
-        a = self.template.crop_to_image(kp.to(images.dtype))
+        a = self.template.crop_to_image(kp.to(float_dtype(images)))
         return warp_affine(images, a, self.output_size, self.antialias), a
 
     def forward(self, images: Tensor) -> Tensor:

@@ -13,8 +13,11 @@ Built in:
   whole image) and then ``refine`` more times on the face box re-derived from its own
   landmarks (:func:`box_from_landmarks`, calibrated against face-api's SSD detector).
 - :class:`DlibLandmarks` (``dlib5`` or ``ibug68``): dlib's shape predictors from the
-  ``face-recognition-models`` package, on dlib's HOG face detection (falling back to the box).
-  CPU, not differentiable.
+  ``face-recognition-models`` package, on dlib's HOG face detection (the face nearest the
+  box; the box itself where none is found). CPU, not differentiable.
+
+Sources that detect faces (DlibLandmarks, or FaceApiLandmarks given a ``detector``) keep a
+:class:`~exface.alignment.faces.FaceTally` of the faces found per image.
 - :class:`MTCNNLandmarks` (``insightface5``): facenet-pytorch's MTCNN, an optional dependency.
 """
 
@@ -29,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from exface.alignment.geometry import warp_affine
+from exface.alignment.faces import FaceTally, detect_boxes, make_detector, nearest_faces
+from exface.alignment.geometry import float_dtype, warp_affine
 from exface.models.faceapi_landmarks import FaceLandmark68Net
 from exface.models.faceapi_ops import FACEAPI_INPUT_SIZE, faceapi_input
 from exface.registry import Registrable
@@ -117,6 +121,9 @@ class LandmarkSource(Registrable, nn.Module, ABC):
     #: The landmark scheme of the output (see :mod:`exface.alignment.keypoints`).
     scheme: ClassVar[str] = ""
 
+    #: Faces found per image by sources that detect faces (``None`` for those that do not).
+    tally: FaceTally | None = None
+
     @abstractmethod
     def forward(self, images: Tensor) -> Tensor:
         """Landmark pixel coordinates ``[N, K, 2]``."""
@@ -135,6 +142,10 @@ class FaceApiLandmarks(LandmarkSource):
         refine: further passes, each on the square face box derived from the previous pass's
             landmarks (:func:`box_from_landmarks`). 0 trusts ``box`` as the face box.
         square: crop a square around the box (the net's input is square).
+        detector: a face detector (instance, or registered name such as ``SSDMobileNetV1``)
+            whose box starts the first pass: the face nearest ``box`` (or the image centre),
+            ``box`` itself where it finds none (:mod:`exface.alignment.faces`; faces per
+            image are kept in :attr:`tally`).
     """
 
     scheme = "ibug68"
@@ -145,6 +156,7 @@ class FaceApiLandmarks(LandmarkSource):
         box: tuple[float, float, float, float] | str | None = None,
         refine: int = 1,
         square: bool = True,
+        detector: nn.Module | str | None = None,
     ) -> None:
         super().__init__()
         if refine < 0:
@@ -155,6 +167,8 @@ class FaceApiLandmarks(LandmarkSource):
         self.refine = int(refine)
         self.square = bool(square)
         resolve_box(self.box, 1, 1, 1)  # validate early
+        self.detector = make_detector(detector) if detector is not None else None
+        self.tally = FaceTally() if detector is not None else None
 
     def landmarks_in_boxes(self, images: Tensor, boxes: Tensor) -> Tensor:
         """Run the net on each image's ``[N, 4]`` pixel box; landmarks in image pixels.
@@ -170,7 +184,7 @@ class FaceApiLandmarks(LandmarkSource):
         n = images.shape[0]
         size = FACEAPI_INPUT_SIZE
         step = (boxes[:, 2:] - boxes[:, :2]) / size  # [N, 2] image pixels per net pixel
-        a = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+        a = torch.zeros(n, 2, 3, device=images.device, dtype=float_dtype(images))
         a[:, 0, 0], a[:, 1, 1] = step[:, 0], step[:, 1]
         a[:, :, 2] = boxes[:, :2]
         crops = warp_affine(images, a, (size, size))
@@ -179,7 +193,10 @@ class FaceApiLandmarks(LandmarkSource):
 
     def forward(self, images: Tensor) -> Tensor:
         n, _, h, w = images.shape
-        boxes = resolve_box(self.box, n, h, w, images.device).to(images.dtype)
+        boxes = resolve_box(self.box, n, h, w, images.device).to(float_dtype(images))
+        if self.detector is not None:
+            boxes, counts = nearest_faces(detect_boxes(self.detector, images), boxes)
+            self.tally.add(counts)
         pts = self.landmarks_in_boxes(images, boxes)
         for _ in range(self.refine):
             pts = self.landmarks_in_boxes(images, box_from_landmarks(pts.detach()))
@@ -202,7 +219,7 @@ def face_recognition_models_path(name: str) -> Path:
 
 
 def _to_uint8_hwc(images: Tensor) -> np.ndarray:
-    x = to_uint8(images)
+    x = images if images.dtype == torch.uint8 else to_uint8(images)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).cpu().numpy())
 
 
@@ -211,10 +228,15 @@ class DlibLandmarks(LandmarkSource):
 
     Args:
         points: 5 (``dlib5`` scheme, what dlib's face-chip alignment uses) or 68 (``ibug68``).
-        detect: find the face with dlib's HOG detector (largest face; upsampled ``upsample``
-            times); when it finds none, or with ``detect=False``, the predictor runs on ``box``.
+        detect: find the face with dlib's HOG detector (upsampled ``upsample`` times), or
+            with ``detector`` when one is given; of several faces the one nearest ``box``
+            (or the image centre), not the largest (which on LFW is often a bystander).
+            When it finds none, or with ``detect=False``, the predictor runs on ``box``.
+            Faces found per image are kept in :attr:`tally`.
         box: relative ``(x0, y0, x1, y1)`` face box or a name in :data:`FACE_BOXES`
             (default: the whole image).
+        detector: a face detector (instance or registered name, e.g. ``SSDMobileNetV1``)
+            used instead of dlib's HOG detector.
     """
 
     def __init__(
@@ -223,6 +245,7 @@ class DlibLandmarks(LandmarkSource):
         detect: bool = True,
         box: tuple[float, float, float, float] | str | None = None,
         upsample: int = 1,
+        detector: nn.Module | str | None = None,
     ) -> None:
         super().__init__()
         try:
@@ -234,11 +257,13 @@ class DlibLandmarks(LandmarkSource):
         name = f"shape_predictor_{points}_face_landmarks.dat"
         self._dlib = dlib
         self._predictor = dlib.shape_predictor(str(face_recognition_models_path(name)))
-        self._detector = dlib.get_frontal_face_detector() if detect else None
+        self._detector = dlib.get_frontal_face_detector() if detect and detector is None else None
+        self.detector = make_detector(detector) if detect and detector is not None else None
         self.points = points
         self.box = box if box is None or isinstance(box, str) else tuple(box)
         self.upsample = int(upsample)
         resolve_box(self.box, 1, 1, 1)
+        self.tally = FaceTally() if detect else None
 
     @property
     def scheme(self) -> str:  # type: ignore[override]
@@ -247,20 +272,25 @@ class DlibLandmarks(LandmarkSource):
     def forward(self, images: Tensor) -> Tensor:
         dlib = self._dlib
         n, _, h, w = images.shape
-        boxes = resolve_box(self.box, n, h, w).tolist()
-        out = np.zeros((n, self.points, 2), dtype=np.float32)
-        for i, img in enumerate(_to_uint8_hwc(images)):
-            rect = None
-            if self._detector is not None:
+        boxes = resolve_box(self.box, n, h, w)
+        arrays = _to_uint8_hwc(images)
+        if self.detector is not None:
+            boxes, counts = nearest_faces(detect_boxes(self.detector, images), boxes)
+            self.tally.add(counts)
+        elif self._detector is not None:
+            found = []
+            for img in arrays:
                 dets = self._detector(img, self.upsample)
-                if len(dets):
-                    rect = max(dets, key=lambda r: r.area())
-            if rect is None:
-                x0, y0, x1, y1 = boxes[i]
-                rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+                found.append(torch.tensor([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in dets], dtype=torch.float32))
+            boxes, counts = nearest_faces(found, boxes)
+            self.tally.add(counts)
+        out = np.zeros((n, self.points, 2), dtype=np.float32)
+        for i, img in enumerate(arrays):
+            x0, y0, x1, y1 = boxes[i].tolist()
+            rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
             shape = self._predictor(img, rect)
             out[i] = [(p.x, p.y) for p in shape.parts()]
-        return torch.from_numpy(out).to(device=images.device, dtype=images.dtype)
+        return torch.from_numpy(out).to(device=images.device, dtype=float_dtype(images))
 
 
 class MTCNNLandmarks(LandmarkSource):
@@ -309,4 +339,4 @@ class MTCNNLandmarks(LandmarkSource):
             x0, y0, x1, y1 = resolve_box(self.fallback_box, 1, h, w)[0].tolist()
             tmpl = (np.asarray(ARCFACE_96x112, dtype=np.float32) + [8.0, 0.0]) / 112.0
             out[missing] = tmpl * [x1 - x0, y1 - y0] + [x0, y0]
-        return torch.from_numpy(out).to(device=images.device, dtype=images.dtype)
+        return torch.from_numpy(out).to(device=images.device, dtype=float_dtype(images))
