@@ -74,7 +74,10 @@ def resolve_box(box: Box | str | None, n: int, height: int, width: int, device=N
         box = FACE_BOXES["full"]
     if isinstance(box, str):
         if box not in FACE_BOXES:
-            raise ValueError(f"unknown face box {box!r}; named boxes are {', '.join(FACE_BOXES)}")
+            raise ValueError(
+                f"unknown face box {box!r}; give a named box ({', '.join(FACE_BOXES)}) or four "
+                f"relative numbers [x0, y0, x1, y1]"
+            )
         box = FACE_BOXES[box]
     if len(box) != 4 or not (0 <= box[0] < box[2] <= 1.5 and 0 <= box[1] < box[3] <= 1.5):
         raise ValueError(
