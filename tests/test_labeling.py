@@ -116,8 +116,8 @@ def test_bad_inputs_name_the_problem():
 
 
 def test_gpu_code_paths_give_the_same_labels(monkeypatch):
-    """The CUDA branches (torch.kthvalue median, torch top-k when FAISS has no GPU) are plain
-    torch code; run them on the CPU device here so they are checked without a GPU."""
+    """The CUDA branch (torch.kthvalue median / top-k, also used when FAISS has no GPU) is
+    plain torch code; run it on the CPU device here so it is checked without a GPU."""
     from exface.exfacegan import labeling as lab
 
     rng = np.random.default_rng(6)
@@ -127,11 +127,11 @@ def test_gpu_code_paths_give_the_same_labels(monkeypatch):
     for si in (None, self_idx):
         out = torch.empty(9, 91, dtype=torch.int8)
         b_t, r_t = torch.from_numpy(bank), torch.from_numpy(refs)
-        lab._median_labels_cuda(b_t, r_t, si, out, 4, torch.device("cpu"))
+        lab._rank_labels_torch(b_t, r_t, si, out, 4, torch.device("cpu"), None)
         np.testing.assert_array_equal(out.numpy(), numpy_median_labels(bank, refs, si))
     monkeypatch.setattr(lab, "_faiss_index", lambda bank, device: None)
     out = torch.empty(9, 91, dtype=torch.int8)
-    lab._topk_labels(torch.from_numpy(bank), torch.from_numpy(refs), self_idx, out, 5, torch.device("cpu"))
+    lab._topk_labels_faiss(torch.from_numpy(bank), torch.from_numpy(refs), self_idx, out, 5, torch.device("cpu"))
     expect = label_identities(bank, refs, rule="topk", k=5, self_indices=self_idx, use_gpu=False)
     np.testing.assert_array_equal(out.numpy(), expect.numpy())
 

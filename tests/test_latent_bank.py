@@ -128,13 +128,18 @@ def test_datamodule_rejects_missing_space(tmp_path, parts):
 
 
 def test_two_processes_build_the_same_bank(tmp_path, parts):
-    """Chunks shared over 2 DDP workers (CPU, ddp_spawn) give the single-process bank."""
+    """Chunks shared over 2 DDP workers (CPU, ddp_spawn) give the single-process bank.
+
+    Latents are drawn from per-chunk seeds, so they are bit-identical. Embeddings agree to
+    float32 rounding only: a spawned worker may run its convolutions with another intra-op
+    thread count than the parent (seen under load), which changes the summation order.
+    """
     one = _build(tmp_path / "one", parts).load(("z", "w", "embedding"))
     two_bank = _build(tmp_path / "two", parts, devices=2)
     assert two_bank.manifest["build"]["runs"][0]["devices"] == 2
     two = two_bank.load(("z", "w", "embedding"))
-    for k in one:
-        assert torch.equal(one[k], two[k]), k
+    assert torch.equal(one["z"], two["z"]) and torch.equal(one["w"], two["w"])
+    torch.testing.assert_close(one["embedding"], two["embedding"], rtol=0, atol=1e-6)
 
 
 def test_attribute_scores(tmp_path, parts):

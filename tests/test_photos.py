@@ -116,30 +116,33 @@ def test_large_photos_prefilter_only_the_crop_region():
 # --------------------------------------------------------------------------- several faces, no face
 
 
-class _BoxesDetector(nn.Module):
-    """A stand-in face detector: fixed pixel boxes per image (a list of [K, 4] tensors)."""
+def _boxes_detector(boxes: list[list[list[float]]]):
+    """A stand-in face detector: fixed pixel boxes (given for 500-px-wide images) per image."""
+    from exface.detectors.base import Detections, FaceDetector
 
-    def __init__(self, boxes: list[list[list[float]]]) -> None:
-        super().__init__()
-        self.boxes = boxes
+    class BoxesDetector(FaceDetector):
+        def detect(self, images: torch.Tensor) -> list[Detections]:
+            s = images.shape[-1] / 500.0
+            out = [torch.tensor(b, dtype=torch.float32).reshape(-1, 4) * s for b in boxes[: len(images)]]
+            return [Detections(b, torch.ones(len(b))) for b in out]
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        s = images.shape[-1] / 500.0  # boxes are given for 500-px-wide images
-        return [torch.tensor(b, dtype=torch.float32).reshape(-1, 4) * s for b in self.boxes[: len(images)]]
+    return BoxesDetector()
 
 
 def test_nearest_face_is_chosen_and_counted():
-    from exface.alignment.faces import FaceTally, nearest_faces
+    from exface.alignment.faces import FaceTally, pick_faces
+    from exface.detectors.base import Detections
 
     expected = torch.tensor([[100.0, 100.0, 200.0, 200.0]]).expand(3, 4)
     cands = [torch.tensor([[0.0, 0.0, 400.0, 400.0], [110.0, 90.0, 210.0, 190.0]]), torch.zeros(0, 4),
              torch.tensor([[300.0, 300.0, 350.0, 350.0]])]
-    boxes, counts = nearest_faces(cands, expected)
-    assert counts == [2, 0, 1]
+    tally = FaceTally()
+    dets = [Detections(c, torch.ones(len(c))) for c in cands]
+    boxes = pick_faces(dets, expected, (0.25, 0.25, 0.5, 0.5), (400, 400), tally)
+    assert tally.counts == [2, 0, 1]
     torch.testing.assert_close(boxes[0], cands[0][1])  # the nearer, not the larger
     torch.testing.assert_close(boxes[1], expected[1])  # none found: the expected box
-    tally = FaceTally()
-    tally.add(counts)
+    torch.testing.assert_close(boxes[2], cands[2][0])
     s = tally.summary(["a.jpg", "b.jpg", "c.jpg"])
     assert s["no_face"] == 1 and s["several_faces"] == 1 and s["no_face_images"] == ["b.jpg"]
 
@@ -162,14 +165,14 @@ def test_benchmark_reports_no_face_and_several_face_images(shared_data, tmp_path
     images = np.stack([pair, right, blank, pair])
     vs = VerificationSet("multi", pairs=np.array([[0, 1], [2, 3]]), issame=np.array([True, False]), images=images)
     # Faces in pixels of 500-px-wide images: a's at x 70..180, b's at x 320..430.
-    det = _BoxesDetector([[[70, 70, 180, 190], [320, 70, 430, 190]], [[320, 70, 430, 190]], [], [[70, 70, 180, 190], [320, 70, 430, 190]]])
+    det = _boxes_detector([[[70, 70, 180, 190], [320, 70, 430, 190]], [[320, 70, 430, 190]], [], [[70, 70, 180, 190], [320, 70, 430, 190]]])
     emb = FaceApiResNet34()
     # The expected box is the right half's LFW box: image 0 must get b, like image 1.
     aligner = default_aligner(VerificationSet("p", np.zeros((0, 2), int), np.zeros(0, bool), paths=[Path("x")]),
                               emb, box=(0.65, 0.28, 0.84, 0.75), detector=det)
     r, e, scores = benchmark_set(vs, emb, aligner, folds=2, flip=False)
     assert r["faces"]["no_face"] == 1 and r["faces"]["several_faces"] == 2 and r["faces"]["images"] == 4
-    assert r["faces"]["no_face_images"] == ["2"]
+    assert r["faces"]["no_face_images"] == ["#2"]
     assert float(e.plain[0] @ e.plain[1]) > 0.99  # the same (right-hand) face was chosen
     assert any("several faces" in n for n in r["notes"]) and any("no face" in n for n in r["notes"])
     assert "multi" in format_table([r])

@@ -119,3 +119,46 @@ def test_equal_diversity_noise_matches_the_boundary_samplers_pixel_diversity(tmp
     sigma2, d2 = calibrate_sigma_to_diversity(gan, bnd, references, idents, 6, space, 0.1, 0.1, False, None,
                                               steps=10)
     assert sigma2 > sigma and abs(d - 0.05) < 0.01 and abs(d2 - 0.1) < 0.02
+
+
+def test_report_verdict_uses_the_independent_evaluator(tmp_path):
+    """With an evaluator the verdict uses its figures and the report shows both networks' tables."""
+    from tests.test_synthesis import make_tiny_bank
+    from exface.exfacegan.samplers import ExFaceGANSampler
+    from exface.exfacegan.synthesis import synthesize_dataset
+    from exface.testing.tiny import TinyEmbedder
+
+    gan, aligner, emb, bnd, refs = make_tiny_bank(tmp_path)
+    synthesize_dataset(gan, aligner, emb, bnd, refs, tmp_path / "ds", images_per_identity=6, num_identities=4,
+                       batch_size=12, accelerator="cpu", progress=False, sampler=ExFaceGANSampler(0.0, 1.0),
+                       extra_settings={"bank": str(tmp_path / "bank"), "boundaries": str(tmp_path / "boundaries.pt")})
+    judge = TinyEmbedder(seed=123)  # other weights: a different network than the labeler
+    js = quality_report(tmp_path / "ds", tmp_path / "rep", gan, aligner, emb, seed=0, evaluator=judge)
+    assert js["evaluator"] == "TinyEmbedder" and set(js["evaluator_sets"]) == set(js["sets"])
+    ev, lab = js["evaluator_sets"], js["sets"]
+    assert ev["boundary"]["eer"] != lab["boundary"]["eer"] or ev["boundary"]["genuine_mean"] != lab["boundary"]["genuine_mean"]
+    assert ev["boundary"]["pixel_diversity"] == lab["boundary"]["pixel_diversity"]  # same images
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "judged by the independent evaluator TinyEmbedder" in md.splitlines()[0]
+    assert f"{ev['boundary']['eer']:.4f} vs {ev['noise_equal_diversity']['eer']:.4f}" in md.splitlines()[0]
+    assert "## Judged by the evaluator" in md and "## Judged by the labeler" in md
+    # without an evaluator the verdict says the labeler judged its own labels
+    js2 = quality_report(tmp_path / "ds", tmp_path / "rep2", gan, aligner, emb, seed=0, independent_evaluator=False)
+    assert "evaluator_sets" not in js2 and "not an independent check" in js2["verdict"]
+
+
+def test_default_evaluator_is_another_network_with_the_labelers_crop():
+    from exface.alignment import FixedCropAligner, ResizeAligner
+    from exface.exfacegan.evaluator import EVALUATOR_FOR, default_evaluator, evaluator_aligner
+    from exface.testing.tiny import TinyEmbedder
+
+    assert EVALUATOR_FOR["FaceApiResNet34"] == "HSEFaceRes" and EVALUATOR_FOR["IResNetEmbedder"] == "FaceApiResNet34"
+    ev, why = default_evaluator(TinyEmbedder())
+    assert ev is None and "no default evaluator" in why
+
+    def big():
+        return TinyEmbedder(input_size=(224, 224))
+
+    crop = evaluator_aligner(FixedCropAligner((0.1, 0.2, 0.9, 1.0), (150, 150)), big())
+    assert isinstance(crop, FixedCropAligner) and crop.box == (0.1, 0.2, 0.9, 1.0) and crop.output_size == (224, 224)
+    assert evaluator_aligner(ResizeAligner((150, 150)), big()).output_size == (224, 224)

@@ -5,6 +5,12 @@
 :class:`ArcFaceAligner` and :class:`DlibChipAligner` fix the template and expose its
 parameters. The warp is ``F.grid_sample``: batched, on the images' device, and differentiable
 with respect to the images (landmarks are detached unless ``detach_landmarks=False``).
+
+With a ``detector`` (a registered :mod:`exface.detectors` part, e.g. ``SSDMobileNetV1``) the
+landmark source starts from the face the detector found (one per image, picked by
+``choose``) instead of its fixed box: what photos with the face anywhere need. Images in
+which the detector finds no face fall back to the source's box, and are flagged in
+:attr:`LandmarkAligner.last_found` so callers (``exface benchmark``) can name them.
 """
 
 from __future__ import annotations
@@ -15,16 +21,26 @@ import torch
 from torch import Tensor
 
 from exface.alignment.base import Aligner
+from exface.alignment.faces import FaceTally, detect_faces
 from exface.alignment.geometry import float_dtype, warp_affine
 from exface.alignment.keypoints import to_keypoints
 from exface.alignment.landmarks import FACE_BOXES, LandmarkSource
 from exface.alignment.templates import ArcFaceTemplate, DlibChipTemplate, FaceTemplate, make_template
+from exface.detectors.base import FaceChoice, FaceDetector, select_faces
 from exface.registry import create_part
 
 __all__ = ["LandmarkAligner", "ArcFaceAligner", "DlibChipAligner", "LFW_DEEPFUNNELED_BOX"]
 
 #: Relative face box of LFW's 250x250 deep-funneled images (``FACE_BOXES["lfw_deepfunneled"]``).
 LFW_DEEPFUNNELED_BOX = FACE_BOXES["lfw_deepfunneled"]
+
+
+def _make_detector(detector: str | FaceDetector | None, detector_args: dict[str, Any] | None) -> FaceDetector | None:
+    if detector is None or isinstance(detector, FaceDetector):
+        if detector_args:
+            raise ValueError("detector_args only apply when detector is a registered name")
+        return detector
+    return create_part("detectors", detector, **(detector_args or {}))
 
 
 def _make_source(source: str | LandmarkSource, source_args: dict[str, Any] | None) -> LandmarkSource:
@@ -47,6 +63,12 @@ class LandmarkAligner(Aligner):
         antialias: pre-shrink with a Gaussian pyramid when crops shrink more than 2x.
         detach_landmarks: block gradients through the landmark estimate (the crop stays
             differentiable with respect to the pixels it samples).
+        detector: a registered face detector name (``SSDMobileNetV1``) or instance; None
+            (default) starts the landmark source from its own box.
+        detector_args: keyword arguments of the detector, e.g. ``{"min_confidence": 0.3}``.
+        choose: which face when there are several: ``largest``, ``best`` (score),
+            ``centre`` (nearest the image centre) or ``nearest_box`` (nearest ``expected_box``).
+        expected_box: relative ``(x0, y0, x1, y1)`` for ``choose="nearest_box"``.
     """
 
     def __init__(
@@ -56,8 +78,20 @@ class LandmarkAligner(Aligner):
         source_args: dict[str, Any] | None = None,
         antialias: bool = True,
         detach_landmarks: bool = True,
+        detector: str | FaceDetector | None = None,
+        detector_args: dict[str, Any] | None = None,
+        choose: FaceChoice = "largest",
+        expected_box: tuple[float, float, float, float] | None = None,
     ) -> None:
         super().__init__()
+        self.detector = _make_detector(detector, detector_args)
+        self.choose = choose
+        self.expected_box = tuple(expected_box) if expected_box is not None else None
+        select_faces([], (1, 1), choose, self.expected_box)  # validate early
+        #: After each call with a detector: ``[N]`` bool, whether a face was found per image.
+        self.last_found: Tensor | None = None
+        #: With a detector: how many faces it found in each image so far (reports count them).
+        self.tally = FaceTally() if self.detector is not None else None
         self.template = make_template(template) if isinstance(template, str) else template
         self.source = _make_source(source, source_args)
         # Fail at construction, not at the first batch, when source and template do not fit.
@@ -69,7 +103,16 @@ class LandmarkAligner(Aligner):
 
     def keypoints(self, images: Tensor) -> Tensor:
         """The template's 5 keypoints ``[N, 5, 2]`` in image pixels."""
-        pts = self.source(images)
+        boxes = None
+        if self.detector is not None:
+            detections = detect_faces(self.detector, images)  # on a copy of at most 1024 px
+            self.tally.add([len(d) for d in detections])
+            picked, found = select_faces(detections, tuple(images.shape[-2:]), self.choose, self.expected_box)
+            boxes = self.source.default_boxes(images)
+            found = found.to(boxes.device)
+            boxes[found] = picked.to(boxes)[found]
+            self.last_found = found.cpu()
+        pts = self.source(images, boxes)
         if self.detach_landmarks:
             pts = pts.detach()
         return to_keypoints(pts, self.source.scheme, self.template.scheme)
@@ -89,7 +132,8 @@ class LandmarkAligner(Aligner):
 class ArcFaceAligner(LandmarkAligner):
     """5-point similarity alignment to the ArcFace template (112x112, +8 px), for insightface-style embedders.
 
-    ``output_size=(112, 96), shift_x=0`` gives the original 96x112 crops.
+    ``output_size=(112, 96), shift_x=0`` gives the original 96x112 crops. The other
+    arguments are :class:`LandmarkAligner`'s.
     """
 
     def __init__(
@@ -100,8 +144,13 @@ class ArcFaceAligner(LandmarkAligner):
         source_args: dict[str, Any] | None = None,
         antialias: bool = True,
         detach_landmarks: bool = True,
+        detector: str | FaceDetector | None = None,
+        detector_args: dict[str, Any] | None = None,
+        choose: FaceChoice = "largest",
+        expected_box: tuple[float, float, float, float] | None = None,
     ) -> None:
-        super().__init__(ArcFaceTemplate(tuple(output_size), shift_x), source, source_args, antialias, detach_landmarks)
+        super().__init__(ArcFaceTemplate(tuple(output_size), shift_x), source, source_args, antialias, detach_landmarks,
+                         detector, detector_args, choose, expected_box)
 
 
 class DlibChipAligner(LandmarkAligner):
@@ -109,7 +158,8 @@ class DlibChipAligner(LandmarkAligner):
 
     Same geometry as ``dlib.get_face_chip(img, shape5, size, padding)``. Default landmarks:
     face-api's 68-point net, reduced to dlib's 5 points (eye corners, nose base). On LFW's
-    deep-funneled images pass ``source_args={"box": "lfw_deepfunneled"}``.
+    deep-funneled images pass ``source_args={"box": "lfw_deepfunneled"}``; on photos with the
+    face anywhere, ``detector="SSDMobileNetV1"``. The other arguments are :class:`LandmarkAligner`'s.
     """
 
     def __init__(
@@ -120,5 +170,10 @@ class DlibChipAligner(LandmarkAligner):
         source_args: dict[str, Any] | None = None,
         antialias: bool = True,
         detach_landmarks: bool = True,
+        detector: str | FaceDetector | None = None,
+        detector_args: dict[str, Any] | None = None,
+        choose: FaceChoice = "largest",
+        expected_box: tuple[float, float, float, float] | None = None,
     ) -> None:
-        super().__init__(DlibChipTemplate(size, padding), source, source_args, antialias, detach_landmarks)
+        super().__init__(DlibChipTemplate(size, padding), source, source_args, antialias, detach_landmarks,
+                         detector, detector_args, choose, expected_box)

@@ -19,6 +19,10 @@ Built in:
 Sources that detect faces (DlibLandmarks, or FaceApiLandmarks given a ``detector``) keep a
 :class:`~exface.alignment.faces.FaceTally` of the faces found per image.
 - :class:`MTCNNLandmarks` (``insightface5``): facenet-pytorch's MTCNN, an optional dependency.
+
+Given face boxes (``forward(images, boxes)``, e.g. from a registered face detector through
+:class:`~exface.alignment.landmark_aligner.LandmarkAligner`'s ``detector``), the face-api
+and dlib sources start from those boxes instead of their fixed box or dlib's HOG detector.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from exface.alignment.faces import FaceTally, detect_boxes, make_detector, nearest_faces
+from exface.alignment.faces import FaceTally, pick_faces
+from exface.detectors.base import Detections
 from exface.alignment.geometry import float_dtype, warp_affine
 from exface.models.faceapi_landmarks import FaceLandmark68Net
 from exface.models.faceapi_ops import FACEAPI_INPUT_SIZE, faceapi_input
@@ -128,8 +133,17 @@ class LandmarkSource(Registrable, nn.Module, ABC):
     tally: FaceTally | None = None
 
     @abstractmethod
-    def forward(self, images: Tensor) -> Tensor:
-        """Landmark pixel coordinates ``[N, K, 2]``."""
+    def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
+        """Landmark pixel coordinates ``[N, K, 2]``.
+
+        ``boxes`` (``[N, 4]`` pixel face boxes, e.g. from a :mod:`exface.detectors` detector)
+        replace the source's own starting box or detector where it has one.
+        """
+
+    def default_boxes(self, images: Tensor) -> Tensor:
+        """``[N, 4]`` pixel boxes the source starts from without a detector (its ``box``)."""
+        n, _, h, w = images.shape
+        return resolve_box(getattr(self, "box", None), n, h, w, images.device).to(float_dtype(images))
 
 
 class FaceApiLandmarks(LandmarkSource):
@@ -145,10 +159,6 @@ class FaceApiLandmarks(LandmarkSource):
         refine: further passes, each on the square face box derived from the previous pass's
             landmarks (:func:`box_from_landmarks`). 0 trusts ``box`` as the face box.
         square: crop a square around the box (the net's input is square).
-        detector: a face detector (instance, or registered name such as ``SSDMobileNetV1``)
-            whose box starts the first pass: the face nearest ``box`` (or the image centre),
-            ``box`` itself where it finds none (:mod:`exface.alignment.faces`; faces per
-            image are kept in :attr:`tally`).
     """
 
     scheme = "ibug68"
@@ -159,7 +169,6 @@ class FaceApiLandmarks(LandmarkSource):
         box: tuple[float, float, float, float] | str | None = None,
         refine: int = 1,
         square: bool = True,
-        detector: nn.Module | str | None = None,
     ) -> None:
         super().__init__()
         if refine < 0:
@@ -170,8 +179,6 @@ class FaceApiLandmarks(LandmarkSource):
         self.refine = int(refine)
         self.square = bool(square)
         resolve_box(self.box, 1, 1, 1)  # validate early
-        self.detector = make_detector(detector) if detector is not None else None
-        self.tally = FaceTally() if detector is not None else None
 
     def landmarks_in_boxes(self, images: Tensor, boxes: Tensor) -> Tensor:
         """Run the net on each image's ``[N, 4]`` pixel box; landmarks in image pixels.
@@ -194,12 +201,8 @@ class FaceApiLandmarks(LandmarkSource):
         raw = self.net.forward_raw(faceapi_input(crops)).view(n, 68, 2) * size
         return raw * step.unsqueeze(1) + boxes[:, :2].unsqueeze(1)
 
-    def forward(self, images: Tensor) -> Tensor:
-        n, _, h, w = images.shape
-        boxes = resolve_box(self.box, n, h, w, images.device).to(float_dtype(images))
-        if self.detector is not None:
-            boxes, counts = nearest_faces(detect_boxes(self.detector, images), boxes)
-            self.tally.add(counts)
+    def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
+        boxes = self.default_boxes(images) if boxes is None else boxes.to(images.device, float_dtype(images))
         pts = self.landmarks_in_boxes(images, boxes)
         for _ in range(self.refine):
             pts = self.landmarks_in_boxes(images, box_from_landmarks(pts.detach()))
@@ -231,15 +234,13 @@ class DlibLandmarks(LandmarkSource):
 
     Args:
         points: 5 (``dlib5`` scheme, what dlib's face-chip alignment uses) or 68 (``ibug68``).
-        detect: find the face with dlib's HOG detector (upsampled ``upsample`` times), or
-            with ``detector`` when one is given; of several faces the one nearest ``box``
-            (or the image centre), not the largest (which on LFW is often a bystander).
-            When it finds none, or with ``detect=False``, the predictor runs on ``box``.
-            Faces found per image are kept in :attr:`tally`.
+        detect: find the face with dlib's HOG detector (upsampled ``upsample`` times); of
+            several faces the one nearest ``box`` (or the image centre when ``box`` is None),
+            not the largest (which on LFW is often a bystander). When it finds none, or with
+            ``detect=False``, the predictor runs on ``box``. Faces found per image are kept in
+            :attr:`tally`. Boxes given to :meth:`forward` (an aligner's detector) replace HOG.
         box: relative ``(x0, y0, x1, y1)`` face box or a name in :data:`FACE_BOXES`
             (default: the whole image).
-        detector: a face detector (instance or registered name, e.g. ``SSDMobileNetV1``)
-            used instead of dlib's HOG detector.
     """
 
     def __init__(
@@ -248,7 +249,6 @@ class DlibLandmarks(LandmarkSource):
         detect: bool = True,
         box: tuple[float, float, float, float] | str | None = None,
         upsample: int = 1,
-        detector: nn.Module | str | None = None,
     ) -> None:
         super().__init__()
         try:
@@ -260,8 +260,7 @@ class DlibLandmarks(LandmarkSource):
         name = f"shape_predictor_{points}_face_landmarks.dat"
         self._dlib = dlib
         self._predictor = dlib.shape_predictor(str(face_recognition_models_path(name)))
-        self._detector = dlib.get_frontal_face_detector() if detect and detector is None else None
-        self.detector = make_detector(detector) if detect and detector is not None else None
+        self._detector = dlib.get_frontal_face_detector() if detect else None
         self.points = points
         self.box = box if box is None or isinstance(box, str) else tuple(box)
         self.upsample = int(upsample)
@@ -272,21 +271,20 @@ class DlibLandmarks(LandmarkSource):
     def scheme(self) -> str:  # type: ignore[override]
         return "dlib5" if self.points == 5 else "ibug68"
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
         dlib = self._dlib
         n, _, h, w = images.shape
-        boxes = resolve_box(self.box, n, h, w)
         arrays = _to_uint8_hwc(images)
-        if self.detector is not None:
-            boxes, counts = nearest_faces(detect_boxes(self.detector, images), boxes)
-            self.tally.add(counts)
-        elif self._detector is not None:
-            found = []
-            for img in arrays:
-                dets = self._detector(img, self.upsample)
-                found.append(torch.tensor([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in dets], dtype=torch.float32))
-            boxes, counts = nearest_faces(found, boxes)
-            self.tally.add(counts)
+        if boxes is None:
+            boxes = self.default_boxes(images).cpu()
+            if self._detector is not None:
+                found = []
+                for img in arrays:
+                    dets = self._detector(img, self.upsample)
+                    b = torch.tensor([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in dets], dtype=torch.float32)
+                    found.append(Detections(b.view(-1, 4), torch.ones(len(b))))
+                expected = resolve_box(self.box, 1, 1, 1)[0].tolist() if self.box is not None else None
+                boxes = pick_faces(found, boxes, expected, (h, w), self.tally)
         out = np.zeros((n, self.points, 2), dtype=np.float32)
         for i, img in enumerate(arrays):
             x0, y0, x1, y1 = boxes[i].tolist()
@@ -320,7 +318,8 @@ class MTCNNLandmarks(LandmarkSource):
         if self.fallback_box is not None:
             resolve_box(self.fallback_box, 1, 1, 1)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
+        """MTCNN's own detection; ``boxes`` are not used (MTCNN finds faces itself)."""
         from exface.alignment.templates import ARCFACE_96x112
 
         n, _, h, w = images.shape

@@ -477,6 +477,8 @@ class BoundaryFitModule(pl.LightningModule):
         r = w.shape[0]
         nan = torch.full((r,), float("nan"))
         meta = {"learner": "BoundaryFitModule", **{k: v for k, v in self.hparams.items() if k != "save_path"}}
+        # the bank the latents came from (IdentityBankDataModule.provenance), so synthesis can check it
+        meta.update(getattr(getattr(self._trainer, "datamodule", None), "provenance", None) or {})
         return Boundaries(
             normals, offsets, space or self.hparams.space or "z",
             self.val_balanced_accuracy if self.val_balanced_accuracy is not None else nan,

@@ -46,6 +46,15 @@ class EditState:
     max_steps: int
     extra: dict[str, Any] | None = None
 
+    def get(self, key: str) -> Any:
+        """``extra[key]``, with an error naming what the driver did not provide."""
+        if not self.extra or key not in self.extra:
+            raise KeyError(
+                f"this editor needs EditState.extra[{key!r}], which the driver did not provide; "
+                f"set the editor's uses_gradient (for 'value_grad') or use a driver that computes it"
+            )
+        return self.extra[key]
+
 
 class LatentEditor(Registrable, ABC):
     """Moves latents toward a target value of one attribute, one bounded step at a time.
@@ -55,9 +64,17 @@ class LatentEditor(Registrable, ABC):
     or score: the driver does, so every editor is judged on the same renders. ``attribute``
     names the score it steers (a key of an attribute predictor's output) and ``space`` the
     latent space it moves in; a driver refuses an editor whose space differs from its own.
+
+    ``uses_gradient``: set True when :meth:`propose` reads ``state.extra["value_grad"]``
+    (the gradient of the score with respect to the latent, through generator, aligner and
+    predictor, ``[N, *shape]``); drivers compute it only for such editors, since a backward
+    pass costs about as much as the forward one. Drivers also pass ``extra["start_value"]``
+    (``[N]``, the score of the start latent) and ``extra["done"]`` (``[N]`` bool, latents
+    whose episode has ended; the driver keeps them where they are whatever is proposed).
     """
 
     registry_kind: ClassVar[str] = "editors"
+    uses_gradient: ClassVar[bool] = False
 
     attribute: str
     space: str

@@ -112,12 +112,15 @@ def default_aligner(
         if size == (150, 150):
             return TemplateMapAligner("arcface", "dlib")
         return ResizeAligner(size)
-    args: dict[str, Any] = {"box": DEFAULT_PHOTO_BOX if box is None else box}
+    from exface.alignment.landmarks import resolve_box
+
+    box = DEFAULT_PHOTO_BOX if box is None else box
+    faces: dict[str, Any] = {}
     if detector is not None:
-        args["detector"] = detector
+        faces = {"detector": detector, "choose": "nearest_box", "expected_box": tuple(resolve_box(box, 1, 1, 1)[0].tolist())}
     if size == (150, 150):
-        return DlibChipAligner(size=150, source_args=args)
-    return ArcFaceAligner(output_size=size, source_args=args)
+        return DlibChipAligner(size=150, source_args={"box": box}, **faces)
+    return ArcFaceAligner(output_size=size, source_args={"box": box}, **faces)
 
 
 def _image_batches(vs: VerificationSet, batch_size: int) -> Iterator[tuple[int, Tensor]]:
@@ -158,7 +161,9 @@ class SetEmbeddings:
 
 
 def _tally_of(aligner: Aligner) -> Any:
-    return getattr(getattr(aligner, "source", None), "tally", None)
+    """The face tally of an aligner's detector, or of its landmark source's (dlib HOG)."""
+    tally = getattr(aligner, "tally", None)
+    return tally if tally is not None else getattr(getattr(aligner, "source", None), "tally", None)
 
 
 @torch.no_grad()
@@ -234,13 +239,20 @@ def _describe(aligner: Aligner) -> str:
         for attr in ("box", "refine", "points"):
             if getattr(source, attr, None) is not None:
                 sargs.append(f"{attr}={getattr(source, attr)!r}")
-        det = getattr(source, "detector", None)
-        if det is not None:
-            sargs.append(f"detector={type(det).__name__}")
-        elif getattr(source, "_detector", None) is not None:
+        if getattr(source, "_detector", None) is not None:
             sargs.append("detector=dlib-HOG")
         parts.append(f"source={type(source).__name__}({', '.join(sargs)})")
+    if getattr(aligner, "detector", None) is not None:
+        parts.append(f"detector={type(aligner.detector).__name__}(choose={aligner.choose!r}, expected_box={aligner.expected_box})")
     return f"{type(aligner).__name__}({', '.join(parts)})"
+
+
+def _image_name(vs: VerificationSet, i: int) -> str:
+    """A readable name of image ``i``: its file name (``Name/Name_0001.jpg``) or ``#i``."""
+    if vs.paths is not None:
+        p = Path(vs.paths[i])
+        return f"{p.parent.name}/{p.name}"
+    return f"#{i}"
 
 
 def _nan_to_none(x: Any) -> Any:
@@ -258,8 +270,7 @@ def _face_summary(vs: VerificationSet, counts: list[int] | None) -> dict[str, An
         return None
     from exface.alignment.faces import FaceTally
 
-    names = [f"{p.parent.name}/{p.name}" for p in vs.paths] if vs.paths is not None else None
-    return FaceTally(list(counts)).summary(names)
+    return FaceTally(list(counts)).summary([_image_name(vs, i) for i in range(vs.num_images)])
 
 
 def benchmark_set(
@@ -314,7 +325,10 @@ def benchmark_set(
         )
     faces = _face_summary(vs, embeddings.face_counts)
     if faces is not None and faces["no_face"]:
-        notes.append(f"{faces['no_face']} of {faces['images']} images had no face found: aligned on the starting box")
+        notes.append(
+            f"the detector found no face in {faces['no_face']} of {faces['images']} images, embedded from "
+            f"the starting box: {', '.join(faces['no_face_images'])}"
+        )
     if faces is not None and faces["several_faces"]:
         notes.append(f"{faces['several_faces']} images had several faces: the one nearest the starting box was used")
     with warnings.catch_warnings():
@@ -576,8 +590,9 @@ def _report(results: list[dict[str, Any]], settings: dict[str, Any], papers: str
                          f"{faces['several_faces']} with several faces")
             for key, label in (("no_face_images", "no face"), ("several_faces_images", "several faces")):
                 if faces[key]:
-                    more = faces["no_face" if key == "no_face_images" else "several_faces"] - len(faces[key])
-                    lines.append(f"  - {label}: " + ", ".join(f"`{n}`" for n in faces[key]) + (f" and {more} more" if more > 0 else ""))
+                    more = len(faces[key]) - 50
+                    lines.append(f"  - {label}: " + ", ".join(f"`{n}`" for n in faces[key][:50])
+                                 + (f" and {more} more (all in results.json)" if more > 0 else ""))
         if r.get("roc_png"):
             lines.append(f"- ROC curve: ![{r['dataset']} ROC]({Path(r['roc_png']).name})")
         for note in r["notes"]:
@@ -620,10 +635,10 @@ def run_benchmark(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Fail on a bad path before any embedding.
     sets = [load_verification_set(p, image_dir if not str(p).endswith(".bin") else None) for p in datasets]
-    if detector is not None:
-        from exface.alignment.faces import make_detector
+    if isinstance(detector, str):  # one instance for every set
+        from exface.registry import create_part
 
-        detector = make_detector(detector)
+        detector = create_part("detectors", detector)
     out = Path(output_dir) if output_dir is not None else None
     names: dict[str, int] = {}
     results = []

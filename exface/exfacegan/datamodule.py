@@ -21,7 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from exface.alignment.base import Aligner
 from exface.embedders.base import IdentityEmbedder
 from exface.exfacegan.labeling import label_identities
-from exface.exfacegan.latent_bank import LatentBank
+from exface.exfacegan.latent_bank import LatentBank, references_digest
 from exface.generators.base import Generator
 
 __all__ = ["IdentityBankDataModule"]
@@ -114,6 +114,7 @@ class IdentityBankDataModule(pl.LightningDataModule):
         self.latent_dim = generator.w_dim if space == "w" else generator.z_dim
         self.num_references = int(num_references)
         self.bank: LatentBank | None = None
+        self.provenance: dict = {}
         self.labels: Tensor | None = None
         self._train: _IndexBatches | None = None
         self._val: _IndexBatches | None = None
@@ -148,7 +149,9 @@ class IdentityBankDataModule(pl.LightningDataModule):
         data = bank.load((self.space, "embedding"))
         x, emb = data[self.space].float(), data["embedding"].float()
         ref_idx = torch.arange(self.num_references)
-        bank.write_references(ref_idx)
+        refs = bank.write_references(ref_idx)
+        # what boundaries fit on this data record as their bank (synthesize checks it)
+        self.provenance = {"bank": str(self.bank_dir), "bank_references_sha256": references_digest(refs)}
         self.labels = label_identities(
             emb, emb[ref_idx], rule=h.label_rule, k=h.top_k, threshold=h.threshold,
             self_indices=ref_idx if h.leave_one_out else None, balance=h.balance, seed=h.seed,

@@ -162,14 +162,17 @@ def label_identities(
         raise ValueError(f"the bank needs at least 2 latents, got {n_bank}")
     self_idx = _check_self_indices(self_indices, n_refs, n_bank)
     device = _resolve_device(use_gpu)
-    rows = _chunk_rows(chunk_size, n_refs, n_bank)
+    if device.type == "cpu":  # row chunks of GEMM tiles that stay in cache
+        rows = _chunk_rows(chunk_size or _CPU_CHUNK_ROWS, n_refs, n_bank)
+    else:
+        rows = _chunk_rows(chunk_size, n_refs, n_bank)
     out = torch.empty(n_refs, n_bank, dtype=torch.int8)
 
     if rule == "median":
         if device.type == "cuda":
-            _median_labels_cuda(bank_t, refs_t, self_idx, out, rows, device)
+            _rank_labels_torch(bank_t, refs_t, self_idx, out, rows, device, None)
         else:
-            _median_labels_cpu(bank_t, refs_t, self_idx, out, rows, num_threads)
+            _rank_labels_cpu(bank_t, refs_t, self_idx, out, rows, num_threads, None)
     elif rule == "threshold":
         if threshold is None:
             raise ValueError('rule="threshold" needs threshold=<cosine similarity>, e.g. threshold=0.3')
@@ -177,7 +180,10 @@ def label_identities(
     elif rule == "topk":
         if k is None or not (1 <= int(k) < n_bank - (self_idx is not None)):
             raise ValueError(f'rule="topk" needs 1 <= k < number of bank latents ({n_bank}), got k={k}')
-        _topk_labels(bank_t, refs_t, self_idx, out, int(k), device)
+        if device.type == "cuda":
+            _topk_labels_faiss(bank_t, refs_t, self_idx, out, int(k), device)
+        else:
+            _rank_labels_cpu(bank_t, refs_t, self_idx, out, rows, num_threads, int(k))
     else:
         raise ValueError(f'unknown rule {rule!r}; use "median", "topk" or "threshold"')
 
@@ -186,76 +192,154 @@ def label_identities(
     return out
 
 
-# --------------------------------------------------------------------------- median
+# ------------------------------------------------------------------ median / top-k
+
+_CPU_CHUNK_ROWS = 256  # references per CPU chunk (GEMM tiles of [256, _TILE_COLS])
+_TILE_COLS = 1024  # bank columns per GEMM tile: a [256, 1024] float32 tile (1 MiB) stays in L2
+_SAMPLE_COLUMNS = 1024  # m, bank columns of the bracketing sample (m / N of the GEMM)
+_BRACKET_Z = 3.0  # bracket half-width in binomial standard deviations (~0.3% rows redone)
 
 
-def _median_labels_cpu(bank, refs, self_idx, out, rows, num_threads) -> None:
-    n_bank = bank.shape[0]
-    sims = torch.empty(rows, n_bank, dtype=torch.float32)
-    scratch = np.empty((rows, n_bank), dtype=np.float32)
+def _gemm_tiles(refs: Tensor, bank_t: Tensor, rows: int, tile_cols: int = _TILE_COLS):
+    """Yield ``(start, stop, c0, tile)``: ``tile = refs[start:stop] @ bank_t[:, c0:c0+w]``.
+
+    ``bank_t`` is the ``[D, N]`` transposed bank. Row chunks outside, column tiles inside,
+    so each tile is consumed while it is still in cache; one reused buffer.
+    """
+    n_bank = bank_t.shape[1]
+    tile_cols = min(tile_cols, n_bank)
+    buf = torch.empty(rows * tile_cols, dtype=torch.float32)
+    for start in range(0, refs.shape[0], rows):
+        stop = min(start + rows, refs.shape[0])
+        chunk = refs[start:stop]
+        for c0 in range(0, n_bank, tile_cols):
+            w = min(tile_cols, n_bank - c0)
+            tile = buf[: (stop - start) * w].view(stop - start, w)
+            torch.mm(chunk, bank_t[:, c0 : c0 + w], out=tile)
+            yield start, stop, c0, tile
+
+
+def _rank_targets(n_bank: int, self_idx: np.ndarray | None, n_refs: int, k: int | None):
+    """Ascending ranks ``(rank_lo, rank_hi)`` per row: the two middle ranks (median) or ``n - k``."""
+    n_valid = np.full(n_refs, n_bank, dtype=np.int64)
+    if self_idx is not None:
+        n_valid -= (self_idx >= 0).astype(np.int64)
+    if k is None:
+        return (n_valid - 1) // 2, n_valid // 2, n_valid
+    return n_valid - k, n_valid - k, n_valid
+
+
+def _rank_labels_cpu(bank, refs, self_idx, out, rows, num_threads, k: int | None) -> None:
+    """Median (``k=None``) or top-``k`` labels through the bracketed fused selection
+    (:mod:`exface.exfacegan.rank_select`): one GEMM pass, exact results."""
+    from exface.exfacegan import rank_select as rs
+
+    n_refs, n_bank = refs.shape[0], bank.shape[0]
+    rank_lo, rank_hi, n_valid = _rank_targets(n_bank, self_idx, n_refs, k)
+    k_row = np.full(n_refs, -1 if k is None else k, dtype=np.int64)
+    m = min(n_bank, _SAMPLE_COLUMNS)
+    cols = np.sort(np.random.default_rng(0).choice(n_bank, m, replace=False))
+    bank_s = bank[torch.from_numpy(cols)].T.contiguous()
+    bank_t = bank.T.contiguous()
+    sample = torch.empty(rows, m, dtype=torch.float32)
     workers = max(1, num_threads or torch.get_num_threads())
     out_np = out.numpy()
+    lo_r, hi_r = int(rank_lo.min()), int(rank_hi.max())
+
     with ThreadPoolExecutor(workers) as pool:
-        for start in range(0, refs.shape[0], rows):
-            stop = min(start + rows, refs.shape[0])
+
+        def par(fn, c, *arrays):
+            blocks = _row_blocks(c, workers)
+            if len(blocks) == 1:
+                fn(*arrays)
+            else:
+                list(pool.map(lambda sl: fn(*(a[sl] if isinstance(a, np.ndarray) else a for a in arrays)), blocks))
+
+        state = None
+        for start, stop, c0, tile in _gemm_tiles(refs, bank_t, rows):
             c = stop - start
-            torch.mm(refs[start:stop], bank.T, out=sims[:c])
-            s_np = sims[:c].numpy()
-            excl = None if self_idx is None else self_idx[start:stop]
-            # numpy releases the GIL in copy/partition/compare: row blocks run in parallel
-            jobs = [
-                (s_np[sl], scratch[sl], out_np[start:stop][sl], None if excl is None else excl[sl])
-                for sl in _row_blocks(c, workers * 4)
-            ]
-            list(pool.map(lambda job: _median_block(n_bank, *job), jobs))
+            if c0 == 0:
+                if state is not None:
+                    _finish_rank_chunk(rs, bank_t, refs, self_idx, out_np, rank_lo, rank_hi, n_valid, k_row, *state)
+                torch.mm(refs[start:stop], bank_s, out=sample[:c])
+                lo, hi = rs.bracket(sample[:c].numpy(), lo_r, hi_r, n_bank, _BRACKET_Z)
+                cap = _band_capacity(lo_r, hi_r, n_bank, m)
+                band_v = np.empty((c, cap), np.float32)
+                band_i = np.empty((c, cap), np.int32)
+                band_n = np.zeros(c, np.int64)
+                n_le = np.zeros(c, np.int64)
+                state = (start, stop, lo, hi, n_le, band_v, band_i, band_n)
+            t = tile.numpy()
+            _nan_self(t, self_idx, start, stop, c0)
+            par(rs.scan_tile, c, t, c0, lo, hi, out_np[start:stop], n_le, band_v, band_i, band_n)
+        if state is not None:
+            _finish_rank_chunk(rs, bank_t, refs, self_idx, out_np, rank_lo, rank_hi, n_valid, k_row, *state)
 
 
-def _median_block(n_bank: int, s: np.ndarray, p: np.ndarray, o: np.ndarray, excl) -> None:
-    """Labels ``o = s > median(row)`` for one block of rows; ``p`` is scratch space.
-
-    The selection runs on order-preserving int32 keys of the float32 similarities
-    (:func:`_sortable_keys`): numpy partitions int32 ~1.5x faster than float32, and the
-    key transform doubles as the copy that partitioning needs anyway.
-    """
-    mid = n_bank // 2  # see _row_medians for why one partition at N // 2 suffices
-    k = p.view(np.int32)
-    _sortable_keys(s.view(np.int32), out=k)
-    has = None
-    if excl is not None:
-        has = np.flatnonzero(excl >= 0)
-        k[has, excl[has]] = _INF_KEY  # +inf sorts last, outside the valid ranks
-    k.partition(mid, axis=1)
-    upper = _sortable_keys(k[:, mid].copy()).view(np.float32)
-    need_lower = _needs_lower(n_bank, excl, len(k))
-    if need_lower.all():
-        lower_k = k[:, :mid].max(axis=1)
-    else:
-        lower_k = k[:, mid].copy()
-        for i in np.flatnonzero(need_lower):
-            lower_k[i] = k[i, :mid].max()
-    lower = _sortable_keys(lower_k).view(np.float32)
-    med = _row_medians(n_bank, excl, lower, upper)
-    np.greater(s, med[:, None], out=o.view(np.bool_))
-    if has is not None and len(has):
-        o[has, excl[has]] = -1
+def _band_capacity(rank_lo: int, rank_hi: int, n: int, m: int) -> int:
+    """Band buffer entries per row: 1.5x the bracket's expected share of the row, + 64."""
+    p_lo, p_hi = rank_lo / n, (rank_hi + 1) / n
+    sd = _BRACKET_Z * (np.sqrt(m * p_lo * (1 - p_lo)) + np.sqrt(m * p_hi * (1 - p_hi)))
+    share = min(1.0, (m * (p_hi - p_lo) + sd + 4) / m)
+    return int(min(n, 1.5 * share * n + 64))
 
 
-_INF_KEY = np.array([np.inf], dtype=np.float32).view(np.int32)[0]
+def _nan_self(t: np.ndarray, self_idx, start: int, stop: int, c0: int) -> None:
+    """Blank the references' own latents in a tile (NaN is neither counted nor selected)."""
+    if self_idx is None:
+        return
+    excl = self_idx[start:stop] - c0
+    hit = np.flatnonzero((excl >= 0) & (excl < t.shape[1]))
+    t[hit, excl[hit]] = np.nan
 
 
-def _sortable_keys(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Map float32 bit patterns (as int32) to int32 keys with the same order, and back.
+def _finish_rank_chunk(rs, bank_t, refs, self_idx, out_np, rank_lo, rank_hi, n_valid, k_row,
+                       start, stop, lo, hi, n_le, band_v, band_i, band_n) -> None:
+    """Select inside each row's band, redo exactly the rows whose band missed, fix labels."""
+    c = stop - start
+    sl = slice(start, stop)
+    lower = np.empty(c, np.float32)
+    upper = np.empty(c, np.float32)
+    ok = np.empty(c, np.bool_)
+    rs.select_band(band_v, band_n, n_le, rank_lo[sl], rank_hi[sl], lower, upper, ok)
+    out_c = out_np[sl]
+    cut = _cut(lower, upper, rank_lo[sl], rank_hi[sl], k_row[sl])
+    n_above = n_valid[sl] - n_le - band_n
+    rs.fix_band(out_c, band_v, band_i, band_n, cut, k_row[sl], n_above)
+    redo = np.flatnonzero(~ok)
+    if len(redo):  # whole rows as the band: exact whatever the bracket did
+        n_bank = bank_t.shape[1]
+        rows_g = start + redo
+        s = (refs[torch.from_numpy(rows_g)] @ bank_t).numpy()
+        if self_idx is not None:
+            excl = self_idx[rows_g]
+            hit = np.flatnonzero(excl >= 0)
+            s[hit, excl[hit]] = np.nan
+        f = len(redo)
+        inf = np.full(f, np.inf, np.float32)
+        tmp = np.zeros((f, n_bank), np.int8)
+        b_v = np.empty((f, n_bank), np.float32)
+        b_i = np.empty((f, n_bank), np.int32)
+        b_n = np.zeros(f, np.int64)
+        le = np.zeros(f, np.int64)
+        rs.scan_tile(s, 0, -inf, inf, tmp, le, b_v, b_i, b_n)
+        lw, up, good = np.empty(f, np.float32), np.empty(f, np.float32), np.empty(f, np.bool_)
+        rs.select_band(b_v, b_n, le, rank_lo[rows_g], rank_hi[rows_g], lw, up, good)
+        assert good.all()
+        cut_f = _cut(lw, up, rank_lo[rows_g], rank_hi[rows_g], k_row[rows_g])
+        rs.fix_band(tmp, b_v, b_i, b_n, cut_f, k_row[rows_g], np.zeros(f, np.int64))
+        out_c[redo] = tmp
+    if self_idx is not None:
+        excl = self_idx[sl]
+        hit = np.flatnonzero(excl >= 0)
+        out_c[hit, excl[hit]] = -1
 
-    Non-negative floats already order like their bit patterns; negative ones order in
-    reverse, so their 31 non-sign bits are flipped. The map is its own inverse. (-0.0
-    sorts just below +0.0; both are the same value, so medians are unaffected.)
-    """
-    if out is None:
-        out = np.empty_like(bits)
-    np.right_shift(bits, 31, out=out)  # 0 or -1
-    np.bitwise_and(out, 0x7FFFFFFF, out=out)
-    np.bitwise_xor(out, bits, out=out)
-    return out
+
+def _cut(lower, upper, rank_lo, rank_hi, k_row) -> np.ndarray:
+    """The label cut per row: ``numpy.median`` (mean of the two middle values, in float32,
+    for an even count) for the median rule, the k-th largest value for top-k."""
+    mean = (lower + upper) / np.float32(2.0)
+    return np.where((k_row < 0) & (rank_hi > rank_lo), mean, lower).astype(np.float32)
 
 
 def _row_blocks(n: int, parts: int) -> list[slice]:
@@ -263,85 +347,74 @@ def _row_blocks(n: int, parts: int) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _valid_counts(n_bank: int, excl: np.ndarray | None, c: int) -> np.ndarray:
-    n = np.full(c, n_bank, dtype=np.int64)
-    if excl is not None:
-        n -= (excl >= 0).astype(np.int64)
-    return n
-
-
-def _needs_lower(n_bank: int, excl: np.ndarray | None, c: int) -> np.ndarray:
-    n = _valid_counts(n_bank, excl, c)
-    # rows whose median uses the element just below rank N // 2
-    return (n % 2 == 0) | (n < n_bank)
-
-
-def _row_medians(n_bank: int, excl, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """``numpy.median`` of each row from the two ranks around ``N // 2``.
-
-    With ``n`` valid values sorted (excluded ones sort last as +inf), numpy's median is
-    ``x[(n-1)/2]`` for odd n and the float32 mean of ``x[n/2-1]`` and ``x[n/2]`` for even
-    n. For n = N the ranks are ``N//2`` (odd) or ``N//2-1, N//2`` (even); for n = N - 1
-    they are ``N//2-1`` (N even) or ``N//2-1, N//2`` (N odd). So the partition at
-    ``N // 2`` plus the max of the part below it covers every case.
-    """
-    c = len(upper)
-    n = _valid_counts(n_bank, excl, c)
-    half = np.float32(2.0)
-    mean = (lower + upper) / half  # float32 add then divide, as numpy.mean of two float32
-    med = np.where(n % 2 == 0, mean, np.where(n == n_bank, upper, lower))
-    return med.astype(np.float32, copy=False)
-
-
-def _median_labels_cuda(bank, refs, self_idx, out, rows, device) -> None:
-    n_bank = bank.shape[0]
-    mid = n_bank // 2
+def _rank_labels_torch(bank, refs, self_idx, out, rows, device, k: int | None) -> None:
+    """The same labels with torch ops on ``device`` (the CUDA path): per chunk one GEMM,
+    ``torch.kthvalue`` for the order statistics, and the same cut and tie rule."""
+    n_refs, n_bank = refs.shape[0], bank.shape[0]
+    rank_lo, rank_hi, n_valid = _rank_targets(n_bank, self_idx, n_refs, k)
+    k_row = np.full(n_refs, -1 if k is None else k, dtype=np.int64)
     bank_d = bank.to(device)
-    for start in range(0, refs.shape[0], rows):
-        stop = min(start + rows, refs.shape[0])
+    for start in range(0, n_refs, rows):
+        stop = min(start + rows, n_refs)
+        sl = slice(start, stop)
         s = refs[start:stop].to(device) @ bank_d.T
         p = s.clone()
-        excl = None if self_idx is None else self_idx[start:stop]
-        if excl is not None:
+        has = cols = None
+        if self_idx is not None:
+            excl = self_idx[sl]
             has = torch.from_numpy(np.flatnonzero(excl >= 0)).to(device)
             cols = torch.from_numpy(excl).to(device)[has]
-            p[has, cols] = float("inf")
-        upper = torch.kthvalue(p, mid + 1, dim=1).values
-        lower = torch.kthvalue(p, mid, dim=1).values if mid >= 1 else upper
-        med = _row_medians(n_bank, excl, lower.cpu().numpy(), upper.cpu().numpy())
-        lab = (s > torch.from_numpy(med).to(device)[:, None]).to(torch.int8)
-        if excl is not None:
+            p[has, cols] = float("inf")  # sorts last, beyond every valid rank
+            s[has, cols] = float("-inf")  # never above the cut, never a tie
+        # rows differ in rank only by the self entry: one kthvalue per distinct rank
+        lower = torch.empty(stop - start, device=device)
+        upper = torch.empty(stop - start, device=device)
+        for ranks, dest in ((rank_lo[sl], lower), (rank_hi[sl], upper)):
+            for q in np.unique(ranks):
+                idx = torch.from_numpy(np.flatnonzero(ranks == q)).to(device)
+                dest[idx] = torch.kthvalue(p[idx], int(q) + 1, dim=1).values
+        cut = torch.from_numpy(_cut(lower.cpu().numpy(), upper.cpu().numpy(), rank_lo[sl], rank_hi[sl], k_row[sl]))
+        cut = cut.to(device)[:, None]
+        lab = s > cut
+        if k is not None:  # ties at the cut: the lowest bank indices, up to exactly k
+            need = k - lab.sum(1, keepdim=True)
+            eq = s == cut
+            lab |= eq & (eq.cumsum(1) <= need)
+        lab = lab.to(torch.int8)
+        if has is not None:
             lab[has, cols] = -1
         out[start:stop] = lab.cpu()
 
 
-# ------------------------------------------------------------------ threshold / topk
+# ------------------------------------------------------------------------ threshold
 
 
 def _threshold_labels(bank, refs, self_idx, out, rows, device, threshold) -> None:
-    bank_d = bank.to(device)
-    for start in range(0, refs.shape[0], rows):
-        stop = min(start + rows, refs.shape[0])
-        s = refs[start:stop].to(device) @ bank_d.T
-        out[start:stop] = (s > threshold).to(torch.int8).cpu()
+    """``similarity > threshold``, the compare fused into each GEMM tile (CPU) or chunk."""
+    if device.type == "cpu":
+        out_np = out.numpy().view(np.bool_)
+        thr = np.float32(threshold)
+        for start, stop, c0, tile in _gemm_tiles(refs, bank.T.contiguous(), rows):
+            np.greater(tile.numpy(), thr, out=out_np[start:stop, c0 : c0 + tile.shape[1]])
+    else:
+        bank_d = bank.to(device)
+        for start in range(0, refs.shape[0], rows):
+            stop = min(start + rows, refs.shape[0])
+            s = refs[start:stop].to(device) @ bank_d.T
+            out[start:stop] = (s > threshold).to(torch.int8).cpu()
     _mark_self(out, self_idx)
 
 
-def _topk_labels(bank, refs, self_idx, out, k, device) -> None:
+def _topk_labels_faiss(bank, refs, self_idx, out, k, device) -> None:
+    """Top-k through FAISS exact inner-product search (``IndexFlatIP``, a GPU index on CUDA
+    when FAISS has GPUs); ties at the k-th similarity are broken as FAISS breaks them."""
     extra = 0 if self_idx is None else 1
-    kk = k + extra
     index = _faiss_index(bank, device)
-    if index is not None:
-        _, nn_idx = index.search(refs.numpy(), kk)
-        nn_idx = torch.from_numpy(nn_idx)
-    else:  # CUDA torch but CPU-only FAISS: exact top-k on the GPU in chunks
-        bank_d = bank.to(device)
-        rows = _chunk_rows(None, refs.shape[0], bank.shape[0])
-        parts = []
-        for start in range(0, refs.shape[0], rows):
-            s = refs[start : start + rows].to(device) @ bank_d.T
-            parts.append(s.topk(kk, dim=1).indices.cpu())
-        nn_idx = torch.cat(parts)
+    if index is None:  # CUDA torch but CPU-only FAISS: the torch path on the GPU
+        _rank_labels_torch(bank, refs, self_idx, out, _chunk_rows(None, refs.shape[0], bank.shape[0]), device, k)
+        return
+    _, nn_idx = index.search(refs.numpy(), k + extra)
+    nn_idx = torch.from_numpy(nn_idx)
     keep = torch.ones_like(nn_idx, dtype=torch.bool)
     if self_idx is not None:
         keep = nn_idx != torch.from_numpy(self_idx)[:, None]

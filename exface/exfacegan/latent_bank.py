@@ -24,10 +24,10 @@ held in memory).
 
 from __future__ import annotations
 
-import inspect
+import hashlib
 import json
 import math
-import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -43,10 +43,13 @@ from torch import Tensor, nn
 from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
 from exface.embedders.base import IdentityEmbedder
+from exface.errors import ExfaceError, ExfaceFileError, ExfaceStateError
+from exface.exfacegan.provenance import part_differences, part_fingerprint, part_record, tensor_digest
+from exface.exfacegan.run_files import atomic_torch_save, atomic_write_bytes, atomic_write_json, clean_partials
 from exface.generators.base import Generator
 from exface.tensors import to_uint8
 
-__all__ = ["LatentBank", "BankMismatchError", "bank_config", "part_record", "chunk_seed"]
+__all__ = ["LatentBank", "BankMismatchError", "bank_config", "part_record", "chunk_seed", "references_digest"]
 
 FORMAT = "exface-latent-bank"
 VERSION = 1
@@ -54,7 +57,7 @@ MANIFEST = "manifest.json"
 REFERENCES = "references.pt"
 
 
-class BankMismatchError(ValueError):
+class BankMismatchError(ExfaceError):
     """An existing bank directory was built with a different configuration."""
 
 
@@ -65,51 +68,6 @@ def chunk_seed(seed: int, chunk: int) -> int:
     """The torch seed of chunk ``chunk`` of a bank seeded ``seed`` (independent streams per chunk)."""
     a, b = np.random.SeedSequence([int(seed), int(chunk)]).generate_state(2, dtype=np.uint32)
     return (int(a) << 31) ^ int(b)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (tuple, list)):
-        items = [_jsonable(x) for x in v]
-        return None if any(x is _SKIP for x in items) else items
-    if isinstance(v, dict):
-        out = {str(k): _jsonable(x) for k, x in v.items()}
-        return None if any(x is _SKIP for x in out.values()) else out
-    return _SKIP
-
-
-_SKIP = object()
-
-
-def part_record(part: nn.Module) -> dict[str, Any]:
-    """``{"class": name, "args": {...}}`` for a part: the init arguments it kept as attributes.
-
-    Each parameter of the class's ``__init__`` is looked up on the instance as ``name`` or
-    ``name_path`` (e.g. ``weights`` / ``weights_path``); JSON-able values are recorded,
-    others (modules, tensors) are skipped. The class name is what consistency checks rely on;
-    the arguments document how the bank was made.
-    """
-    args: dict[str, Any] = {}
-    try:
-        params = inspect.signature(type(part).__init__).parameters
-    except (TypeError, ValueError):
-        params = {}
-    for name in params:
-        if name == "self":
-            continue
-        for attr in (name, f"{name}_path"):
-            if attr in part.__dict__ or hasattr(type(part), attr) and not callable(getattr(type(part), attr)):
-                try:
-                    value = _jsonable(getattr(part, attr))
-                except Exception:  # a property that fails is simply not recorded
-                    value = _SKIP
-                if value is not _SKIP and value is not None:
-                    args[name] = value
-                break
-    return {"class": type(part).__name__, "args": args}
 
 
 def bank_config(
@@ -135,12 +93,12 @@ def bank_config(
         stored.append("attributes")
     psi = getattr(generator, "truncation_psi", None)
     parts = {
-        "generator": part_record(generator),
-        "embedder": part_record(embedder),
-        "aligner": part_record(aligner),
+        "generator": part_fingerprint(generator),
+        "embedder": part_fingerprint(embedder),
+        "aligner": part_fingerprint(aligner),
     }
     if attribute_predictors:
-        parts["attributes"] = [part_record(p) for p in attribute_predictors]
+        parts["attributes"] = [part_fingerprint(p) for p in attribute_predictors]
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -161,6 +119,7 @@ _COMPARED = ("format", "version", "num_latents", "chunk_size", "seed", "truncati
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Every setting in which two bank configs differ (parts: class, weights digest, non-path args)."""
     diffs = []
     for key in _COMPARED:
         if old.get(key) != new.get(key):
@@ -168,30 +127,26 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     old_parts, new_parts = old.get("parts", {}), new.get("parts", {})
     for role in sorted(set(old_parts) | set(new_parts)):
         a, b = old_parts.get(role), new_parts.get(role)
-        if isinstance(a, dict) and isinstance(b, dict):
-            if a.get("class") != b.get("class"):
-                diffs.append(f"parts.{role}: bank has {a.get('class')}, requested {b.get('class')}")
-                continue
-            aa, ba = a.get("args", {}), b.get("args", {})
-            for k in sorted(set(aa) & set(ba)):
-                if aa[k] != ba[k]:
-                    diffs.append(f"parts.{role}.{k}: bank has {aa[k]!r}, requested {ba[k]!r}")
-        elif a != b:
-            name = lambda p: [q.get("class") for q in p] if isinstance(p, list) else (p or {}).get("class")  # noqa: E731
-            diffs.append(f"parts.{role}: bank has {name(a)}, requested {name(b)}")
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                diffs += part_differences(f"parts.{role}[{i}]", x, y)
+        elif isinstance(a, list) or isinstance(b, list):
+            if a != b:
+                name = lambda p: [q.get("class") for q in p] if isinstance(p, list) else p  # noqa: E731
+                diffs.append(f"parts.{role}: bank has {name(a)}, requested {name(b)}")
+        else:
+            diffs += part_differences(f"parts.{role}", a, b)
     return diffs
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# the names other modules imported before exface.exfacegan.run_files held these
+_atomic_save = atomic_torch_save
+_atomic_write_json = atomic_write_json
 
 
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def references_digest(refs: dict[str, Tensor]) -> str:
+    """The content digest of a bank's references (what boundaries and datasets record as "the bank")."""
+    return tensor_digest({k: refs[k] for k in sorted(refs)})
 
 
 # ------------------------------------------------------------------------ compute
@@ -281,7 +236,8 @@ class _ChunkWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         chunk = int(batch)
-        _atomic_save(prediction, self.root / _chunk_name(chunk))
+        data = atomic_torch_save(prediction, self.root / _chunk_name(chunk))
+        atomic_write_bytes(self.root / _checksum_name(chunk), hashlib.sha256(data).hexdigest().encode() + b"\n")
         self.written.append(chunk)
 
 
@@ -298,6 +254,18 @@ class _ChunkIndices(torch.utils.data.Dataset):
 
 def _chunk_name(k: int) -> str:
     return f"chunk_{k:05d}.pt"
+
+
+def _checksum_name(k: int) -> str:
+    return f"chunk_{k:05d}.sha256"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- bank
@@ -338,13 +306,71 @@ class LatentBank:
     def is_complete(self) -> bool:
         return not self.missing_chunks()
 
+    def expected_checksum(self, k: int) -> str | None:
+        """The sha256 recorded for chunk ``k`` when it was written (its ``.sha256`` file, else the manifest)."""
+        side = self.root / _checksum_name(k)
+        if side.is_file():
+            return side.read_text().strip()
+        return self.manifest.get("checksums", {}).get(_chunk_name(k))
+
+    def chunk_problem(self, k: int) -> str | None:
+        """Why chunk ``k`` cannot be used, or None when it is sound.
+
+        Checks, in order: the file exists, its sha256 is the one recorded when it was
+        written, it loads, it holds latents ``k*C ..`` (its stored ``index``: a chunk copied
+        into another slot is caught), and every stored key has the manifest's shape.
+        """
+        path = self.chunk_path(k)
+        if not path.is_file():
+            return "it is missing"
+        want = self.expected_checksum(k)
+        if want is not None and _file_sha256(path) != want:
+            return "its sha256 is not the one recorded when it was written (truncated or modified)"
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is a damaged chunk
+            return f"it cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+        start = k * self.chunk_size
+        c = min(self.chunk_size, self.num_latents - start)
+        idx = data.get("index") if isinstance(data, dict) else None
+        if not isinstance(idx, Tensor) or not torch.equal(idx, torch.arange(start, start + c)):
+            got = f"{int(idx[0])}..{int(idx[-1])}" if isinstance(idx, Tensor) and idx.numel() else repr(idx)[:40]
+            return f"it holds latents {got}, not {start}..{start + c - 1} (a chunk copied into another slot?)"
+        dims = self.manifest.get("dims", {})
+        for key in self.manifest.get("stored", []):
+            v = data.get(key)
+            if v is None:
+                return f"it has no {key!r}"
+            if key == "attributes":
+                continue
+            want_shape = (c, dims[key]) if key in dims else None
+            if key == "image":
+                want_shape = (c, 3, *self.manifest.get("image_size", v.shape[-2:]))
+            if want_shape is not None and tuple(v.shape) != tuple(want_shape):
+                return f"its {key!r} has shape {tuple(v.shape)}, the manifest says {tuple(want_shape)}"
+        return None
+
+    def verify(self) -> None:
+        """Check every chunk once (see :meth:`chunk_problem`); a damaged one is an error naming it."""
+        if getattr(self, "_verified", False):
+            return
+        for k in range(self.num_chunks):
+            problem = self.chunk_problem(k)
+            if problem:
+                raise ExfaceFileError(
+                    f"chunk {k} of the latent bank is damaged: {problem}", where=self.chunk_path(k),
+                    fix="run the same `exface fit` again: the bank build recomputes damaged chunks",
+                )
+        self._verified = True
+
     def _check_complete(self) -> None:
         missing = self.missing_chunks()
         if missing:
-            raise RuntimeError(
+            raise ExfaceStateError(
                 f"bank {self.root} is incomplete: {len(missing)} of {self.num_chunks} chunks missing "
-                f"(first {missing[:5]}); run the build again (it resumes)"
+                f"(first {missing[:5]})", where=self.root, fix="run the build again (it resumes)",
             )
+        self.verify()
 
     # ----------------------------------------------------------------- reading
     def iter_chunks(self, keys: Sequence[str] = ("w", "embedding")) -> Iterator[dict[str, Any]]:
@@ -393,6 +419,10 @@ class LatentBank:
         out: dict[str, list] = {k: [None] * len(idx) for k in keys}
         chunks = (idx // self.chunk_size).tolist()
         for k in sorted(set(chunks)):
+            problem = self.chunk_problem(k)
+            if problem:
+                raise ExfaceFileError(f"chunk {k} of the latent bank is damaged: {problem}", where=self.chunk_path(k),
+                                      fix="run the same `exface fit` again: the bank build recomputes damaged chunks")
             data = torch.load(self.chunk_path(k), map_location="cpu", weights_only=True, mmap=True)
             for j, (i, ck) in enumerate(zip(idx.tolist(), chunks)):
                 if ck == k:
@@ -404,7 +434,7 @@ class LatentBank:
         """Save ``references.pt`` for the bank latents ``indices`` and return it."""
         refs = {"indices": torch.as_tensor(indices, dtype=torch.int64).reshape(-1),
                 **self.get(indices, ("z", "w", "embedding"))}
-        _atomic_save(refs, self.root / REFERENCES)
+        atomic_torch_save(refs, self.root / REFERENCES)
         return refs
 
     def references(self) -> dict[str, Tensor]:
@@ -437,7 +467,7 @@ class LatentBank:
                 f"{root} holds chunk files but no {MANIFEST}; use a new bank_dir or delete {root}"
             )
         root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_json({**config, "build": {}}, path)
+        atomic_write_json({**config, "build": {}}, path)
         return cls(root)
 
     @classmethod
@@ -474,10 +504,23 @@ class LatentBank:
         config = bank_config(generator, aligner, embedder, num_latents, chunk_size, seed, store_images,
                              attribute_predictors)
         bank = cls.open_or_create(root, config)
+        clean_partials(bank.root)  # leftovers of a crashed build (their process is gone)
         missing = bank.missing_chunks()
+        for k in range(bank.num_chunks):
+            if k in missing:
+                continue
+            problem = bank.chunk_problem(k)
+            if problem:
+                print(f"latent bank: chunk {k} ({bank.chunk_path(k)}) is damaged: {problem}; recomputing it",
+                      file=sys.stderr)
+                bank.chunk_path(k).unlink(missing_ok=True)
+                (bank.root / _checksum_name(k)).unlink(missing_ok=True)
+                missing.append(k)
+        missing.sort()
         if max_chunks is not None:
             missing = missing[: max(0, int(max_chunks))]
         if not missing:
+            bank._verified = True
             return bank
         for part in (generator, aligner, embedder, *attribute_predictors):
             part.eval()
@@ -503,5 +546,10 @@ class LatentBank:
                 {"chunks": len(missing), "seconds": round(seconds, 3), "accelerator": str(trainer.accelerator.__class__.__name__),
                  "devices": int(trainer.world_size)}
             )
-            _atomic_write_json(manifest, bank.root / MANIFEST)
+            sums = manifest.setdefault("checksums", {})
+            for k in range(bank.num_chunks):
+                side = bank.root / _checksum_name(k)
+                if side.is_file():
+                    sums[_chunk_name(k)] = side.read_text().strip()
+            atomic_write_json(manifest, bank.root / MANIFEST)
         return cls(bank.root)

@@ -21,6 +21,13 @@ the grids use copies area-downscaled to at most :data:`REPORT_SIZE` pixels, so t
 memory does not grow with the generator's resolution (10k StyleGAN 1024 px images would be
 31 GB) and diversities of different generators are measured at one scale.
 
+Every set is scored twice: by the labeler (the embedder that made the bank's labels and
+the boundaries) and by an independent **evaluator**, a face network that had no part in the
+labels (:mod:`exface.exfacegan.evaluator`: face-api labels are judged by HSE's MobileNet,
+an IResNet's by face-api). The verdict uses the evaluator's figures; the labeler's stand
+beside them. Without an evaluator (none known for the labeler, or its weights missing) the
+verdict says it is the labeler judging its own labels.
+
 Writes ``report.md`` (its first lines say whether the boundary sampler beats the noise
 baseline: lower EER than noise of equal pixel diversity), ``report.json``,
 ``similarity_hist.png`` and one image grid per set (``grid.png``, ``grid_random.png``,
@@ -145,23 +152,44 @@ def set_metrics(emb: np.ndarray, labels: np.ndarray, images: np.ndarray | None =
     }
 
 
+#: An (aligner, embedder) pair that turns uint8 images into identity embeddings.
+Judge = tuple[Aligner, IdentityEmbedder]
+
+
 @torch.no_grad()
-def render_set(gan: Generator, aligner: Aligner | None, embedder: IdentityEmbedder | None, latents: Tensor,
-               space: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 images ``[N, 3, h, w]`` (downscaled by :func:`shrink`) and embeddings of ``latents``.
+def render_set(gan: Generator, judges: list[Judge], latents: Tensor, space: str,
+               batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
+    """uint8 images ``[N, 3, h, w]`` (downscaled by :func:`shrink`) and, per judge, embeddings.
 
     The embeddings are of the full-resolution uint8 images (as a dataset stores them). With
-    ``embedder=None`` only the images are rendered (embeddings ``None``).
+    no judges only the images are rendered.
     """
     from exface.exfacegan.synthesis import embed_images
 
-    imgs, embs = [], []
+    imgs: list[np.ndarray] = []
+    embs: list[list[np.ndarray]] = [[] for _ in judges]
     for s in range(0, len(latents), batch_size):
         u8 = to_uint8(gan.synthesize(latents[s:s + batch_size].to(gan.device), space=space)).cpu()
         imgs.append(shrink(u8))
-        if embedder is not None:
-            embs.append(embed_images(aligner, embedder, u8).cpu().numpy())
-    return np.concatenate(imgs), (np.concatenate(embs) if embs else None)
+        for out, (aligner, embedder) in zip(embs, judges):
+            out.append(embed_images(aligner, embedder, u8).cpu().numpy())
+    return np.concatenate(imgs), [np.concatenate(e) for e in embs]
+
+
+@torch.no_grad()
+def _embed_files(root: Path, rows: list[dict], judge: Judge, batch_size: int) -> np.ndarray:
+    """Embeddings of a dataset's stored frames (full resolution) by one judge."""
+    from PIL import Image
+
+    from exface.exfacegan.synthesis import embed_images
+
+    out = []
+    for s in range(0, len(rows), batch_size):
+        u8 = torch.from_numpy(np.stack([np.asarray(Image.open(root / r.get("frame", r["file"])).convert("RGB"))
+                                        .transpose(2, 0, 1)
+                                        for r in rows[s:s + batch_size]]))
+        out.append(embed_images(judge[0], judge[1], u8).cpu().numpy())
+    return np.concatenate(out)
 
 
 def calibrate_sigma_to_diversity(gan: Generator, boundaries: Boundaries, references: Tensor,
@@ -180,7 +208,7 @@ def calibrate_sigma_to_diversity(gan: Generator, boundaries: Boundaries, referen
         gen = torch.Generator().manual_seed(seed + 777)
         sam = NoiseSampler(sigma, normalize_z=normalize_z)
         lats = torch.cat([sam.sample(boundaries, b, s, references[b], k, gen, gan, truncation_psi) for b, s in idents])
-        imgs, _ = render_set(gan, None, None, lats.float(), space, batch_size)
+        imgs, _ = render_set(gan, [], lats.float(), space, batch_size)
         return _pixel_diversity(imgs, labels)
 
     lo, hi = 0.0, max(start_sigma, 1e-3)
@@ -274,11 +302,30 @@ def quality_report(
     seed: int = 0,
     max_identities: int | None = None,
     baselines: bool = True,
+    evaluator: IdentityEmbedder | None = None,
+    evaluator_aligner: Aligner | None = None,
+    independent_evaluator: bool = True,
 ) -> dict:
-    """Write the report for the dataset in ``dataset_dir`` (made by ``exface synthesize``)."""
+    """Write the report for the dataset in ``dataset_dir`` (made by ``exface synthesize``).
+
+    ``evaluator`` (with ``evaluator_aligner``; default: the labeler's crop at its size) scores
+    every set beside the labeler ``embedder`` and decides the verdict. None picks
+    :func:`~exface.exfacegan.evaluator.default_evaluator` unless ``independent_evaluator`` is
+    False (then the labeler judges alone, and the verdict says so).
+    """
     from PIL import Image
 
+    from exface.exfacegan.evaluator import default_evaluator, evaluator_aligner as retarget
     from exface.exfacegan.synthesis import SETTINGS, load_bank_references
+
+    why = "given"
+    if evaluator is None:
+        evaluator, why = default_evaluator(embedder) if independent_evaluator else (None, "independent_evaluator=False")
+    judges: list[Judge] = [(aligner, embedder)]
+    if evaluator is not None:
+        evaluator.eval()
+        ev_aligner = evaluator_aligner if evaluator_aligner is not None else retarget(aligner, evaluator)
+        judges.append((ev_aligner.eval(), evaluator))
 
     root, out = Path(dataset_dir), Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,14 +341,27 @@ def quality_report(
     rows = [r for r, s in zip(rows, sel) if s]
     emb, lat = emb[sel], lat[torch.from_numpy(sel)]
     labels = np.array([r["identity"] for r in rows])
-    images = np.concatenate([shrink(np.asarray(Image.open(root / r["file"]).convert("RGB")).transpose(2, 0, 1)[None])
-                             for r in rows])
     k = settings["images_per_identity"]
     space = settings["space"]
+    ev_emb = None
+    if settings.get("crop") is None or all("frame" in r for r in rows):  # the frames are on disk
+        images = np.concatenate([shrink(np.asarray(Image.open(root / r.get("frame", r["file"])).convert("RGB"))
+                                        .transpose(2, 0, 1)[None]) for r in rows])
+        if evaluator is not None:
+            ev_emb = _embed_files(root, rows, judges[1], batch_size)
+    else:  # the dataset stores crops: re-render its frames, as the baselines are measured on frames
+        images, es = render_set(generator, judges[1:], lat.float(), space, batch_size)
+        ev_emb = es[0] if evaluator is not None else None
 
     sets = {"boundary": set_metrics(emb, labels, images, seed=seed, latents=lat.numpy())}
+    ev_sets: dict[str, dict] = {}
+    if ev_emb is not None:
+        ev_sets["boundary"] = set_metrics(ev_emb, labels, images, seed=seed, latents=lat.numpy())
     result: dict = {"dataset": str(root), "sampler": settings["sampler"], "images_per_identity": k,
-                    "num_identities": len(idents), "space": space}
+                    "num_identities": len(idents), "space": space, "labeler": type(embedder).__name__,
+                    "evaluator": type(evaluator).__name__ if evaluator is not None else None,
+                    "evaluator_choice": why,
+                    "face_check": {k2: settings.get(k2) for k2 in ("crop", "face_check", "face_check_failed", "dropped")}}
     grids = {"boundary": "grid.png"}
     _grid(images, labels, out / "grid.png")
     if baselines:
@@ -319,9 +379,11 @@ def quality_report(
         psi = settings.get("truncation_psi")
         for name, sam in samplers.items():
             lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator, psi) for _, b, s in idents])
-            imgs, e = render_set(generator, aligner, embedder, lats.float(), space, batch_size)
+            imgs, es = render_set(generator, judges, lats.float(), space, batch_size)
             lab = np.repeat([n for n, _, _ in idents], k)
-            sets[name] = set_metrics(e, lab, imgs, seed=seed, latents=lats.numpy())
+            sets[name] = set_metrics(es[0], lab, imgs, seed=seed, latents=lats.numpy())
+            if evaluator is not None:
+                ev_sets[name] = set_metrics(es[1], lab, imgs, seed=seed, latents=lats.numpy())
             if name == "noise":
                 sets[name]["latent_spread"] = float(
                     (lats - torch.stack([anchor_latent(bnd, b, s, references[b]) for _, b, s in idents])
@@ -339,16 +401,24 @@ def quality_report(
             batch_size=batch_size)
         sam = NoiseSampler(sigma_div, normalize_z=normalize_z)
         lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator, psi) for _, b, s in idents])
-        imgs, e = render_set(generator, aligner, embedder, lats.float(), space, batch_size)
+        imgs, es = render_set(generator, judges, lats.float(), space, batch_size)
         lab = np.repeat([n for n, _, _ in idents], k)
-        sets["noise_equal_diversity"] = set_metrics(e, lab, imgs, seed=seed, latents=lats.numpy())
+        sets["noise_equal_diversity"] = set_metrics(es[0], lab, imgs, seed=seed, latents=lats.numpy())
+        if evaluator is not None:
+            ev_sets["noise_equal_diversity"] = set_metrics(es[1], lab, imgs, seed=seed, latents=lats.numpy())
         _grid(imgs, lab, out / "grid_noise_equal_diversity.png")
         grids["noise_equal_diversity"] = "grid_noise_equal_diversity.png"
         result["noise_equal_diversity_sigma"] = sigma_div
         result["noise_equal_diversity_calibration"] = {"target": target, "reached_on_subset": reached,
                                                        "subset_identities": len(sub)}
-    _histogram(sets, out / "similarity_hist.png")
+    _histogram(ev_sets or sets, out / "similarity_hist.png")
     result["sets"] = {n: {k2: v for k2, v in m.items() if not k2.startswith("_")} for n, m in sets.items()}
+    if ev_sets:
+        for name in ("noise", "boundary"):  # the latent spreads are properties of the latents
+            if "latent_spread" in sets[name]:
+                ev_sets[name]["latent_spread"] = sets[name]["latent_spread"]
+        result["evaluator_sets"] = {n: {k2: v for k2, v in m.items() if not k2.startswith("_")}
+                                    for n, m in ev_sets.items()}
     result["grids"] = grids
 
     lines = _markdown(result)
@@ -356,12 +426,20 @@ def quality_report(
     (out / "report.json").write_text(json.dumps(result, indent=1))
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[: lines.index("") if "" in lines else 3]))
-    print(_table(result))
+    print(_table(result, "evaluator_sets" if result.get("evaluator_sets") else "sets"))
     return result
 
 
+def _judged_by(result: dict) -> str:
+    if result.get("evaluator_sets"):
+        return (f"judged by the independent evaluator {result['evaluator']} "
+                f"(labels by {result.get('labeler')})")
+    return (f"judged by the labeler {result.get('labeler')} itself, the network the boundaries were fit to: "
+            f"not an independent check ({result.get('evaluator_choice', 'no evaluator')})")
+
+
 def _verdict(result: dict) -> str:
-    s = result["sets"]
+    s = result.get("evaluator_sets") or result["sets"]
     if "noise" not in s:
         return "No baselines were computed (baselines=False): no verdict."
     b = s["boundary"]
@@ -373,6 +451,7 @@ def _verdict(result: dict) -> str:
             f"(boundary {b['pixel_diversity']:.4f}), FDR {b['fdr']:.2f} vs {n['fdr']:.2f}; against noise at the same "
             f"latent distance: EER {b['eer']:.4f} vs {d['eer']:.4f}, pixel diversity {b['pixel_diversity']:.4f} vs "
             f"{d['pixel_diversity']:.4f}")
+    nums = f"{nums}; {_judged_by(result)}"
     if eer_better and div_ok:
         return f"**Yes: the boundary sampler beats the noise baseline** (lower EER at equal or greater diversity): {nums}."
     why = []
@@ -383,11 +462,11 @@ def _verdict(result: dict) -> str:
     return f"**No: the boundary sampler does not beat the noise baseline** ({' and '.join(why)}): {nums}."
 
 
-def _table(result: dict) -> str:
+def _table(result: dict, key: str = "sets") -> str:
     head = ("| set | EER | FDR | genuine mean | impostor mean | per-id genuine min / median | pixel diversity "
             "| feature diversity | latent pairwise dist |")
     out = [head, "|" + "---|" * 9]
-    for name, m in result["sets"].items():
+    for name, m in result[key].items():
         out.append(
             f"| {name} | {m['eer']:.4f} | {m['fdr']:.3f} | {m['genuine_mean']:.3f} | {m['impostor_mean']:.3f} | "
             f"{m['per_identity_genuine_min']:.3f} / {m['per_identity_genuine_median']:.3f} | "
@@ -420,7 +499,21 @@ def _markdown(result: dict) -> list[str]:
             f"{cal['reached_on_subset']:.4f} on the {cal['subset_identities']} identities it was calibrated on). "
             f"The verdict compares against this set: equal diversity, so the EER decides."
         )
-    lines += ["", _table(result), ""]
+    fc = result.get("face_check") or {}
+    if fc.get("crop"):
+        lines.append(
+            f"Stored images: {fc['crop']['class']} crops {fc['crop']['output_size']}; face check "
+            f"{'off' if fc.get('face_check') is None else fc['face_check']}: {fc.get('face_check_failed') or 0} draws "
+            f"failed it (resampled), {fc.get('dropped') or 0} images dropped. Pixel diversity is measured on the frames."
+        )
+    if result.get("evaluator_sets"):
+        lines += ["", f"## Judged by the evaluator {result['evaluator']} (no part in the labels; the verdict's figures)",
+                  "", _table(result, "evaluator_sets"),
+                  "", f"## Judged by the labeler {result['labeler']} (made the labels the boundaries were fit to)",
+                  "", _table(result), ""]
+    else:
+        lines += ["", f"## Judged by the labeler {result.get('labeler')} (no independent evaluator: "
+                      f"{result.get('evaluator_choice')})", "", _table(result), ""]
     lines.append("EER/FDR from all genuine pairs and up to 200k random impostor pairs; pixel diversity = mean pairwise "
                  f"RMS distance of [0, 1] images (area-downscaled to at most {REPORT_SIZE} px) within an identity; feature diversity = mean pairwise 1 - cos within "
                  "an identity; latent pairwise dist = mean pairwise L2 of an identity's latents. Winning = lower EER than "
@@ -442,6 +535,9 @@ def report(
     seed: int = 0,
     report_identities: int | None = None,
     baselines: bool = True,
+    evaluator: IdentityEmbedder | None = None,
+    evaluator_aligner: Aligner | None = None,
+    independent_evaluator: bool = True,
 ) -> None:
     """Quality report of a dataset made by `exface synthesize` (vs random and noise baselines).
 
@@ -451,9 +547,14 @@ def report(
         batch_size: images per forward pass. seed: seed of the baselines and impostor pairs.
         report_identities: only the first this many identities (default all).
         baselines: also render the random and noise baselines.
+        evaluator: the independent network the verdict uses (default: another offline network
+            than the labeler, e.g. HSEFaceRes for FaceApiResNet34 labels).
+        evaluator_aligner: its crops (default: the labeler's crop at its input size).
+        independent_evaluator: False skips the evaluator (the labeler then judges alone).
     """
     for m in (generator, aligner, embedder):
         m.eval()
     quality_report(dataset_dir, report_dir or str(Path(dataset_dir).resolve().parent / "report"), generator,
                    aligner, embedder, batch_size=batch_size, seed=seed, max_identities=report_identities,
-                   baselines=baselines)
+                   baselines=baselines, evaluator=evaluator, evaluator_aligner=evaluator_aligner,
+                   independent_evaluator=independent_evaluator)

@@ -9,8 +9,11 @@ embedding of the reference mirrored across the boundary).
 
 Layout of ``output_dir``::
 
-    <identity>/<k>.png     uint8 RGB PNG of the generator output at native resolution
-    manifest.jsonl         one line per image: identity, boundary, side, file, k,
+    <identity>/<k>.png     uint8 RGB PNG (or ``.jpg``: ``image_format``) of what FR trains on:
+                           the ``crop_aligner``'s crop (e.g. the 112x112 ArcFace template),
+                           or the generator frame at native resolution without one
+    frames/<identity>/<k>.png  the native frame beside the crop (``save_frames``)
+    manifest.jsonl         one line per image: identity, boundary, side, file, [frame,] k,
                            signed_distance, similarity_to_reference, passed_filter
     latents.npy            [N, d] float32, the latents in manifest order (space in synthesis.json)
     embeddings.npy         [N, D] float32, embedder(aligner(PNG pixels)) in manifest order
@@ -20,7 +23,11 @@ Layout of ``output_dir``::
 Work is split into items (identity, chunk of up to ``batch_size`` images), run by
 ``lightning.Trainer.predict`` so ``devices``/``accelerator`` shard items over GPUs (DDP);
 each item's random stream is seeded from ``(seed, boundary, side, chunk)``, so results do
-not depend on the device split or on resuming. Files are written atomically (tmp file +
+not depend on the device split or on resuming. Images whose landmarks fail the crop
+aligner's face check (:func:`exface.exfacegan.crops.plausible_faces`) are resampled for up
+to ``filter_rounds`` rounds, then dropped; both are counted (``face_check_failed``,
+``dropped`` in ``synthesis.json``). Embeddings and the identity filter always use the
+embedder's own ``aligner`` on the frame. Files are written atomically (tmp file +
 ``os.replace``); an item is complete when its record exists and all its images do, and a
 re-run redoes only incomplete items (writing only their missing images).
 """
@@ -46,6 +53,16 @@ from exface.alignment.base import Aligner
 from exface.boundaries.base import Boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
+from exface.errors import ExfaceError, ExfaceFileError, ExfaceStateError
+from exface.exfacegan.provenance import part_differences, part_fingerprint, tensor_digest
+from exface.exfacegan.run_files import (
+    FolderLock,
+    atomic_torch_save,
+    atomic_write_bytes,
+    clean_partials,
+    is_primary_process,
+)
+from exface.exfacegan.crops import IMAGE_SUFFIX, ImageFormat, aligned_crops, describe_crop, encode_image
 from exface.exfacegan.samplers import LatentSampler, anchor_latent, make_sampler
 from exface.generators.base import Generator
 from exface.tensors import to_uint8
@@ -54,6 +71,8 @@ __all__ = [
     "Identity",
     "WorkItem",
     "load_bank_references",
+    "load_boundaries",
+    "check_boundaries_bank",
     "plan_identities",
     "plan_work",
     "item_rng",
@@ -95,51 +114,91 @@ def load_bank_references(
     bank: str | Path, generator: Generator | None = None, embedder: IdentityEmbedder | None = None,
     aligner: Aligner | None = None,
 ) -> tuple[dict, dict[str, Tensor]]:
-    """The bank's ``manifest.json`` and ``references.pt``; checks the parts match the bank's.
+    """The bank's ``manifest.json`` and ``references.pt``; checks the parts are the bank's.
 
-    The references' embeddings were made with the bank's generator/aligner/embedder; using
-    other parts would compare embeddings of different networks, so a class mismatch is an error.
+    The references' embeddings were made with the bank's generator/aligner/embedder; other
+    parts would compare embeddings of different networks, so a part that differs from the
+    bank's record (class, weights sha256, or a non-path argument: the comparison ``exface
+    fit`` uses for the bank itself) is an error.
     """
     bank = Path(bank)
     mpath, rpath = bank / "manifest.json", bank / "references.pt"
     for p in (mpath, rpath):
         if not p.is_file():
-            raise FileNotFoundError(
-                f"latent bank file {p} is missing; build the bank first (exface fit --config recipes/...yaml) "
-                f"or point bank= at the folder holding manifest.json and references.pt"
+            raise ExfaceFileError(
+                f"latent bank file {p.name} is missing", where=p,
+                fix="build the bank first (exface fit --config recipes/...yaml), or point bank= at the folder "
+                    "holding manifest.json and references.pt",
             )
-    manifest = json.loads(mpath.read_text())
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ExfaceFileError(f"the bank manifest is not valid JSON ({err})", where=mpath,
+                              fix="rebuild the bank (a new bank_dir) or restore manifest.json") from None
     if manifest.get("format") != "exface-latent-bank":
-        raise ValueError(f"{mpath} is not an exface latent bank manifest (format={manifest.get('format')!r})")
+        raise ExfaceFileError(f"not an exface latent bank manifest (format={manifest.get('format')!r})", where=mpath,
+                              fix="point bank= at the folder `exface fit` built")
     parts = manifest.get("parts", {})
+    diffs: list[str] = []
     for role, part in (("generator", generator), ("embedder", embedder), ("aligner", aligner)):
         if part is None or role not in parts:
             continue
-        want = parts[role].get("class")
-        got = type(part).__name__
-        if want is not None and want != got:
-            raise ValueError(
-                f"the bank at {bank} was built with {role} {want}, but synthesize was given {got}; "
-                f"pass the bank's {role} (manifest.json 'parts') or rebuild the bank with {got}"
-            )
-        if part is not None and role in parts:
-            _warn_arg_differences(role, parts[role].get("args", {}), part)
-    refs = torch.load(str(rpath), map_location="cpu", weights_only=True)
+        diffs += part_differences(role, parts[role], part_fingerprint(part))
+    if diffs:
+        raise ExfaceError(
+            "synthesize was given other parts than the bank was built with:\n  " + "\n  ".join(diffs),
+            where=mpath, fix="pass the bank's parts (manifest.json 'parts'), or rebuild the bank with these",
+        )
+    try:
+        refs = torch.load(str(rpath), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-screen message
+        raise ExfaceFileError(f"cannot read the bank's references ({type(err).__name__}: {str(err)[:200]})",
+                              where=rpath, fix="run `exface fit` again: it rewrites references.pt") from None
+    if not isinstance(refs, dict) or "embedding" not in refs:
+        raise ExfaceFileError("references.pt holds no reference latents and embeddings", where=rpath,
+                              fix="run `exface fit` again: it rewrites references.pt")
     return manifest, refs
 
 
-def _warn_arg_differences(role: str, recorded: dict, part: Any) -> None:
-    """Warn when a part's init arguments differ from the bank's record (paths may move, so not an error)."""
+_BOUNDARY_KEYS = ("normals", "offsets", "space", "val_balanced_accuracy", "val_auc", "meta")
+
+
+def load_boundaries(path: str | Path) -> Boundaries:
+    """A boundaries file written by ``exface fit`` (``Boundaries.save``), checked for what it is."""
+    path = Path(path)
+    fix = "pass the boundaries.pt that `exface fit` wrote (the model's save_path)"
+    if not path.is_file():
+        raise ExfaceFileError("the boundaries file does not exist", where=path, fix=fix)
     try:
-        from exface.exfacegan.latent_bank import part_record
-    except ImportError:  # pragma: no cover - the bank module is part of the package
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ExfaceFileError(f"cannot read the boundaries file ({type(err).__name__}: {first})", where=path,
+                              fix=fix) from None
+    if not isinstance(data, dict) or not {"normals", "offsets", "space"} <= set(data):
+        what = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
+        hint = " (that is a bank's references.pt)" if isinstance(data, dict) and "indices" in data else ""
+        raise ExfaceFileError(f"not a boundaries file: it holds {what}{hint}", where=path, fix=fix)
+    r = data["normals"].shape[0]
+    nan = torch.full((r,), float("nan"))
+    return Boundaries(data["normals"], data["offsets"], data["space"], data.get("val_balanced_accuracy", nan),
+                      data.get("val_auc", nan), dict(data.get("meta") or {}))
+
+
+def check_boundaries_bank(boundaries: Boundaries, references: dict[str, Tensor], where: object = None) -> None:
+    """Refuse boundaries fit on another bank (their recorded references digest differs)."""
+    from exface.exfacegan.latent_bank import references_digest
+
+    recorded = (boundaries.meta or {}).get("bank_references_sha256")
+    if recorded is None:
+        warnings.warn(f"the boundaries {where or ''} do not record the bank they were fit on (made by an older "
+                      f"exface); their bank cannot be checked", stacklevel=2)
         return
-    given = json.loads(json.dumps(part_record(part)["args"]))
-    diff = {k: (recorded[k], given[k]) for k in recorded.keys() & given.keys() if recorded[k] != given[k]}
-    if diff:
-        warnings.warn(
-            f"{role} {type(part).__name__} has other arguments than the bank's (bank vs given: {diff}); "
-            f"embeddings may not be comparable with the references", stacklevel=3,
+    if recorded != references_digest(references):
+        raise ExfaceError(
+            f"the boundaries were fit on another bank (references sha256 {recorded[:12]}..., this bank's "
+            f"{references_digest(references)[:12]}...; recorded bank folder {boundaries.meta.get('bank')!r})",
+            where=where, fix="pass the bank the boundaries were fit on, or fit boundaries on this bank (exface fit)",
         )
 
 
@@ -150,7 +209,8 @@ def plan_identities(num_boundaries: int, num_identities: int | None, both_sides:
     """
     n = num_boundaries if num_identities is None else int(num_identities)
     if not 0 < n <= num_boundaries:
-        raise ValueError(f"num_identities must be in 1..{num_boundaries} (the number of boundaries), got {n}")
+        raise ExfaceError(f"num_identities must be in 1..{num_boundaries} (the number of boundaries), got {n}",
+                          where="num_identities", fix=f"pass --num_identities between 1 and {num_boundaries}")
     out = []
     for r in range(n):
         out.append(Identity(f"{r:06d}", r, 1))
@@ -217,9 +277,13 @@ class SynthesisModule(LightningModule):
         identity_filter: float | None = None,
         filter_rounds: int = 10,
         truncation_psi: float | None = None,
+        crop_aligner: Aligner | None = None,
+        face_check: float | None = 0.35,
+        save_frames: bool = False,
     ) -> None:
         super().__init__()
         self.gan, self.aligner, self.embedder = generator, aligner, embedder
+        self.crop_aligner, self.face_check, self.save_frames = crop_aligner, face_check, bool(save_frames)
         self.boundaries = boundaries
         self.references = references.float()
         self.reference_embeddings = torch.nn.functional.normalize(reference_embeddings.float(), dim=1)
@@ -256,10 +320,11 @@ class SynthesisModule(LightningModule):
         idents = [self.identities[it.identity] for it in batch]
         anchors = self.anchor_embeddings(idents)
         need = [it.count for it in batch]
-        kept: list[list[tuple]] = [[] for _ in batch]  # (latent, image, emb, sim, passed)
+        kept: list[list[tuple]] = [[] for _ in batch]  # (latent, frame, emb, sim, passed, crop)
         spare: list[list[tuple]] = [[] for _ in batch]
-        drawn = [0] * len(batch)
-        rounds = self.filter_rounds if self.identity_filter is not None else 1
+        drawn, face_failed = [0] * len(batch), [0] * len(batch)
+        checking = self.crop_aligner is not None and self.face_check is not None
+        rounds = self.filter_rounds if self.identity_filter is not None or checking else 1
         for rnd in range(rounds):
             todo = [j for j in range(len(batch)) if len(kept[j]) < need[j]]
             if not todo:
@@ -278,13 +343,15 @@ class SynthesisModule(LightningModule):
                 drawn[j] += n
             lat = torch.cat(lats)
             imgs, emb = self._render(lat)
+            crops, face_ok = (imgs, torch.ones(len(imgs), dtype=torch.bool)) if self.crop_aligner is None else \
+                aligned_crops(self.crop_aligner, imgs, self.face_check, self.device)
             for q, j in enumerate(owner):
+                if not face_ok[q]:  # no face: never kept, resampled next round
+                    face_failed[j] += 1
+                    continue
                 sim = float(emb[q] @ anchors[j])
-                rec = (lat[q], imgs[q], emb[q], sim)
-                if self.identity_filter is None or sim >= self.identity_filter:
-                    kept[j].append(rec + (True,))
-                else:
-                    spare[j].append(rec + (False,))
+                passed = self.identity_filter is None or sim >= self.identity_filter
+                (kept if passed else spare)[j].append((lat[q], imgs[q], emb[q], sim, passed, crops[q]))
         out = []
         for j, it in enumerate(batch):
             recs = kept[j]
@@ -292,81 +359,98 @@ class SynthesisModule(LightningModule):
                 spare[j].sort(key=lambda r: -r[3])
                 recs = recs + spare[j][: need[j] - len(recs)]
             ident = idents[j]
-            lat = torch.stack([r[0] for r in recs])
+            if not recs:  # every draw failed the face check: the whole item is dropped
+                lat = self.references.new_zeros((0, self.references.shape[1]))
+                res = {"image": torch.zeros(0, dtype=torch.uint8), "embedding": torch.zeros(0, anchors.shape[1]),
+                       "frame": None}
+            else:
+                lat = torch.stack([r[0] for r in recs])
+                res = {"image": torch.stack([r[5] for r in recs]), "embedding": torch.stack([r[2] for r in recs]),
+                       "frame": torch.stack([r[1] for r in recs]) if self.save_frames and self.crop_aligner else None}
             out.append({
                 "identity": ident.name,
                 "boundary": ident.boundary,
                 "side": ident.side,
                 "chunk": it.chunk,
-                "k": list(range(it.start, it.start + it.count)),
+                "k": list(range(it.start, it.start + len(recs))),
                 "latent": lat,
-                "image": torch.stack([r[1] for r in recs]),
-                "embedding": torch.stack([r[2] for r in recs]),
+                **res,
                 "similarity": torch.tensor([r[3] for r in recs]),
-                "passed": torch.tensor([r[4] for r in recs]),
+                "passed": torch.tensor([r[4] for r in recs], dtype=torch.bool),
                 "signed_distance": self.boundaries.signed_distance(lat, ident.boundary),
                 "drawn": drawn[j],
+                "face_check_failed": face_failed[j],
+                "dropped": it.count - len(recs),
             })
         return out
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _png_bytes(image_chw_u8: Tensor) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image_chw_u8.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _record_path(root: Path, identity: str, chunk: int) -> Path:
     return root / WORK / identity / f"c{chunk:04d}.pt"
 
 
-def item_complete(root: Path, identity: str, chunk: int) -> bool:
-    """True when the item's record exists and every image it lists is on disk."""
+def item_complete(root: Path, identity: str, chunk: int, settings_key: str | None = None) -> bool:
+    """True when the item's record exists, was made with ``settings_key``, and its images are on disk."""
     rec = _record_path(root, identity, chunk)
     if not rec.is_file():
         return False
     try:
-        files = torch.load(str(rec), map_location="cpu", weights_only=True)["files"]
-    except Exception:
+        data = torch.load(str(rec), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable record is an incomplete item
         return False
-    return all((root / f).is_file() for f in files)
+    if settings_key is not None and data.get("settings_key") != settings_key:
+        return False
+    return all((root / f).is_file() for f in data["files"])
+
+
+FRAMES = "frames"
+
+
+def dataset_bytes(root: str | Path) -> int:
+    """Bytes on disk of a dataset folder (images, frames, manifest, arrays; not ``.work`` records or synthesis.json)."""
+    root = Path(root)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and WORK not in p.relative_to(root).parts
+               and p.name != SETTINGS)
 
 
 class DatasetImageWriter(BasePredictionWriter):
-    """Writes each rendered item: its missing PNGs, then its record (both atomically)."""
+    """Writes each rendered item: its images (and frames), then its record (all atomically, record last).
 
-    def __init__(self, root: str | Path) -> None:
+    Images are always (re)written: a record must describe the image files beside it, so a
+    redone item never keeps an image of an earlier attempt. The record carries the run's
+    ``settings_key``, which ties it to ``synthesis.json``.
+    """
+
+    def __init__(self, root: str | Path, image_format: ImageFormat = "png", jpeg_quality: int = 95,
+                 settings_key: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.root = Path(root)
+        self.image_format, self.jpeg_quality = image_format, int(jpeg_quality)
+        self.suffix = IMAGE_SUFFIX[image_format]
+        self.settings_key = settings_key
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         for res in prediction:
             d = self.root / res["identity"]
             d.mkdir(parents=True, exist_ok=True)
-            files = []
-            for k, img in zip(res["k"], res["image"]):
-                path = d / f"{k}.png"
-                files.append(f"{res['identity']}/{k}.png")
-                if not path.is_file():
-                    _atomic_write_bytes(path, _png_bytes(img))
-            rec = {key: v for key, v in res.items() if key != "image"}
-            rec["files"] = files
+            files, frames = [], []
+            for q, (k, img) in enumerate(zip(res["k"], res["image"])):
+                files.append(f"{res['identity']}/{k}{self.suffix}")
+                atomic_write_bytes(d / f"{k}{self.suffix}", encode_image(img, self.image_format, self.jpeg_quality))
+                if res["frame"] is not None:
+                    frames.append(f"{FRAMES}/{res['identity']}/{k}.png")
+                    fpath = self.root / frames[-1]
+                    fpath.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(fpath, encode_image(res["frame"][q]))
+            rec = {key: v for key, v in res.items() if key not in ("image", "frame")}
+            rec["files"] = files + frames
+            rec["frames"] = frames
+            rec["settings_key"] = self.settings_key
             rpath = _record_path(self.root, res["identity"], res["chunk"])
             rpath.parent.mkdir(parents=True, exist_ok=True)
-            tmp = rpath.with_name(f".{rpath.name}.tmp{os.getpid()}")
-            torch.save(rec, str(tmp))
-            os.replace(tmp, rpath)
+            atomic_torch_save(rec, rpath)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -374,8 +458,10 @@ class DatasetImageWriter(BasePredictionWriter):
 
 def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) -> dict:
     """Merge the item records into manifest.jsonl, latents.npy and embeddings.npy (manifest order)."""
+    import io
+
     lines, lats, embs = [], [], []
-    drawn = kept = passed = 0
+    drawn = kept = passed = face_failed = dropped = 0
     by_ident: dict[int, list[WorkItem]] = {}
     for it in items:
         by_ident.setdefault(it.identity, []).append(it)
@@ -383,25 +469,92 @@ def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) 
         for it in sorted(by_ident[i], key=lambda w: w.chunk):
             rec = torch.load(str(_record_path(root, ident.name, it.chunk)), map_location="cpu", weights_only=True)
             drawn += int(rec["drawn"])
-            for q, f in enumerate(rec["files"]):
+            face_failed += int(rec.get("face_check_failed", 0))
+            dropped += int(rec.get("dropped", 0))
+            frames = rec.get("frames") or []
+            for q, f in enumerate(rec["files"][:len(rec["k"])]):
                 ok = bool(rec["passed"][q])
                 passed += ok
                 kept += 1
                 lines.append(json.dumps({
                     "identity": ident.name, "boundary": ident.boundary, "side": ident.side, "file": f,
-                    "k": int(rec["k"][q]), "signed_distance": round(float(rec["signed_distance"][q]), 6),
+                    **({"frame": frames[q]} if frames else {}), "k": int(rec["k"][q]), "signed_distance": round(float(rec["signed_distance"][q]), 6),
                     "similarity_to_reference": round(float(rec["similarity"][q]), 6), "passed_filter": ok,
                 }))
             lats.append(rec["latent"].numpy())
             embs.append(rec["embedding"].numpy())
-    _atomic_write_bytes(root / MANIFEST, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(root / MANIFEST, ("\n".join(lines) + "\n").encode())
     for name, arrs in (("latents.npy", lats), ("embeddings.npy", embs)):
-        tmp = root / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.concatenate(arrs).astype(np.float32))
-        os.replace(tmp, root / name)
+        buf = io.BytesIO()
+        np.save(buf, np.concatenate(arrs).astype(np.float32))
+        atomic_write_bytes(root / name, buf.getvalue())
     return {"images": kept, "candidates_drawn": drawn, "passed_filter": passed,
-            "acceptance_rate": passed / drawn if drawn else float("nan")}
+            "acceptance_rate": passed / drawn if drawn else float("nan"),
+            "face_check_failed": face_failed, "dropped": dropped}
+
+
+#: settings that decide what an image is; a resume must match them all
+_CONTENT_KEYS = ("space", "images_per_identity", "both_sides", "seed", "chunk", "sampler", "identity_filter",
+                 "filter_rounds", "truncation_psi", "bank_references_sha256", "boundaries_sha256", "crop", "face_check",
+                 "image_format", "save_frames")
+
+
+def _canonical(v):
+    return json.loads(json.dumps(v, sort_keys=True))
+
+
+def _settings_key(settings: dict) -> str:
+    """A digest of everything that decides the images (content settings + parts' fingerprints)."""
+    import hashlib
+
+    content = {k: settings.get(k) for k in _CONTENT_KEYS}
+    content["parts"] = {role: {k: v for k, v in rec.items() if k != "args"} for role, rec in settings["parts"].items()}
+    return hashlib.sha256(json.dumps(_canonical(content), sort_keys=True).encode()).hexdigest()
+
+
+def _resume_differences(old: dict, new: dict) -> list[str]:
+    diffs = [f"{k}: the dataset has {old.get(k)!r}, this run {new.get(k)!r}"
+             for k in _CONTENT_KEYS if _canonical(old.get(k)) != _canonical(new.get(k))]
+    for role in sorted(set(old.get("parts", {})) | set(new["parts"])):
+        rec_old, rec_new = old.get("parts", {}).get(role), new["parts"].get(role)
+        if isinstance(rec_old, str):  # an older dataset recorded class names only
+            rec_old = {"class": rec_old}
+        diffs += part_differences(f"parts.{role}", rec_old, rec_new)
+    return diffs
+
+
+def _check_resume(root: Path, spath: Path, settings: dict, identities: list[Identity]) -> None:
+    """Refuse to add to a dataset made with other settings, or to leave identities it holds unlisted."""
+    if not spath.is_file():
+        foreign = [p.name for p in root.iterdir() if p.name not in (".lock", WORK) and not p.name.startswith(".partial-")]
+        if foreign:
+            raise ExfaceStateError(
+                f"the output folder is not empty and holds no {SETTINGS} (e.g. {sorted(foreign)[:3]})", where=root,
+                fix="use a new or empty output_dir: synthesize never mixes its images with other files",
+            )
+        return
+    try:
+        old = json.loads(spath.read_text())
+    except ValueError:
+        raise ExfaceFileError(f"{SETTINGS} is not valid JSON", where=spath,
+                              fix="use a new output_dir, or delete this folder to start over") from None
+    fix = "run with the dataset's settings to finish or extend it, or use a new output_dir (or delete this one)"
+    if "settings_key" not in old:
+        raise ExfaceStateError("the dataset was made by an older exface that did not record its provenance",
+                               where=spath, fix="use a new output_dir, or delete this folder to start over")
+    diffs = _resume_differences(old, settings)
+    if diffs:
+        raise ExfaceStateError("the dataset in this folder was made with other settings:\n  " + "\n  ".join(diffs),
+                               where=root, fix=fix)
+    names = {i.name for i in identities}
+    dropped = [n for n, *_ in old.get("identities", []) if n not in names]
+    if dropped:
+        raise ExfaceStateError(
+            f"the dataset holds {len(old.get('identities', []))} identities; this run plans {len(identities)} and "
+            f"would leave {len(dropped)} identity folders (e.g. {dropped[:3]}) on disk but out of its manifest",
+            where=root, fix=f"pass num_identities so that every identity already there is kept "
+                            f"({len({b for _, b, _ in old['identities']})} or more), or use a new output_dir",
+        )
 
 
 def synthesize_dataset(
@@ -424,65 +577,98 @@ def synthesize_dataset(
     devices: int | str = 1,
     extra_settings: dict | None = None,
     progress: bool = True,
+    crop_aligner: Aligner | None = None,
+    face_check: float | None = 0.35,
+    image_format: ImageFormat = "png",
+    jpeg_quality: int = 95,
+    save_frames: bool = False,
 ) -> dict:
-    """Render the dataset into ``output_dir`` (resumable); returns the settings + statistics dict."""
+    """Render the dataset into ``output_dir`` (resumable); returns the settings + statistics dict.
+
+    Provenance: the settings (with the bank's references digest, the boundaries' digest and
+    the parts' fingerprints) are written to ``synthesis.json`` *before* any image, and every
+    work record carries their digest (``settings_key``); a resume with any other setting is
+    refused, naming each difference. ``output_dir`` is locked for the run (a second run
+    stops with a message naming the first).
+    """
+    from exface.exfacegan.latent_bank import references_digest
+
     root = Path(output_dir)
     space = boundaries.space
+    if int(images_per_identity) < 1:
+        raise ExfaceError(f"images_per_identity must be >= 1, got {images_per_identity}", where="images_per_identity",
+                          fix="pass --images_per_identity 1 or more")
     if space not in references:
-        raise ValueError(f"references.pt has no {space!r} latents (keys {sorted(references)}); the boundaries are in {space!r}")
+        raise ExfaceError(f"references.pt has no {space!r} latents (keys {sorted(references)}); the boundaries are "
+                          f"in {space!r}", where="boundaries", fix="pass the boundaries fit on this bank")
     if len(references[space]) != len(boundaries):
-        raise ValueError(
+        raise ExfaceError(
             f"{len(boundaries)} boundaries but {len(references[space])} reference latents; the boundaries file "
-            f"and the bank do not belong together"
+            f"and the bank do not belong together", where="boundaries",
+            fix="pass the boundaries `exface fit` wrote for this bank",
         )
     sampler = sampler or make_sampler("exfacegan")
     identities = plan_identities(len(boundaries), num_identities, both_sides)
     chunk = max(1, min(batch_size, images_per_identity))
     items = plan_work(len(identities), images_per_identity, chunk)
     settings = {
-        "format": "exface-synthetic-dataset", "version": 1, "space": space, "images_per_identity": images_per_identity,
+        "format": "exface-synthetic-dataset", "version": 2, "space": space, "images_per_identity": images_per_identity,
         "both_sides": both_sides, "seed": seed, "chunk": chunk, "sampler": sampler.describe(),
         "identity_filter": identity_filter, "filter_rounds": filter_rounds, "truncation_psi": truncation_psi,
-        "parts": {"generator": type(generator).__name__, "aligner": type(aligner).__name__,
-                  "embedder": type(embedder).__name__},
+        "bank_references_sha256": references_digest(references),
+        "boundaries_sha256": tensor_digest({"normals": boundaries.normals, "offsets": boundaries.offsets}),
+        "parts": {"generator": part_fingerprint(generator), "aligner": part_fingerprint(aligner),
+                  "embedder": part_fingerprint(embedder)},
+        "crop": describe_crop(crop_aligner), "face_check": face_check if crop_aligner is not None else None,
+        "image_format": image_format, "save_frames": bool(save_frames and crop_aligner is not None),
         **(extra_settings or {}),
     }
+    settings = _canonical(settings)
+    key = settings["settings_key"] = _settings_key(settings)
+    settings["identities"] = [[i.name, i.boundary, i.side] for i in identities]
+    primary = is_primary_process()
     root.mkdir(parents=True, exist_ok=True)
     spath = root / SETTINGS
-    if spath.is_file():
-        old = json.loads(spath.read_text())
-        keys = ("space", "images_per_identity", "seed", "chunk", "sampler", "identity_filter", "filter_rounds", "parts")
-        diff = [k for k in keys if json.loads(json.dumps(settings[k])) != old.get(k)]
-        if diff:
-            raise ValueError(
-                f"{root} holds a dataset made with other settings ({', '.join(diff)} differ: "
-                f"{ {k: old.get(k) for k in diff} }); use a new output_dir or delete it to start over"
+    lock = FolderLock(root, "exface synthesize") if primary else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        if primary:
+            _check_resume(root, spath, settings, identities)
+            clean_partials(root, recursive=True)
+            old = json.loads(spath.read_text()) if spath.is_file() else {}
+            keep = {k: old[k] for k in ("images", "candidates_drawn", "passed_filter", "acceptance_rate") if k in old}
+            atomic_write_bytes(spath, json.dumps({**settings, **keep, "status": "running"}, indent=1).encode())
+        todo = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk, key)]
+        if todo:
+            module = SynthesisModule(
+                generator, aligner, embedder, boundaries, references[space], references["embedding"], identities,
+                sampler, seed=seed, identity_filter=identity_filter, filter_rounds=filter_rounds,
+                truncation_psi=truncation_psi, crop_aligner=crop_aligner, face_check=face_check, save_frames=save_frames,
             )
-    todo = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk)]
-    if todo:
-        module = SynthesisModule(
-            generator, aligner, embedder, boundaries, references[space], references["embedding"], identities, sampler,
-            seed=seed, identity_filter=identity_filter, filter_rounds=filter_rounds, truncation_psi=truncation_psi,
-        )
-        per_batch = max(1, batch_size // chunk)
-        loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
-        trainer = Trainer(
-            accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
-            enable_model_summary=False, enable_progress_bar=progress, callbacks=[DatasetImageWriter(root)],
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            trainer.predict(module, dataloaders=loader, return_predictions=False)
-        trainer.strategy.barrier()
-        if not trainer.is_global_zero:
-            return {}
-    missing = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk)]
-    if missing:
-        raise RuntimeError(f"{len(missing)} work items did not complete (first: {missing[0]}); re-run to resume")
-    stats = _consolidate(root, identities, items)
-    settings.update(stats, identities=[[i.name, i.boundary, i.side] for i in identities],
-                    redone_items=len(todo), total_items=len(items))
-    _atomic_write_bytes(spath, json.dumps(settings, indent=1).encode())
+            per_batch = max(1, batch_size // chunk)
+            loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
+            trainer = Trainer(
+                accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
+                enable_model_summary=False, enable_progress_bar=progress, callbacks=[DatasetImageWriter(root, image_format, jpeg_quality, key)],
+            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                trainer.predict(module, dataloaders=loader, return_predictions=False)
+            trainer.strategy.barrier()
+            if not trainer.is_global_zero:
+                return {}
+        missing = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk, key)]
+        if missing:
+            raise ExfaceStateError(f"{len(missing)} work items did not complete (first: {missing[0]})", where=root,
+                                   fix="run the same command again to resume")
+        stats = _consolidate(root, identities, items)
+        settings.update(stats, redone_items=len(todo), total_items=len(items), bytes_on_disk=dataset_bytes(root),
+                        status="complete")
+        atomic_write_bytes(spath, json.dumps(settings, indent=1).encode())
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
     return settings
 
 
@@ -510,8 +696,16 @@ def synthesize(
     report: bool = True,
     report_dir: str | None = None,
     report_identities: int | None = None,
+    evaluator: IdentityEmbedder | None = None,
+    evaluator_aligner: Aligner | None = None,
+    independent_evaluator: bool = True,
     accelerator: str = "auto",
     devices: int | str = 1,
+    crop_aligner: Aligner | None = None,
+    face_check: float | None = 0.35,
+    image_format: ImageFormat = "png",
+    jpeg_quality: int = 95,
+    save_frames: bool = False,
 ) -> None:
     """Render a synthetic identity dataset from identity boundaries (+ quality report).
 
@@ -535,14 +729,26 @@ def synthesize(
         report: write the quality report (boundary sampler vs random / noise baselines).
         report_dir: report folder (default: output_dir/../report).
         report_identities: identities used by the report and its baselines (default all).
+        evaluator: the report's independent judge (default: another offline face network than
+            the labeler, e.g. HSEFaceRes for FaceApiResNet34). evaluator_aligner: its crops
+            (default: the labeler's crop at its input size). independent_evaluator: False
+            lets the labeler judge alone.
         accelerator: Lightning accelerator. devices: Lightning devices (DDP over work items).
+        crop_aligner: the aligner whose crop is stored for FR training (e.g. ArcFaceAligner: the
+            112x112 ArcFace template); default none: the generator frame is stored.
+        face_check: a landmark crop aligner's sanity check: images whose keypoints miss the template
+            by more than this many eye distances (or leave the frame) are resampled, then dropped;
+            null turns it off.
+        image_format: 'png' or 'jpeg'. jpeg_quality: JPEG quality (1-100).
+        save_frames: also store the native frame, as frames/<identity>/<k>.png.
     """
     t0 = time.time()
     manifest, refs = load_bank_references(bank, generator, embedder, aligner)
-    bnd = Boundaries.load(boundaries)
+    bnd = load_boundaries(boundaries)
+    check_boundaries_bank(bnd, refs, where=boundaries)
     sam = make_sampler(sampler, min_offset=min_offset, max_offset=max_offset, normalize_z=normalize_z,
                        distance=distance, jitter=jitter)
-    for m in (generator, aligner, embedder):
+    for m in (generator, aligner, embedder) + ((crop_aligner,) if crop_aligner is not None else ()):
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
@@ -551,18 +757,21 @@ def synthesize(
         num_identities=num_identities, sampler=sam, both_sides=both_sides, identity_filter=identity_filter,
         filter_rounds=filter_rounds, batch_size=batch_size, seed=seed,
         truncation_psi=manifest.get("truncation_psi"), accelerator=accelerator, devices=devices,
-        extra_settings={"bank": str(bank), "boundaries": str(boundaries)},
+        extra_settings={"bank": str(bank), "boundaries": str(boundaries)}, crop_aligner=crop_aligner,
+        face_check=face_check, image_format=image_format, jpeg_quality=jpeg_quality, save_frames=save_frames,
     )
     if not stats:  # non-zero DDP rank
         return
     print(
         f"synthesized {stats['images']} images of {len(stats['identities'])} identities into {output_dir} "
         f"({stats['redone_items']}/{stats['total_items']} work items rendered this run, "
-        f"filter acceptance {stats['acceptance_rate']:.3f}) in {time.time() - t0:.1f} s"
+        f"filter acceptance {stats['acceptance_rate']:.3f}; {stats['face_check_failed']} draws failed the face check, "
+        f"{stats['dropped']} images dropped) in {time.time() - t0:.1f} s; {stats['bytes_on_disk'] / 2**20:.1f} MiB on disk"
     )
     if report:
         from exface.exfacegan.report import quality_report
 
         rdir = report_dir or str(Path(output_dir).resolve().parent / "report")
         quality_report(output_dir, rdir, generator, aligner, embedder, batch_size=batch_size, seed=seed,
-                       max_identities=report_identities)
+                       max_identities=report_identities, evaluator=evaluator, evaluator_aligner=evaluator_aligner,
+                       independent_evaluator=independent_evaluator)

@@ -16,11 +16,25 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 def list_identity_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
-    """Image paths, integer labels and identity names of a folder-per-identity dataset."""
+    """Image paths, integer labels and identity names of a folder-per-identity dataset.
+
+    A dataset of ``exface synthesize`` (``manifest.jsonl`` beside the folders) lists its images
+    in the manifest (its ``frames/`` folder is no identity); any other folder is scanned.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder {root} does not exist; run `exface synthesize` first "
                                 f"or point data.init_args.root at a folder of identity sub-folders")
+    manifest = root / "manifest.jsonl"
+    if manifest.is_file():
+        import json
+
+        rows = [json.loads(ln) for ln in manifest.read_text().splitlines() if ln.strip()]
+        names = sorted({r["identity"] for r in rows})
+        index = {n: i for i, n in enumerate(names)}
+        if not rows:
+            raise ValueError(f"{manifest} lists no images; re-run `exface synthesize`")
+        return [root / r["file"] for r in rows], [index[r["identity"]] for r in rows], names
     names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     paths, labels = [], []
     for label, name in enumerate(names):

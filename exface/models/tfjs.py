@@ -2,10 +2,12 @@
 
 The face-api models ship as a manifest (a JSON list of groups, each naming its shard
 files and its weights with name, shape, dtype and optional quantization) and binary
-shards holding the weights back to back. Quantized weights are stored as uint8 (or
-uint16) ``q`` and read as ``q * scale + min``, exactly as tfjs-core's
-``decodeWeights`` does. Arrays keep TensorFlow's layouts (conv filters HWIO);
-porting code transposes them.
+shards holding the weights back to back; graph models (``model.json``) carry the same
+list under ``weightsManifest``. Quantized weights are stored as uint8 (or uint16) ``q``
+and read as ``q * scale + min``, or as IEEE half floats (``"dtype": "float16"``, no
+scale) widened to float32, exactly as tfjs-core's ``decodeWeights`` does. Arrays keep
+TensorFlow's layouts (conv filters HWIO); porting code transposes them.
+:mod:`exface.models.tfjs_graph` runs a whole graph model from its topology.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-_DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8, "uint16": np.uint16}
+_DTYPES = {
+    "float32": np.float32,
+    "int32": np.int32,
+    "uint8": np.uint8,
+    "uint16": np.uint16,
+    "float16": np.float16,
+    "bool": np.bool_,
+}
 
 
 def load_tfjs_weights(manifest: str | Path) -> dict[str, np.ndarray]:
@@ -46,7 +55,9 @@ def load_tfjs_weights(manifest: str | Path) -> dict[str, np.ndarray]:
                 )
             raw = np.frombuffer(blob, dtype=stored, count=count, offset=offset)
             offset += nbytes
-            if quant:
+            if quant and quant["dtype"] == "float16":
+                arr = raw.astype(np.float32)  # exact: every half float is a float32
+            elif quant:
                 arr = raw.astype(np.float64) * quant["scale"] + quant["min"]
                 arr = arr.astype(np.float32)
             else:

@@ -10,6 +10,14 @@
 //
 // For every image and model the raw network output (face-api `runNet`) and the
 // post-processed result of face-api's public API are printed as JSON on stdout.
+//
+// A request may instead name a TF.js graph model (e.g. Human's faceres.json):
+//   {"graph": {"model": "/path/model.json", "outputs": ["global_pooling/Mean", ...]},
+//    "images": [...]}
+// Each image is then the graph's input itself ([1, H, W, 3] float32, already preprocessed);
+// the graph is loaded with tf.loadGraphModel from the file path (a small file IOHandler,
+// since the pure-JS package has no file:// loader) and `results.graph[i][output]` holds
+// the flattened values of each requested output.
 'use strict';
 
 const fs = require('fs');
@@ -28,11 +36,62 @@ function readImage(spec, baseDir) {
   return tf.tensor3d(Array.from(data), [spec.height, spec.width, 3], 'float32');
 }
 
+// tf.io.IOHandler reading model.json and its weight shards from disk.
+function fileHandler(modelJson) {
+  return {
+    load: async () => {
+      const spec = JSON.parse(fs.readFileSync(modelJson, 'utf8'));
+      const dir = path.dirname(modelJson);
+      const weightSpecs = [];
+      const buffers = [];
+      for (const group of spec.weightsManifest) {
+        weightSpecs.push(...group.weights);
+        for (const p of group.paths) buffers.push(fs.readFileSync(path.join(dir, p)));
+      }
+      const all = Buffer.concat(buffers);
+      const weightData = all.buffer.slice(all.byteOffset, all.byteOffset + all.byteLength);
+      return {
+        modelTopology: spec.modelTopology,
+        format: spec.format,
+        generatedBy: spec.generatedBy,
+        convertedBy: spec.convertedBy,
+        signature: spec.signature,
+        userDefinedMetadata: spec.userDefinedMetadata,
+        weightSpecs,
+        weightData,
+      };
+    },
+  };
+}
+
+async function runGraph(request, baseDir) {
+  await tf.setBackend('cpu');
+  await tf.ready();
+  const model = await tf.loadGraphModel(fileHandler(path.resolve(baseDir, request.graph.model)));
+  const outputs = request.graph.outputs;
+  const results = [];
+  for (const spec of request.images) {
+    const img = readImage(spec, baseDir);
+    const x = img.expandDims(0);
+    let ys = model.execute(x, outputs);
+    if (!Array.isArray(ys)) ys = [ys];
+    const row = {};
+    outputs.forEach((name, i) => { row[name] = Array.from(ys[i].dataSync()); });
+    results.push(row);
+    tf.dispose([img, x, ...ys]);
+  }
+  return { tfjs: tf.version_core, backend: tf.getBackend(), results: { graph: results } };
+}
+
 async function main() {
   const [requestPath, modelDirArg] = process.argv.slice(2);
   if (!requestPath) throw new Error('usage: node run.cjs REQUEST.json [MODEL_DIR]');
   const request = JSON.parse(fs.readFileSync(requestPath, 'utf8'));
   const baseDir = path.dirname(path.resolve(requestPath));
+  if (request.graph) {
+    process.stdout.write(JSON.stringify(await runGraph(request, baseDir)));
+    return;
+  }
   const modelDir = modelDirArg
     || path.join(path.dirname(require.resolve('@vladmandic/face-api/package.json')), 'model');
 

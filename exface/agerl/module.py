@@ -1,0 +1,281 @@
+"""``AgePolicyModule``: PPO (TorchRL's loss modules) on the age-editing MDP, as a Lightning run.
+
+Algorithm choice: **PPO with TorchRL's** :class:`~torchrl.objectives.ClipPPOLoss` and
+:class:`~torchrl.objectives.value.GAE`. TorchRL ships losses and advantage estimators as
+modules and leaves the loop to the caller, so the loop is a LightningModule's
+``training_step`` and logging, checkpoints, resume and devices are Lightning's;
+stable-baselines3 owns its loop (``model.learn()``), logger and checkpoint format, which
+would sit beside Lightning rather than inside it. Among TorchRL's losses PPO is the one
+whose state is entirely the networks and the optimizer: an on-policy learner has no replay
+buffer to checkpoint, so a killed run resumes exactly from Lightning's last checkpoint
+(SAC/TD3 would need their buffer saved too, and their sample efficiency matters less here
+than their tuning: the action has three bounded components, PPO's home ground).
+
+One ``training_step`` = one rollout + ``ppo_epochs`` passes of minibatch updates (manual
+optimization, every update a Lightning ``optimizer.step()``):
+
+1. ``num_envs`` start latents drawn from a seed fixed by the rollout index (so a resumed
+   run draws what the killed one would have), each with a target offset from
+   ``target_offsets`` plus uniform jitter of ``+-target_jitter`` years;
+2. up to ``max_steps`` steps of the stochastic policy in :class:`AgeEditVectorEnv`;
+   transitions after an episode ended are masked out;
+3. GAE advantages (``gamma``, ``gae_lambda``; the time limit is in the observation, so a
+   truncated episode is treated as terminal);
+4. the clipped PPO objective + value loss + entropy bonus on shuffled minibatches.
+
+The generator, aligner, predictor and embedder are frozen and kept out of the module's
+``state_dict``: checkpoints hold only the policy, the value network and the optimizer (the
+parts are re-created from the recipe on resume). At the end of every epoch the policy is
+also written to ``save_path`` (atomically), the file :class:`~exface.agerl.editors.AgePolicyEditor` loads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.value import GAE
+
+from exface.agerl.env import AgeEditEnv, AgeEditVectorEnv
+from exface.agerl.mdp import ACTION_DIM, ObservationConfig, observation_dim
+from exface.exfacegan.latent_bank import part_record
+from exface.models.age_policy import GaussianPolicyNet, ValueNet
+
+__all__ = ["AgePolicyModule", "RolloutDataModule", "POLICY_FORMAT", "make_actor"]
+
+POLICY_FORMAT = "exface-age-policy"
+
+
+def make_actor(net: GaussianPolicyNet) -> ProbabilisticActor:
+    """The TorchRL actor over a policy net: tanh-squashed Gaussian actions in [-1, 1]."""
+    module = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
+    return ProbabilisticActor(module, in_keys=["loc", "scale"], distribution_class=TanhNormal,
+                              distribution_kwargs={"low": -1.0, "high": 1.0}, return_log_prob=True)
+
+
+class _Rollouts(Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class RolloutDataModule(pl.LightningDataModule):
+    """Rollout indices for :class:`AgePolicyModule`: ``rollouts_per_epoch`` batches per epoch.
+
+    An on-policy learner makes its own data; what the loop needs from a datamodule is how
+    many rollouts make an epoch (checkpoints are per epoch, so this sets how much a kill
+    can lose). Each batch is the rollout's index within the epoch.
+    """
+
+    def __init__(self, rollouts_per_epoch: int = 1) -> None:
+        super().__init__()
+        if rollouts_per_epoch < 1:
+            raise ValueError(f"rollouts_per_epoch must be >= 1, got {rollouts_per_epoch}")
+        self.rollouts_per_epoch = int(rollouts_per_epoch)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Rollouts(self.rollouts_per_epoch), batch_size=None, shuffle=False)
+
+
+class AgePolicyModule(pl.LightningModule):
+    """PPO (TorchRL ClipPPOLoss + GAE) training an age-editing policy under an identity bound.
+
+    Args:
+        env: the :class:`AgeEditEnv` (its parts, identity bound, step bound, budget and
+            reward weights). Kept out of checkpoints (frozen, re-created from the recipe).
+        num_envs: episodes per rollout.
+        target_offsets, target_jitter: target = start age + an offset drawn uniformly
+            from ``target_offsets`` + uniform noise in ``[-jitter, jitter]`` years.
+        include_latent: append the raw latent to the observation (see :mod:`exface.agerl.mdp`).
+        hidden, layers: MLP width/depth of policy and value nets.
+        init_log_std: initial log standard deviation of the pre-tanh Gaussian.
+        init_step: initial mean of the age-direction action (pre-tanh; 0.55 ~ half a max step).
+        ppo_epochs, minibatch_size: passes over each rollout and their minibatch size.
+        lr, max_grad_norm: Adam learning rate and gradient clipping.
+        gamma, gae_lambda, clip_epsilon, entropy_coeff, critic_coeff: PPO/GAE settings.
+        seed: seeds the rollouts' start latents and targets.
+        save_path: where the trained policy file is written (None: not written).
+    """
+
+    def __init__(
+        self,
+        env: AgeEditEnv,
+        num_envs: int = 64,
+        target_offsets: list[float] = [-15.0, 15.0, 30.0],  # noqa: B006 (jsonargparse needs a literal default)
+        target_jitter: float = 5.0,
+        include_latent: bool = False,
+        hidden: int = 64,
+        layers: int = 2,
+        init_log_std: float = -0.7,
+        init_step: float = 0.55,
+        ppo_epochs: int = 8,
+        minibatch_size: int = 128,
+        lr: float = 3e-4,
+        max_grad_norm: float = 1.0,
+        gamma: float = 0.97,
+        gae_lambda: float = 0.95,
+        clip_epsilon: float = 0.2,
+        entropy_coeff: float = 1e-3,
+        critic_coeff: float = 0.5,
+        seed: int = 0,
+        save_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["env"])
+        self.automatic_optimization = False
+        object.__setattr__(self, "env", env)  # not a submodule: frozen parts stay out of checkpoints
+        obs_dim = observation_dim(env.latent_shape(), include_latent)
+        self.policy = GaussianPolicyNet(obs_dim, ACTION_DIM, hidden, layers, init_log_std,
+                                        init_loc=(float(init_step), 0.0, 0.0))
+        self.value = ValueNet(obs_dim, hidden, layers)
+        self.actor = make_actor(self.policy)
+        self.critic = ValueOperator(self.value, in_keys=["observation"])
+        self.loss_module = ClipPPOLoss(self.actor, self.critic, clip_epsilon=clip_epsilon,
+                                       entropy_coeff=entropy_coeff, critic_coeff=critic_coeff,
+                                       normalize_advantage=True, loss_critic_type="l2")
+        self.advantage = GAE(gamma=gamma, lmbda=gae_lambda, value_network=self.critic, average_gae=False)
+        self.venv = AgeEditVectorEnv(env, num_envs, include_latent)
+        if not target_offsets:
+            raise ValueError("target_offsets must list at least one offset (years), e.g. [-15, 15, 30]")
+
+    # ------------------------------------------------------------------ plumbing
+    def _rollouts_per_epoch(self) -> int:
+        return int(self.trainer.num_training_batches) if self._trainer is not None else 1
+
+    def configure_optimizers(self):
+        params = list(self.policy.parameters()) + list(self.value.parameters())
+        return torch.optim.Adam(params, lr=self.hparams.lr)
+
+    def on_fit_start(self) -> None:
+        self.env.to(self.device)
+
+    def state_dict(self, *args, **kwargs):  # the loss module aliases the nets: keep one copy
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith(("loss_module.", "advantage.", "actor.", "critic."))}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    # ------------------------------------------------------------------ rollout
+    def _targets(self, n: int, gen: torch.Generator) -> Tensor:
+        offs = torch.as_tensor(self.hparams.target_offsets, dtype=torch.float32)
+        pick = offs[torch.randint(len(offs), (n,), generator=gen)]
+        jitter = (torch.rand(n, generator=gen) * 2 - 1) * self.hparams.target_jitter
+        return (pick + jitter).to(self.device)
+
+    @torch.no_grad()
+    def collect(self, rollout_index: int) -> tuple[TensorDict, dict[str, float]]:
+        """One rollout ``[num_envs, T]`` (TorchRL keys) and its summary statistics."""
+        hp = self.hparams
+        seed = int(hp.seed) * 1_000_003 + int(rollout_index)
+        gen = torch.Generator().manual_seed(seed)
+        n = self.venv.num_envs
+        obs, _ = self.venv.reset(seed=seed, options={"target_offset": self._targets(n, gen)})
+        steps: list[TensorDict] = []
+        success = torch.zeros(n, dtype=torch.bool, device=self.device)
+        broken = torch.zeros_like(success)
+        for _ in range(self.env.max_steps):
+            alive = ~self.env.state.extra["done"]
+            td = TensorDict({"observation": obs}, batch_size=[n], device=self.device)
+            self.actor(td)
+            next_obs, reward, terminated, truncated, info = self.venv.step(td["action"])
+            success |= info["success"]
+            broken |= info["broken"]
+            end = (terminated | truncated | ~alive)[:, None]
+            td["valid"] = alive
+            td["next"] = TensorDict({"observation": next_obs, "reward": reward[:, None].float(), "done": end,
+                                     "terminated": end}, batch_size=[n], device=self.device)
+            steps.append(td)
+            obs = next_obs
+            if bool(self.env.state.extra["done"].all()):
+                break
+        roll = torch.stack(steps, dim=1)
+        s = self.env.state
+        stats = {
+            "return": float(roll["next", "reward"].sum(1).mean()),
+            "success": float(success.float().mean()),
+            "broken": float(broken.float().mean()),
+            "final_age_error": float((s.value - s.target).abs().mean()),
+            "final_similarity": float(s.similarity.mean()),
+            "steps": float(roll["valid"].float().sum(1).mean()),
+        }
+        return roll, stats
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        hp = self.hparams
+        rollout_index = self.current_epoch * self._rollouts_per_epoch() + int(batch)
+        roll, stats = self.collect(rollout_index)
+        with torch.no_grad():
+            self.advantage(roll)
+        data = roll.reshape(-1)
+        data = data[data["valid"]]
+        opt = self.optimizers()
+        gen = torch.Generator().manual_seed(int(hp.seed) + 7919 * rollout_index)
+        losses: dict[str, list[float]] = {}
+        for _ in range(hp.ppo_epochs):
+            perm = torch.randperm(data.shape[0], generator=gen).to(self.device)
+            for b0 in range(0, data.shape[0], hp.minibatch_size):
+                mb = data[perm[b0 : b0 + hp.minibatch_size]]
+                out = self.loss_module(mb)
+                loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+                opt.zero_grad()
+                self.manual_backward(loss)
+                torch.nn.utils.clip_grad_norm_(list(self.policy.parameters()) + list(self.value.parameters()),
+                                               hp.max_grad_norm)
+                opt.step()
+                for k in ("loss_objective", "loss_critic", "loss_entropy"):
+                    losses.setdefault(k, []).append(float(out[k].detach()))
+        log = {f"train/{k}": v for k, v in stats.items()}
+        log.update({f"train/{k}": sum(v) / len(v) for k, v in losses.items()})
+        log["train/transitions"] = float(data.shape[0])
+        self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False, batch_size=self.venv.num_envs)
+        self.log("success", stats["success"], prog_bar=True, on_step=True, on_epoch=False, batch_size=self.venv.num_envs)
+
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.save_path and self.trainer.is_global_zero:
+            self.save_policy(self.hparams.save_path)
+
+    # ------------------------------------------------------------------ output
+    def policy_record(self) -> dict[str, Any]:
+        """What :class:`~exface.agerl.editors.AgePolicyEditor` needs to run this policy."""
+        env = self.env
+        return {
+            "format": POLICY_FORMAT,
+            "version": 1,
+            "policy_state": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
+            "policy_args": {"obs_dim": self.policy.obs_dim, "action_dim": self.policy.action_dim,
+                            "hidden": self.policy.hidden, "layers": self.policy.layers},
+            "observation": ObservationConfig.from_env(env).to_dict(),
+            "include_latent": bool(self.hparams.include_latent),
+            "attribute": env.attribute,
+            "space": env.space,
+            "latent_shape": list(env.latent_shape()),
+            "env": {"identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
+                    "tolerance": env.tolerance, "weights": dict(env.weights),
+                    "parts": {"generator": part_record(env.generator), "aligner": part_record(env.aligner),
+                              "age_predictor": part_record(env.age_predictor),
+                              "embedder": part_record(env.embedder)}},
+            "trained": {"epochs": int(self.current_epoch) + 1, "global_step": int(self.global_step),
+                        "rollouts": (int(self.current_epoch) + 1) * self._rollouts_per_epoch(),
+                        "num_envs": int(self.venv.num_envs)},
+        }
+
+    def save_policy(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+        torch.save(self.policy_record(), tmp)
+        os.replace(tmp, path)

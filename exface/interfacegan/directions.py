@@ -1,0 +1,122 @@
+"""Edit directions from an attribute-boundary file: plain, or conditioned on other attributes.
+
+A conditional direction (InterFaceGAN Sec. 2.3, ``project_boundary``) is the primary normal
+with its components along the condition normals removed, so moving along it leaves the
+condition attributes' signed distances unchanged. InterFaceGAN writes the projection out
+for one and two conditions and solves the normal equations for more; here every case is
+the same exact orthogonal projection onto the complement of the conditions' span
+(least squares in float64), which is what those formulas compute.
+
+Boundary files record the bank's generator and latent space (``meta["generator"]``,
+``Boundaries.space``); :func:`check_applicable` refuses to apply one elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from exface.boundaries.base import Boundaries
+from exface.generators.base import Generator
+
+__all__ = ["EditDirection", "project_boundary", "select_direction", "check_applicable"]
+
+
+def project_boundary(primary: Tensor, conditions: Tensor) -> Tensor:
+    """The unit vector closest to ``primary`` ``[d]`` that is orthogonal to every row of ``conditions`` ``[k, d]``.
+
+    ``P n / |P n|`` with ``P = I - C^T (C C^T)^+ C``: the orthogonal projection onto the
+    complement of the conditions' span (conditions need not be unit or independent).
+    """
+    n = torch.as_tensor(primary).double().reshape(-1)
+    c = torch.as_tensor(conditions).double().reshape(-1, n.shape[0]) if torch.as_tensor(conditions).numel() else None
+    if c is None:
+        return (n / n.norm()).float()
+    # coefficients a minimizing |n - C^T a|: the residual is the projection (lstsq is exact for dependent rows too)
+    a = torch.linalg.lstsq(c.T, n[:, None], driver="gelsd").solution
+    p = n - (c.T @ a)[:, 0]
+    p = p - c.T @ torch.linalg.lstsq(c.T, p[:, None], driver="gelsd").solution[:, 0]  # one refinement step
+    norm = p.norm()
+    if norm < 1e-8 * n.norm():
+        raise ValueError("the primary boundary lies in the span of its conditions: nothing is left to edit along")
+    return (p / norm).float()
+
+
+@dataclass
+class EditDirection:
+    """A unit normal ``[d]`` with its offset, for signed distances ``x . normal + offset``.
+
+    ``name`` is the edited attribute, ``conditions`` the attributes held fixed; ``layer``
+    is the w+ layer a per-layer boundary belongs to (None: all of the latent).
+    """
+
+    name: str
+    normal: Tensor
+    offset: float
+    space: str
+    conditions: list[str] = field(default_factory=list)
+    layer: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name + (f" given {', '.join(self.conditions)}" if self.conditions else "")
+
+
+def _row(boundaries: Boundaries, name: str, layer: int | None) -> int:
+    names = list(boundaries.meta.get("attribute_names") or [])
+    layers = list(boundaries.meta.get("layers") or [None] * len(names))
+    rows = [i for i, (a, l) in enumerate(zip(names, layers)) if a == name and (layer is None or l == layer)]
+    if not rows:
+        where = f" at layer {layer}" if layer is not None else ""
+        raise ValueError(
+            f"the boundary file has no boundary for {name!r}{where}; it has {sorted(set(names)) or 'none'}. "
+            f"Fit one with `exface interfacegan-fit --attributes+ {name}` (the bank must have {name!r} scores)"
+        )
+    return rows[0]
+
+
+def select_direction(boundaries: Boundaries, attribute: str, conditions: Sequence[str] = (),
+                     layer: int | None = None) -> EditDirection:
+    """The direction that edits ``attribute``, orthogonal to the ``conditions``' normals."""
+    conditions = [c for c in conditions]
+    if attribute in conditions:
+        raise ValueError(f"{attribute!r} cannot be edited while held fixed; remove it from the conditions")
+    i = _row(boundaries, attribute, layer)
+    normal, offset = boundaries.normals[i].float(), float(boundaries.offsets[i])
+    layer_i = (boundaries.meta.get("layers") or [None] * len(boundaries))[i]
+    if conditions:
+        cond = torch.stack([boundaries.normals[_row(boundaries, c, layer_i)] for c in conditions])
+        projected = project_boundary(normal, cond)
+        # the conditional hyperplane passes through the primary's point nearest the origin, -offset * n
+        offset = offset * float(projected.double() @ normal.double())
+        normal = projected
+    return EditDirection(attribute, normal, offset, boundaries.space, list(conditions), layer_i)
+
+
+def check_applicable(boundaries: Boundaries, generator: Generator, space: str | None = None) -> None:
+    """Refuse a boundary file made for another generator or another latent space."""
+    rec = boundaries.meta.get("generator") or {}
+    want = rec.get("class")
+    got = type(generator).__name__
+    if want is not None and want != got:
+        raise ValueError(
+            f"the boundaries were learned in the latent space of {want}, not {got}; pass the generator of the bank "
+            f"they were fit on (boundary meta 'generator': {rec}), or fit boundaries for {got}"
+        )
+    dims = boundaries.meta.get("generator_dims") or {}
+    mine = {"z_dim": int(generator.z_dim), "w_dim": int(generator.w_dim), "num_ws": int(generator.num_ws)}
+    diff = {k: (dims[k], mine[k]) for k in dims.keys() & mine.keys() if dims[k] != mine[k]}
+    if diff:
+        raise ValueError(
+            f"the boundaries were learned for a {want} with {dims}, this one has {mine}; they belong to another "
+            f"checkpoint: pass that checkpoint or fit boundaries for this one"
+        )
+    if space is not None and space != boundaries.space:
+        raise ValueError(
+            f"the boundaries live in space {boundaries.space!r}, the edit asks for {space!r}; use space "
+            f"{boundaries.space!r} or fit boundaries in {space!r} (`exface interfacegan-fit --space {space}`)"
+        )
+    generator.check_space("w+" if boundaries.space == "w+" else boundaries.space)

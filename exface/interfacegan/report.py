@@ -1,0 +1,278 @@
+"""``exface edit-report``: InterFaceGAN's re-scoring analysis over held-out latents.
+
+For every edited direction (each attribute boundary, and each conditional direction such
+as "age given gender_male") the held-out latents are moved by ``linear_interpolate`` over
+the distance range and every step is scored again by every attribute predictor. The
+report gives:
+
+- the change matrix: edited direction x measured attribute, the mean over latents of the
+  least-squares slope of the score against distance (score units per unit of distance),
+  as a table and as a heat map in units of each attribute's standard deviation over the
+  unedited held-out faces (so years and probabilities share one colour scale);
+- for the edited attribute itself: the fraction of latents whose score rises at every step
+  (monotonic), the mean score at the first and last step, and the identity similarity of
+  the last step to the unedited face (by the recipe's embedder, which had no part in the
+  attribute scores the boundaries were learned from);
+- the cosine matrix of the boundaries' normals.
+
+Each direction's re-scored steps are kept in ``output_dir/steps/`` (keyed by what made them):
+an interrupted report resumes, and runs over overlapping direction lists share the work.
+
+Held-out latents are fresh draws ``generator.sample_z(num_latents, seed=seed)`` (mapped to w
+for w/w+ boundaries), not bank latents: the boundaries never saw them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from exface.alignment.base import Aligner
+from exface.attributes.base import AttributePredictor
+from exface.boundaries.base import Boundaries
+from exface.commands import command
+from exface.embedders.base import IdentityEmbedder
+from exface.generators.base import Generator
+from exface.interfacegan.directions import EditDirection, check_applicable, select_direction
+from exface.interfacegan.edit import FaceEvaluator, edit_latents
+from exface.interfacegan.manipulation import distance_steps
+
+__all__ = ["score_slopes", "monotonic_fraction", "held_out_latents", "rescoring_report", "edit_report"]
+
+
+def score_slopes(distances: Tensor, scores: Tensor) -> Tensor:
+    """``[N]`` least-squares slope of ``scores [N, S]`` against ``distances [S]``, over each row's finite scores."""
+    d = distances.double()[None].expand_as(scores)
+    ok = torch.isfinite(scores)
+    w = ok.double()
+    cnt = w.sum(1)
+    s = torch.where(ok, scores.double(), torch.zeros_like(scores, dtype=torch.float64))
+    md = (d * w).sum(1) / cnt
+    ms = (s * w).sum(1) / cnt
+    cov = ((d - md[:, None]) * (s - ms[:, None]) * w).sum(1)
+    var = ((d - md[:, None]) ** 2 * w).sum(1)
+    out = cov / var
+    out[cnt < 2] = float("nan")
+    return out.float()
+
+
+def monotonic_fraction(scores: Tensor) -> float:
+    """Share of rows of ``scores [N, S]`` that rise at every step (rows with a NaN count as not rising)."""
+    return float((scores.diff(dim=1) > 0).all(1).double().mean())
+
+
+def held_out_latents(generator: Generator, space: str, num_latents: int, seed: int) -> Tensor:
+    """Fresh latents of ``space`` drawn from ``seed`` (w+ is w repeated per layer)."""
+    z = generator.sample_z(num_latents, seed=seed, device="cpu")
+    if space == "z":
+        return z
+    with torch.inference_mode():
+        w = torch.cat([generator.to_w(z[i : i + 256].to(generator.device)).float().cpu() for i in range(0, len(z), 256)])
+    return w[:, None].expand(-1, generator.num_ws, -1).contiguous() if space == "w+" else w
+
+
+def _heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, path: Path, unit: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cols), 1.2 + 0.5 * len(rows)))
+    lim = float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 1.0
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(matrix[i, j]):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, label=unit)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fingerprint(*tensors: Tensor, extra: object = None) -> str:
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for t in tensors:
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cached(path: Path | None, key: str, compute):
+    """``compute()``, or the result stored at ``path`` under the same ``key`` (written atomically)."""
+    if path is not None and path.is_file():
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("key") == key:
+            return data["value"]
+    value = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".partial-{path.name}")
+        torch.save({"key": key, "value": value}, tmp)
+        tmp.replace(path)
+    return value
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
+def rescoring_report(boundaries: Boundaries, directions: Sequence[EditDirection], evaluator: FaceEvaluator,
+                     latents: Tensor, start_distance: float, end_distance: float, steps: int,
+                     cache_dir: Path | None = None) -> dict:
+    """The numbers of the report (see the module docstring) as a JSON-able dict.
+
+    With ``cache_dir`` each direction's re-scored steps are kept there (keyed by the
+    direction, the latents, the distances and the parts), so an interrupted report resumes
+    and reports over overlapping direction lists share their work.
+    """
+    parts = [type(evaluator.generator).__name__, type(evaluator.embedder).__name__,
+             [type(p).__name__ for p in evaluator.predictors]]
+    lat_key = _fingerprint(latents, extra=parts)
+    start = _cached(cache_dir and cache_dir / "start.pt", lat_key,
+                    lambda: {k: v for k, v in evaluator(latents.float()).items() if k != "image"})
+    std = {n: float(np.nanstd(v.numpy())) for n, v in start["scores"].items()}
+    rows = []
+    for direction in directions:
+        t0 = time.time()
+        key = _fingerprint(direction.normal, latents, extra=[direction.label, direction.offset, direction.layer, parts,
+                                                              start_distance, end_distance, steps])
+
+        def run(direction=direction):
+            r = edit_latents(evaluator, latents, direction, start_distance, end_distance, steps, start=start)
+            return {"distances": r["distances"], "scores": r["scores"], "similarity": r["similarity"]}
+
+        res = _cached(cache_dir and cache_dir / f"{_slug(direction.label)}.pt", key, run)
+        names = list(res["scores"])
+        slopes = {n: float(np.nanmean(score_slopes(res["distances"], res["scores"][n]).numpy())) for n in names}
+        own = res["scores"][direction.name]
+        rows.append({
+            "direction": direction.label, "attribute": direction.name, "conditions": direction.conditions,
+            "slope": slopes,
+            "slope_in_std": {n: slopes[n] / std[n] if std[n] > 0 else float("nan") for n in names},
+            "monotonic_fraction": monotonic_fraction(own),
+            "rises_end_vs_start": float((own[:, -1] > own[:, 0]).double().mean()),
+            "mean_first_step": {n: float(np.nanmean(res["scores"][n][:, 0].numpy())) for n in names},
+            "mean_last_step": {n: float(np.nanmean(res["scores"][n][:, -1].numpy())) for n in names},
+            "mean_change_first_to_last": {
+                n: float(np.nanmean((res["scores"][n][:, -1] - res["scores"][n][:, 0]).numpy())) for n in names},
+            "identity_similarity_per_step": res["similarity"].mean(0).tolist(),
+            "identity_similarity_last_step": float(res["similarity"][:, -1].mean()),
+            "identity_similarity_first_step": float(res["similarity"][:, 0].mean()),
+            "seconds": round(time.time() - t0, 1),
+        })
+    names_b = list(boundaries.meta.get("attribute_names") or [])
+    n = torch.nn.functional.normalize(boundaries.normals.double(), dim=1)
+    return {"distances": distance_steps(start_distance, end_distance, steps).tolist(), "num_latents": len(latents),
+            "attribute_std": std, "directions": rows, "boundary_names": names_b,
+            "boundary_cosine": (n @ n.T).tolist()}
+
+
+def _md_table(rows: list[dict], names: list[str], key: str) -> list[str]:
+    out = ["| edited \\ measured | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
+    for r in rows:
+        out.append(f"| {r['direction']} | " + " | ".join(f"{r[key][n]:+.4g}" for n in names) + " |")
+    return out
+
+
+def write_report(report: dict, out: Path) -> str:
+    """report.json, report.md and the heat maps in ``out``; returns the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    rows = report["directions"]
+    names = list(rows[0]["slope"])
+    plain = [r for r in rows if not r["conditions"]]
+    cond = [r for r in rows if r["conditions"]]
+    md = [f"# InterFaceGAN re-scoring report ({report['num_latents']} held-out latents)", "",
+          f"distances {report['distances'][0]} .. {report['distances'][-1]} in {len(report['distances'])} steps.", "",
+          "## The edited attribute", "",
+          "| direction | monotonic rise | end > start | first step | last step | identity similarity (last / first step) |",
+          "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        a = r["attribute"]
+        md.append(f"| {r['direction']} | {r['monotonic_fraction']:.3f} | {r['rises_end_vs_start']:.3f} | "
+                  f"{r['mean_first_step'][a]:.4g} | {r['mean_last_step'][a]:.4g} | "
+                  f"{r['identity_similarity_last_step']:.4f} / {r['identity_similarity_first_step']:.4f} |")
+    md += ["", "## Mean change per unit distance (score units)", ""] + _md_table(rows, names, "slope")
+    md += ["", "## Same, in standard deviations of each attribute over the unedited faces", ""]
+    md += _md_table(rows, names, "slope_in_std")
+    md += ["", "## Cosine of the boundaries' normals", "",
+           "| | " + " | ".join(report["boundary_names"]) + " |", "| --- " * (len(report["boundary_names"]) + 1) + "|"]
+    for name, row in zip(report["boundary_names"], report["boundary_cosine"]):
+        md.append(f"| {name} | " + " | ".join(f"{v:+.3f}" for v in row) + " |")
+    md += ["", "Files: change_matrix.png, conditional_matrix.png (when conditional directions were edited), "
+           "cosine_matrix.png, report.json."]
+    text = "\n".join(md) + "\n"
+    (out / "report.md").write_text(text)
+    for subset, fname, title in ((plain, "change_matrix.png", "change per unit distance"),
+                                 (cond, "conditional_matrix.png", "conditional edits: change per unit distance")):
+        if subset:
+            m = np.array([[r["slope_in_std"][n] for n in names] for r in subset])
+            _heatmap(m, [r["direction"] for r in subset], names, title, out / fname, "attribute std per unit distance")
+    cos = np.array(report["boundary_cosine"])
+    _heatmap(cos, report["boundary_names"], report["boundary_names"], "cosine of boundary normals",
+             out / "cosine_matrix.png", "cosine")
+    return text
+
+
+@command("edit-report")
+def edit_report(
+    boundaries: str,
+    generator: Generator,
+    aligner: Aligner,
+    embedder: IdentityEmbedder,
+    attribute_predictors: list[AttributePredictor],
+    output_dir: str,
+    attribute_aligner: Aligner | None = None,
+    attributes: list[str] | None = None,
+    conditional: list[list[str]] | None = None,
+    num_latents: int = 200,
+    seed: int = 1000,
+    start_distance: float = -3.0,
+    end_distance: float = 3.0,
+    steps: int = 7,
+    batch_size: int = 64,
+) -> None:
+    """Re-score edits over held-out latents: change matrix, conditional edits, boundary cosines.
+
+    Args:
+        boundaries: boundary file from `exface interfacegan-fit`.
+        generator: the bank's generator. aligner, embedder: identity similarity to the unedited face.
+        attribute_predictors: predictors that re-score every step. attribute_aligner: their crop (default aligner).
+        output_dir: report.md, report.json and the heat maps.
+        attributes: boundaries to edit along (default: all in the file).
+        conditional: conditional directions, each [edited, held fixed, ...], e.g. [[age, gender_male]].
+        num_latents: held-out latents (fresh draws from seed). seed: their seed.
+        start_distance, end_distance, steps: linear_interpolate's range.
+        batch_size: images per forward pass.
+    """
+    t0 = time.time()
+    distance_steps(start_distance, end_distance, steps)
+    b = Boundaries.load(boundaries)
+    check_applicable(b, generator)
+    names = list(attributes or dict.fromkeys(b.meta.get("attribute_names") or []))
+    directions = [select_direction(b, a) for a in names]
+    for entry in conditional or []:
+        if len(entry) < 2:
+            raise ValueError(f"a conditional direction is [edited, held fixed, ...]; got {entry}")
+        directions.append(select_direction(b, entry[0], entry[1:]))
+    if num_latents < 2:
+        raise ValueError(f"num_latents must be >= 2, got {num_latents}")
+    ev = FaceEvaluator(generator, b.space, aligner, embedder, attribute_predictors, attribute_aligner, batch_size)
+    latents = held_out_latents(generator, b.space, num_latents, seed)
+    report = rescoring_report(b, directions, ev, latents, start_distance, end_distance, steps,
+                              cache_dir=Path(output_dir) / "steps")
+    report["settings"] = {"boundaries": str(boundaries), "seed": seed, "embedder": type(embedder).__name__,
+                          "predictors": [type(p).__name__ for p in attribute_predictors], "space": b.space}
+    text = write_report(report, Path(output_dir))
+    print(text + f"\nwrote {output_dir} in {time.time() - t0:.1f} s")

@@ -1,0 +1,221 @@
+"""The age-editing MDP (reward terms, termination, bounds), the PPO recipe and the age report, on tiny parts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from exface.agerl.editors import AgePolicyEditor, GradientWalkEditor
+from exface.agerl.env import AgeEditEnv, AgeEditVectorEnv
+from exface.agerl.mdp import ACTION_DIM, BASE_FEATURES, apply_action, observation, step_directions
+from exface.alignment.crops import ResizeAligner
+from exface.editing.base import EditState, LatentEditor
+from exface.testing.tiny import TinyEmbedder, TinyGenerator
+from exface.testing.tiny_age import TinyAgePredictor
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "dcgan_faceapi_age_rl.yaml"
+
+
+def make_env(**kw) -> AgeEditEnv:
+    args = dict(identity_bound=0.8, max_step=0.5, max_steps=4, prior_samples=500)
+    args.update(kw)
+    return AgeEditEnv(TinyGenerator(z_dim=8, resolution=16), ResizeAligner((16, 16)), TinyAgePredictor(),
+                      TinyEmbedder(), **args)
+
+
+class Stay(LatentEditor):
+    attribute, space = "age", "z"
+
+    def propose(self, state: EditState) -> torch.Tensor:
+        return state.latent.clone()
+
+
+class Jump(LatentEditor):
+    """Proposes a far-away latent every step (the driver must clip it)."""
+
+    attribute, space = "age", "z"
+
+    def propose(self, state: EditState) -> torch.Tensor:
+        return state.latent + 100.0
+
+
+def test_reward_terms_and_weights():
+    env = make_env(identity_bound=0.9, age_scale=10.0, progress_weight=2.0, identity_weight=3.0, break_penalty=5.0,
+                   prior_weight=0.5, step_cost=0.1, success_bonus=7.0, tolerance=3.0)
+    err_before = torch.tensor([10.0, 10.0, 2.0])
+    err_after = torch.tensor([5.0, 12.0, 1.0])
+    sim = torch.tensor([0.95, 0.85, 0.92])
+    chi = torch.tensor([-1.0, 2.0, 0.5])
+    t = env.reward_terms(err_before, err_after, sim, chi)
+    torch.testing.assert_close(t["progress"], torch.tensor([0.5, -0.2, 0.1]))
+    torch.testing.assert_close(t["identity"], torch.tensor([0.0, -0.5, 0.0]))
+    torch.testing.assert_close(t["broken"], torch.tensor([0.0, -1.0, 0.0]))
+    torch.testing.assert_close(t["prior"], torch.tensor([0.0, -2.0, -0.5]))
+    torch.testing.assert_close(t["step"], -torch.ones(3))
+    torch.testing.assert_close(t["success"], torch.tensor([0.0, 0.0, 1.0]))
+    r = env.reward(t)
+    expected = 2 * t["progress"] + 3 * t["identity"] + 5 * t["broken"] + 0.5 * t["prior"] - 0.1 + 7 * t["success"]
+    torch.testing.assert_close(r, expected)
+
+
+def test_prior_z_score_is_chi_square():
+    env = make_env()
+    assert env.prior.sq_mean == 8.0 and math.isclose(env.prior.sq_std, 4.0)
+    z = env.sample_latents(4000, seed=3)
+    assert abs(float(env.prior.chi(z).mean())) < 0.1
+    assert float(env.prior.chi(torch.full((1, 8), 3.0))) == pytest.approx((72 - 8) / 4)
+
+
+def test_step_is_clipped_to_the_bound_for_every_editor():
+    env = make_env(identity_bound=0.01)
+    z = env.sample_latents(5, seed=1)
+    env.reset(z, 10.0, relative=True)
+    state, *_ = env.step_to(z + 100.0)
+    torch.testing.assert_close((state.latent - z).norm(dim=1), torch.full((5,), 0.5))
+    small = state.latent + 0.1
+    state2, *_ = env.step_to(small)
+    live = ~state.extra["done"]
+    torch.testing.assert_close(state2.latent[live], small[live])
+
+
+def test_success_terminates_and_ended_episodes_stay():
+    env = make_env()
+    z = env.sample_latents(3, seed=2)
+    env.reset(z, 0.0, relative=True)  # target = start age: staying put succeeds at once
+    state, reward, terminated, truncated, info = env.step_to(z.clone())
+    assert terminated.all() and not truncated.any() and info["success"].all() and state.extra["done"].all()
+    assert torch.allclose(state.similarity, torch.ones(3), atol=1e-5)
+    # an ended episode does not move and earns nothing
+    state2, reward2, term2, trunc2, _ = env.step_to(z + 0.3)
+    torch.testing.assert_close(state2.latent, z)
+    assert (reward2 == 0).all() and not term2.any() and not trunc2.any()
+
+
+def test_broken_bound_terminates_with_penalty():
+    env = make_env(identity_bound=0.999999, max_step=3.0)
+    z = env.sample_latents(4, seed=4)
+    env.reset(z, 30.0, relative=True)
+    state, reward, terminated, truncated, info = env.step_to(z + 3.0)
+    assert info["broken"].all() and terminated.all() and not info["success"].any()
+    assert (info["terms"]["broken"] == -1).all() and (info["terms"]["identity"] < 0).all()
+
+
+def test_truncation_after_the_step_budget():
+    env = make_env(identity_bound=0.01, max_steps=3)
+    z = env.sample_latents(4, seed=5)
+    traj = env.run(Stay(), z, 1000.0, relative=True)  # unreachable target, bound never broken
+    assert traj.value.shape == (4, 4) and (traj.steps_used == 3).all()
+    assert not traj.success.any() and traj.bound_held.all() and traj.done[-1].all()
+    env.reset(z, 1000.0, relative=True)
+    truncs = [env.step_to(z)[3] for _ in range(3)]
+    assert not truncs[0].any() and not truncs[1].any() and truncs[2].all()
+
+
+def test_run_refuses_a_mismatched_editor():
+    with pytest.raises(ValueError, match="space"):
+        make_env().run(GradientWalkEditor(space="w"), torch.zeros(2, 8), 10.0)
+
+
+def test_gradient_walk_moves_age_toward_the_target():
+    env = make_env(identity_bound=0.01, max_step=0.3, max_steps=3)
+    z = env.sample_latents(16, seed=6)
+    up = env.run(GradientWalkEditor(0.3), z, 25.0, relative=True)
+    down = env.run(GradientWalkEditor(0.3), z, -25.0, relative=True)
+    assert float((up.value[1] - up.value[0]).mean()) > 0 > float((down.value[1] - down.value[0]).mean())
+
+
+def test_action_parametrization():
+    env = make_env()
+    z = env.sample_latents(4, seed=7)
+    state = env.reset(z, 10.0, relative=True, with_gradient=True)
+    dirs = step_directions(state, env.prior.mu)
+    g = state.extra["value_grad"]
+    torch.testing.assert_close(dirs[:, 0], torch.sign(state.target - state.value)[:, None] * g / g.norm(dim=1, keepdim=True))
+    assert (dirs[:, 1] == 0).all()  # at the start there is no way back to correct
+    x = apply_action(state, torch.tensor([[1.0, 1.0, 0.0]] * 4), env.max_step, env.prior.mu)
+    torch.testing.assert_close(x - z, env.max_step * dirs[:, 0])
+    state, *_ = env.step_to(x, with_gradient=True)
+    dirs = step_directions(state, env.prior.mu)
+    gram = dirs @ dirs.transpose(1, 2)
+    assert torch.allclose(gram, torch.eye(3).expand(4, 3, 3), atol=1e-4)
+    obs = observation(state, env)
+    assert obs.shape == (4, BASE_FEATURES) and torch.isfinite(obs).all()
+
+
+def test_vector_env_api():
+    env = make_env()
+    venv = AgeEditVectorEnv(env, num_envs=5, include_latent=True)
+    obs, info = venv.reset(seed=3, options={"target_offset": torch.tensor([15.0] * 5)})
+    assert obs.shape == (5, BASE_FEATURES + 8) == (5, venv.single_observation_space.shape[0])
+    assert venv.single_action_space.shape == (ACTION_DIM,)
+    obs, reward, terminated, truncated, info = venv.step(torch.zeros(5, ACTION_DIM))
+    assert reward.shape == terminated.shape == truncated.shape == (5,)
+
+
+def _tiny_overrides(tmp_path: Path) -> list[str]:
+    e = "--model.init_args.env.init_args"
+    return [
+        f"{e}.generator=exface.testing.tiny.TinyGenerator", f"{e}.generator.init_args.resolution=16",
+        f"{e}.embedder=exface.testing.tiny.TinyEmbedder",
+        f"{e}.age_predictor=exface.testing.tiny_age.TinyAgePredictor",
+        f"{e}.aligner=ResizeAligner", f"{e}.aligner.init_args.output_size=[16,16]",
+        f"{e}.space=z", f"{e}.prior_samples=200", f"{e}.max_steps=3",
+        "--model.init_args.num_envs=6", "--model.init_args.minibatch_size=8", "--model.init_args.ppo_epochs=2",
+        f"--model.init_args.save_path={tmp_path / 'policy.pt'}",
+        "--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
+    ]
+
+
+def test_recipe_fast_dev_run(tmp_path):
+    from exface.cli import main
+
+    main(["fit", "--config", str(RECIPE), "--trainer.fast_dev_run=true", *_tiny_overrides(tmp_path)])
+    rec = torch.load(tmp_path / "policy.pt", weights_only=True)
+    assert rec["format"] == "exface-age-policy" and rec["env"]["identity_bound"] == 0.95
+
+
+def test_recipe_resumes_from_last_checkpoint_and_policy_runs_as_an_editor(tmp_path):
+    from exface.cli import main
+
+    main(["fit", "--config", str(RECIPE), "--trainer.max_epochs=1", *_tiny_overrides(tmp_path)])
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    first = torch.load(tmp_path / "policy.pt", weights_only=True)
+    assert first["trained"]["epochs"] == 1
+    # the same command with a larger budget continues from last.ckpt (ckpt_path: last in the recipe)
+    main(["fit", "--config", str(RECIPE), "--trainer.max_epochs=2", *_tiny_overrides(tmp_path)])
+    second = torch.load(tmp_path / "policy.pt", weights_only=True)
+    assert second["trained"]["epochs"] == 2
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 2 and not any(k.startswith("env.") for k in ckpt["state_dict"])
+    editor = AgePolicyEditor(str(tmp_path / "policy.pt"))
+    env = make_env(identity_bound=0.95, max_step=0.5, max_steps=3)
+    traj = env.run(editor, env.sample_latents(4, seed=9), 15.0, relative=True)
+    assert traj.value.shape == (4, 4) and torch.isfinite(traj.value).all() and traj.steps_used.min() >= 1
+
+
+def test_age_report_files_and_merge(tmp_path):
+    from exface.agerl.report import age_report
+
+    env = make_env(max_steps=2)
+    kw = dict(targets=[-15.0, 15.0], num_starts=4, evaluator=TinyEmbedder(seed=5), age_evaluator=TinyAgePredictor(seed=2),
+              grid_starts=2)
+    age_report(env, [GradientWalkEditor(0.5)], output_dir=str(tmp_path / "walk"), **kw)
+    report = age_report(env, [Stay()], output_dir=str(tmp_path / "rep"), merge=[str(tmp_path / "walk" / "report.json")], **kw)
+    files = {p.name for p in (tmp_path / "rep").iterdir()}
+    assert {"report.md", "report.json", "curves.png", "grid_GradientWalkEditor_+15.png", "grid_Stay_-15.png"} <= files
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert set(data["results"]) == {"GradientWalkEditor", "Stay"}
+    r = data["results"]["Stay"]["+15"]
+    assert r["success_rate"] == 0.0 and r["mean_age_change"] == 0.0 and r["mean_similarity_evaluator"] == pytest.approx(1.0)
+    assert r["mean_age_change_evaluator"] == pytest.approx(0.0, abs=1e-5) and data["age_evaluator"] == "TinyAgePredictor"
+    assert data["evaluator"] == "TinyEmbedder" and report["mean_success"]["Stay"] == 0.0
+    assert "| Stay | +15 |" in (tmp_path / "rep" / "report.md").read_text()
+    with pytest.raises(ValueError, match="num_starts"):
+        age_report(env, [Stay()], output_dir=str(tmp_path / "bad"), merge=[str(tmp_path / "walk" / "report.json")],
+                   **{**kw, "num_starts": 3})

@@ -1,0 +1,58 @@
+"""Issue 9, points 10-11: expected failures fit on one screen, name the part/file and exit non-zero."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from exface.cli import main
+from exface.errors import ExfaceError, ExfaceFileError, format_error
+
+
+def _run_error(args, capsys, max_lines: int = 24) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) <= max_lines, f"error longer than a screen:\n{err}"
+    assert "Traceback" not in err
+    return err
+
+
+def _synth_cfg(tmp_path, **over) -> str:
+    cfg = {
+        "bank": str(tmp_path / "bank"), "boundaries": str(tmp_path / "b.pt"),
+        "generator": {"class_path": "StyleGAN2", "init_args": {"pkl": str(tmp_path / "missing.pkl")}},
+        "aligner": {"class_path": "ResizeAligner"}, "embedder": {"class_path": "FaceApiResNet34"},
+        "output_dir": str(tmp_path / "ds"),
+    }
+    cfg.update(over)
+    path = tmp_path / "synth.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_part_constructor_failure_is_one_screen(tmp_path, capsys):
+    err = _run_error(["synthesize", "--config", _synth_cfg(tmp_path)], capsys, max_lines=8)
+    assert "missing.pkl" in err and "StyleGAN2" in err and "EXFACE_DEBUG=1" in err
+
+
+def test_exface_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXFACE_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["synthesize", "--config", _synth_cfg(tmp_path)])
+
+
+def test_unknown_short_class_name_suggests(tmp_path, capsys):
+    cfg = _synth_cfg(tmp_path, embedder={"class_path": "FaceApiResnet34"})
+    err = _run_error(["synthesize", "--config", cfg], capsys, max_lines=4)
+    assert "did you mean FaceApiResNet34" in err
+
+
+def test_exface_error_format():
+    e = ExfaceFileError("chunk 3 is truncated", where="bank/chunk_00003.pt", fix="re-run")
+    assert isinstance(e, ValueError) and isinstance(e, FileNotFoundError) and isinstance(e, ExfaceError)
+    assert format_error(e).splitlines() == ["chunk 3 is truncated", "  in: bank/chunk_00003.pt", "  fix: re-run"]
+    import pickle
+
+    assert str(pickle.loads(pickle.dumps(e))) == str(e)
