@@ -764,9 +764,9 @@ def benchmark_command(
 
 
 def resolve_embedder(embedder: IdentityEmbedder | str | Path | None) -> IdentityEmbedder:
-    """The embedder to benchmark: given, the default (FaceApiResNet34), or loaded from a
-    checkpoint path by the registered embedder class that reads such files (a class with a
-    ``from_checkpoint(path)`` classmethod, e.g. the FR training checkpoint embedder)."""
+    """The embedder to benchmark: given, the default (FaceApiResNet34), or a training
+    checkpoint of ``FaceRecognitionModule`` given by path (loaded by the registered
+    ``FRCheckpointEmbedder``, which rebuilds the backbone from the checkpoint alone)."""
     if isinstance(embedder, IdentityEmbedder):
         return embedder
     if embedder is None:
@@ -782,15 +782,9 @@ def resolve_embedder(embedder: IdentityEmbedder | str | Path | None) -> Identity
     from exface.registry import get_registry
 
     reg = get_registry("embedders")
-    loaders = [reg.get(n) for n in reg.list() if callable(getattr(reg.get(n), "from_checkpoint", None))]
-    errors = []
-    for cls in loaders:
-        try:
-            return cls.from_checkpoint(path)
-        except (ValueError, KeyError, RuntimeError) as err:
-            errors.append(f"{cls.__name__}: {err}")
-    raise ValueError(
-        f"no embedder class reads the checkpoint {path}"
-        + (f" ({'; '.join(errors)})" if errors else " (none installed loads checkpoints by path)")
-        + "; pass --embedder with a class name and its weights option instead"
-    )
+    if "FRCheckpointEmbedder" not in reg:
+        raise ValueError(
+            f"--embedder {path}: this exface has no FRCheckpointEmbedder to read FR training checkpoints; "
+            f"pass --embedder with a class name and its weights option (e.g. IResNetEmbedder --embedder.weights PATH)"
+        )
+    return reg.create("FRCheckpointEmbedder", ckpt=str(path))
