@@ -156,6 +156,11 @@ def set_metrics(emb: np.ndarray, labels: np.ndarray, images: np.ndarray | None =
 Judge = tuple[Aligner, IdentityEmbedder]
 
 
+def _stage(what: str) -> None:
+    """One progress line per report stage (the report is most of a synthesize run's time)."""
+    print(f"quality report: {what}", flush=True)
+
+
 @torch.no_grad()
 def render_set(gan: Generator, judges: list[Judge], latents: Tensor, space: str,
                batch_size: int = 64, truncation: tuple[float | None, int | None] = (None, None),
@@ -348,10 +353,12 @@ def quality_report(
     space = settings["space"]
     trunc = (settings.get("truncation_psi"), settings.get("truncation_cutoff"))  # applied when rendering latents
     ev_emb = None
+    _stage(f"reading the dataset's {len(rows)} images ({len(idents)} identities)")
     if settings.get("crop") is None or all("frame" in r for r in rows):  # the frames are on disk
         images = np.concatenate([shrink(np.asarray(Image.open(root / r.get("frame", r["file"])).convert("RGB"))
                                         .transpose(2, 0, 1)[None]) for r in rows])
         if evaluator is not None:
+            _stage(f"embedding the dataset's {len(rows)} images with the evaluator {type(evaluator).__name__}")
             ev_emb = _embed_files(root, rows, judges[1], batch_size)
     else:  # the dataset stores crops: re-render its frames, as the baselines are measured on frames
         images, es = render_set(generator, judges[1:], lat.float(), space, batch_size, trunc)
@@ -381,6 +388,7 @@ def quality_report(
         sigma = calibrate_noise_sigma(bnd, references, [(b, s) for _, b, s in idents], spread, normalize_z, seed=seed)
         samplers = {"random": RandomSampler(), "noise": NoiseSampler(sigma, normalize_z=normalize_z)}
         for name, sam in samplers.items():
+            _stage(f"rendering and embedding the {name} baseline ({len(idents) * k} images)")
             lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator) for _, b, s in idents])
             imgs, es = render_set(generator, judges, lats.float(), space, batch_size, trunc)
             lab = np.repeat([n for n, _, _ in idents], k)
@@ -399,10 +407,12 @@ def quality_report(
         # The comparison the verdict uses: noise of the same pixel diversity as the boundary sampler.
         target = sets["boundary"]["pixel_diversity"]
         sub = [(b, s) for _, b, s in idents[:24]]
+        _stage("calibrating the noise baseline to the dataset's pixel diversity")
         sigma_div, reached = calibrate_sigma_to_diversity(
             generator, bnd, references, sub, k, space, target, sigma, normalize_z, trunc, seed=seed,
             batch_size=batch_size)
         sam = NoiseSampler(sigma_div, normalize_z=normalize_z)
+        _stage(f"rendering and embedding the equal-diversity noise baseline ({len(idents) * k} images)")
         lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator) for _, b, s in idents])
         imgs, es = render_set(generator, judges, lats.float(), space, batch_size, trunc)
         lab = np.repeat([n for n, _, _ in idents], k)
