@@ -25,16 +25,19 @@ def _fit(recipe: Path, tmp_path: Path, *overrides: str) -> None:
           f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", *overrides])
 
 
-def _stylegan2_arcface(tmp_path: Path) -> list[str]:
+def _tiny_stylegan2_iresnet(tmp_path: Path, generator: str, embedder: str) -> list[str]:
+    """Overrides pointing a StyleGAN2 + IResNet recipe's ``generator`` and ``embedder`` keys at tiny files."""
     from exface.testing import make_stylegan2_pickle
     from exface.testing.iresnet_checkpoints import make_iresnet_checkpoint
 
     pkl = make_stylegan2_pickle(tmp_path / "g.pkl", resolution=32, z_dim=16, w_dim=16)
     ckpt = make_iresnet_checkpoint(tmp_path / "r18.pth", arch="r18")
+    return [f"--{generator}.init_args.pkl={pkl}", f"--{embedder}.init_args.arch=r18", f"--{embedder}.init_args.weights={ckpt}"]
+
+
+def _stylegan2_arcface(tmp_path: Path) -> list[str]:
     return [
-        f"--data.init_args.generator.init_args.pkl={pkl}",
-        "--data.init_args.embedder.init_args.arch=r18",
-        f"--data.init_args.embedder.init_args.weights={ckpt}",
+        *_tiny_stylegan2_iresnet(tmp_path, "data.init_args.generator", "data.init_args.embedder"),
         f"--data.init_args.bank_dir={tmp_path / 'bank'}",
         "--data.init_args.num_latents=24", "--data.init_args.chunk_size=10", "--data.init_args.num_references=3",
         "--data.init_args.devices=1", "--data.init_args.accelerator=cpu", "--data.init_args.bank_batch_size=8",
@@ -145,16 +148,9 @@ def _dcgan_faceapi_disentangle(tmp_path: Path) -> list[str]:
 
 
 def _stylegan2_arcface_disentangle(tmp_path: Path) -> list[str]:
-    from exface.testing import make_stylegan2_pickle
-    from exface.testing.iresnet_checkpoints import make_iresnet_checkpoint
-
-    pkl = make_stylegan2_pickle(tmp_path / "g.pkl", resolution=32, z_dim=16, w_dim=16)
-    ckpt = make_iresnet_checkpoint(tmp_path / "r18.pth", arch="r18")
     return [
         *_disentangle_common(tmp_path),
-        f"--model.init_args.generator.init_args.pkl={pkl}",
-        "--model.init_args.identity_embedder.init_args.arch=r18",
-        f"--model.init_args.identity_embedder.init_args.weights={ckpt}",
+        *_tiny_stylegan2_iresnet(tmp_path, "model.init_args.generator", "model.init_args.identity_embedder"),
         # an InceptionV3 with ImageNet weights needs a download: a tiny timm net stands in
         "--model.init_args.attribute_encoder.init_args.model_name=test_resnet",
         "--model.init_args.attribute_encoder.init_args.pretrained=false",
