@@ -151,7 +151,7 @@ def test_nearest_face_is_chosen_and_counted():
 def test_benchmark_reports_no_face_and_several_face_images(shared_data, tmp_path):
     """Two LFW faces side by side (500x250) and a blank image, through a configured detector."""
     from exface.embedders import FaceApiResNet34
-    from exface.evaluation.benchmark import benchmark_set, default_aligner, format_table
+    from exface.evaluation.benchmark import default_aligner, format_table, score_set
     from exface.evaluation.datasets import VerificationSet
 
     fold1 = _fold1(shared_data)
@@ -170,7 +170,7 @@ def test_benchmark_reports_no_face_and_several_face_images(shared_data, tmp_path
     # The expected box is the right half's LFW box: image 0 must get b, like image 1.
     aligner = default_aligner(VerificationSet("p", np.zeros((0, 2), int), np.zeros(0, bool), paths=[Path("x")]),
                               emb, box=(0.65, 0.28, 0.84, 0.75), detector=det)
-    r, e, scores = benchmark_set(vs, emb, aligner, folds=2, flip=False)
+    r, e, scores = score_set(vs, emb, aligner, folds=2, flip=False)
     assert r["faces"]["no_face"] == 1 and r["faces"]["several_faces"] == 2 and r["faces"]["images"] == 4
     assert r["faces"]["no_face_images"] == ["#2"]
     assert float(e.plain[0] @ e.plain[1]) > 0.99  # the same (right-hand) face was chosen
