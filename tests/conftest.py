@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: ``../shared/data`` beside the repo, or $EXFACE_SHARED_DATA (a git worktree elsewhere)
 SHARED_DATA = Path(os.environ.get("EXFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

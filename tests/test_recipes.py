@@ -67,8 +67,50 @@ def _fr_arcface_synthetic(tmp_path: Path) -> list[str]:
     ]
 
 
+def _disentangle_common(tmp_path: Path) -> list[str]:
+    return [
+        "--ckpt_path=null",  # never resume a real run's checkpoint in a test
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
+        f"--model.init_args.report_dir={tmp_path / 'report'}",
+        "--data.init_args.batch_size=2", "--data.init_args.val_pairs=2", "--data.init_args.val_batch_size=2",
+        "--model.init_args.eval_batch_size=2",
+    ]
+
+
+def _dcgan_faceapi_disentangle(tmp_path: Path) -> list[str]:
+    from exface.zoo import is_cached
+
+    missing = [n for n in ("dcgan-digiface", "faceapi-face-recognition", "faceapi-face-landmark-68") if not is_cached(n)]
+    if missing:
+        pytest.skip(f"zoo weights {missing} are not cached; run `exface zoo fetch` (needs network) to test this recipe")
+    return _disentangle_common(tmp_path)
+
+
+def _stylegan2_arcface_disentangle(tmp_path: Path) -> list[str]:
+    from exface.testing import make_stylegan2_pickle
+    from exface.testing.iresnet_checkpoints import make_iresnet_checkpoint
+
+    pkl = make_stylegan2_pickle(tmp_path / "g.pkl", resolution=32, z_dim=16, w_dim=16)
+    ckpt = make_iresnet_checkpoint(tmp_path / "r18.pth", arch="r18")
+    return [
+        *_disentangle_common(tmp_path),
+        f"--model.init_args.generator.init_args.pkl={pkl}",
+        "--model.init_args.identity_embedder.init_args.arch=r18",
+        f"--model.init_args.identity_embedder.init_args.weights={ckpt}",
+        # an InceptionV3 with ImageNet weights needs a download: a tiny timm net stands in
+        "--model.init_args.attribute_encoder.init_args.model_name=test_resnet",
+        "--model.init_args.attribute_encoder.init_args.pretrained=false",
+        "--model.init_args.attribute_encoder.init_args.input_size=32",
+        "--model.init_args.ms_ssim_betas=[1.0]",  # 5 MS-SSIM scales need >= 160-px images
+        "--model.init_args.ms_ssim_kernel=3",
+        "--model.init_args.mapper_hidden=[32,16]",
+    ]
+
+
 SETUPS = {"stylegan2_arcface": _stylegan2_arcface, "dcgan_faceapi": _dcgan_faceapi,
-          "fr_arcface_synthetic": _fr_arcface_synthetic}
+          "fr_arcface_synthetic": _fr_arcface_synthetic,
+          "dcgan_faceapi_disentangle": _dcgan_faceapi_disentangle,
+          "stylegan2_arcface_disentangle": _stylegan2_arcface_disentangle}
 
 
 def test_every_recipe_has_a_check():

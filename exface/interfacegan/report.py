@@ -25,6 +25,7 @@ for w/w+ boundaries), not bank latents: the boundaries never saw them.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -39,7 +40,7 @@ from exface.boundaries.base import Boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
 from exface.generators.base import Generator
-from exface.interfacegan.directions import EditDirection, check_applicable, select_direction
+from exface.interfacegan.directions import EditDirection, check_applicable, load_boundaries, select_direction
 from exface.interfacegan.edit import FaceEvaluator, edit_latents
 from exface.interfacegan.manipulation import distance_steps
 
@@ -117,7 +118,7 @@ def _cached(path: Path | None, key: str, compute):
     value = compute()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".partial-{path.name}")
+        tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
         torch.save({"key": key, "value": value}, tmp)
         tmp.replace(path)
     return value
@@ -258,14 +259,16 @@ def edit_report(
     """
     t0 = time.time()
     distance_steps(start_distance, end_distance, steps)
-    b = Boundaries.load(boundaries)
+    b = load_boundaries(boundaries)
     check_applicable(b, generator)
-    names = list(attributes or dict.fromkeys(b.meta.get("attribute_names") or []))
+    names = list(dict.fromkeys(b.meta.get("attribute_names") or [])) if attributes is None else list(attributes)
     directions = [select_direction(b, a) for a in names]
     for entry in conditional or []:
         if len(entry) < 2:
             raise ValueError(f"a conditional direction is [edited, held fixed, ...]; got {entry}")
         directions.append(select_direction(b, entry[0], entry[1:]))
+    if not directions:
+        raise ValueError("nothing to edit: pass --attributes (boundaries to edit along) and/or --conditional")
     if num_latents < 2:
         raise ValueError(f"num_latents must be >= 2, got {num_latents}")
     ev = FaceEvaluator(generator, b.space, aligner, embedder, attribute_predictors, attribute_aligner, batch_size)
