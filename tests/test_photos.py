@@ -283,3 +283,30 @@ def test_template_map_recuts_arcface_crops_as_dlib_chips(shared_data):
     assert (mapped[inner] - chip[inner]).abs().mean() < 0.03  # two resamplings vs one
     with pytest.raises(ValueError, match="known maps: arcface->dlib"):
         TemplateMapAligner("dlib", "arcface")
+
+
+def test_benchmark_loads_an_fr_training_checkpoint_by_path(shared_data, tmp_path):
+    """`--embedder runs/fr/...ckpt`: a FaceRecognitionModule checkpoint is benchmarked as is."""
+    from exface.cli import main
+    from exface.embedders.mobilefacenet import MobileFaceNetEmbedder
+    from exface.fr.module import FaceRecognitionModule
+    from exface.losses import CosFace
+
+    small = shared_data / "insightface-bin" / "small_lfw.bin"
+    if not small.is_file():
+        pytest.skip(f"{small} not found")
+    torch.manual_seed(0)
+    model = FaceRecognitionModule(MobileFaceNetEmbedder(16, 112, width=0.25), lambda d, c: CosFace(d, c, s=16, m=0.2))
+    ckpt: dict = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(ckpt)
+    path = tmp_path / "last.ckpt"
+    torch.save(ckpt, path)
+    out = tmp_path / "bench"
+    main(["benchmark", "--datasets", str(small), "--embedder", str(path), "--output_dir", str(out), "--folds", "2"])
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["settings"]["embedder"] == "FRCheckpointEmbedder"
+    assert payload["results"][0]["aligner"].startswith("ResizeAligner(output_size=(112, 112)")
+    from exface.evaluation.benchmark import resolve_embedder
+
+    with pytest.raises(FileNotFoundError, match="neither a registered embedder nor a checkpoint"):
+        resolve_embedder(str(tmp_path / "nope.ckpt"))
