@@ -70,7 +70,6 @@ def _fr_arcface_synthetic(tmp_path: Path) -> list[str]:
     ]
 
 
-<<<<<<< HEAD
 def _fr_verification_overrides(tmp_path: Path) -> list[str]:
     """Replace a recipe's callbacks: verification on the shared small .bin (or none) + last checkpoint."""
     import json
@@ -103,7 +102,8 @@ def _fr_mobilefacenet_dcgan(tmp_path: Path) -> list[str]:
     root = make_identity_folder(tmp_path / "dataset", size=112)
     return [f"--data.init_args.root={root}", "--data.init_args.batch_size=4",
             *_fr_verification_overrides(tmp_path)]
-=======
+
+
 def _exfacegan_paper(generation: int):
     def setup(tmp_path: Path) -> list[str]:
         from exface.testing import make_stylegan2_pickle, make_stylegan3_pickle
@@ -125,7 +125,6 @@ def _exfacegan_paper(generation: int):
             "--model.init_args.learner.init_args.n_jobs=1", f"--model.init_args.save_path={tmp_path / 'boundaries.pt'}",
         ]
     return setup
->>>>>>> integrity
 
 
 def _disentangle_common(tmp_path: Path) -> list[str]:
