@@ -640,6 +640,10 @@ def run_benchmark(
 
         detector = create_part("detectors", detector)
     out = Path(output_dir) if output_dir is not None else None
+    if out is not None:  # before any embedding: a folder that cannot be written would lose it all
+        from exface.exfacegan.run_files import ensure_writable_dir
+
+        ensure_writable_dir(out)
     names: dict[str, int] = {}
     results = []
     for path, vs in zip(datasets, sets):
