@@ -657,6 +657,9 @@ def run_benchmark(
             want_flip = paper_flip(vs) if flip is None else flip
             if saved is not None and want_flip and saved.flipped is None:
                 saved, why = None, "saved embeddings have no mirror-image embeddings"
+        if saved is None:  # one line per stage: embedding a set is most of a benchmark's time
+            print(f"benchmark: embedding {name} ({vs.num_images} images, {len(vs)} pairs) with "
+                  f"{type(embedder).__name__}", flush=True)
         r, emb, scores = benchmark_set(
             vs, embedder, set_aligner, folds, batch_size, flip, dev, fars, saved, keep_mirror=save_embeddings
         )
