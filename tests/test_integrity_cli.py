@@ -39,7 +39,7 @@ def test_part_constructor_failure_is_one_screen(tmp_path, capsys):
 
 def test_exface_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("EXFACE_DEBUG", "1")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(Exception, match="missing.pkl"):  # the exception itself propagates, with its traceback
         main(["synthesize", "--config", _synth_cfg(tmp_path)])
 
 
