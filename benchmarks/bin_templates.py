@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         acc = {}
         for label, s, aligner in sides:
-            r, _, _ = benchmark_set(s, embedder, aligner, folds=10, flip=args.flip)
+            r = benchmark_set(s, embedder, aligner, folds=10, flip=args.flip)
             acc[label] = 100 * r["accuracy"]
             default = " (benchmark default)" if type(aligner) is type(default_aligner(s, embedder)) else ""
             print(f"  {label:18s} accuracy {acc[label]:6.2f} ± {100 * r['accuracy_std']:4.2f} %  AUC {100 * r['auc']:6.2f} %  "

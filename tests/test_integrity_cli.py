@@ -137,7 +137,7 @@ def test_benchmark_refuses_an_unwritable_folder_before_embedding(tmp_path, monke
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     called = []
-    monkeypatch.setattr(bm, "benchmark_set", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(bm, "score_set", lambda *a, **k: called.append(1))
     monkeypatch.setattr(bm, "load_verification_set", lambda *a, **k: None)
     with pytest.raises(ExfaceFileError, match="cannot write into the output_dir"):
         bm.run_benchmark(["x.bin"], embedder=None, output_dir=blocker / "out")

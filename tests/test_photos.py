@@ -151,7 +151,7 @@ def test_nearest_face_is_chosen_and_counted():
 def test_benchmark_reports_no_face_and_several_face_images(shared_data, tmp_path):
     """Two LFW faces side by side (500x250) and a blank image, through a configured detector."""
     from exface.embedders import FaceApiResNet34
-    from exface.evaluation.benchmark import benchmark_set, default_aligner, format_table
+    from exface.evaluation.benchmark import default_aligner, format_table, score_set
     from exface.evaluation.datasets import VerificationSet
 
     fold1 = _fold1(shared_data)
@@ -170,7 +170,7 @@ def test_benchmark_reports_no_face_and_several_face_images(shared_data, tmp_path
     # The expected box is the right half's LFW box: image 0 must get b, like image 1.
     aligner = default_aligner(VerificationSet("p", np.zeros((0, 2), int), np.zeros(0, bool), paths=[Path("x")]),
                               emb, box=(0.65, 0.28, 0.84, 0.75), detector=det)
-    r, e, scores = benchmark_set(vs, emb, aligner, folds=2, flip=False)
+    r, e, scores = score_set(vs, emb, aligner, folds=2, flip=False)
     assert r["faces"]["no_face"] == 1 and r["faces"]["several_faces"] == 2 and r["faces"]["images"] == 4
     assert r["faces"]["no_face_images"] == ["#2"]
     assert float(e.plain[0] @ e.plain[1]) > 0.99  # the same (right-hand) face was chosen
@@ -283,3 +283,30 @@ def test_template_map_recuts_arcface_crops_as_dlib_chips(shared_data):
     assert (mapped[inner] - chip[inner]).abs().mean() < 0.03  # two resamplings vs one
     with pytest.raises(ValueError, match="known maps: arcface->dlib"):
         TemplateMapAligner("dlib", "arcface")
+
+
+def test_benchmark_loads_an_fr_training_checkpoint_by_path(shared_data, tmp_path):
+    """`--embedder runs/fr/...ckpt`: a FaceRecognitionModule checkpoint is benchmarked as is."""
+    from exface.cli import main
+    from exface.embedders.mobilefacenet import MobileFaceNetEmbedder
+    from exface.fr.module import FaceRecognitionModule
+    from exface.losses import CosFace
+
+    small = shared_data / "insightface-bin" / "small_lfw.bin"
+    if not small.is_file():
+        pytest.skip(f"{small} not found")
+    torch.manual_seed(0)
+    model = FaceRecognitionModule(MobileFaceNetEmbedder(16, 112, width=0.25), lambda d, c: CosFace(d, c, s=16, m=0.2))
+    ckpt: dict = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(ckpt)
+    path = tmp_path / "last.ckpt"
+    torch.save(ckpt, path)
+    out = tmp_path / "bench"
+    main(["benchmark", "--datasets", str(small), "--embedder", str(path), "--output_dir", str(out), "--folds", "2"])
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["settings"]["embedder"] == "FRCheckpointEmbedder"
+    assert payload["results"][0]["aligner"].startswith("ResizeAligner(output_size=(112, 112)")
+    from exface.evaluation.benchmark import resolve_embedder
+
+    with pytest.raises(FileNotFoundError, match="neither a registered embedder nor a checkpoint"):
+        resolve_embedder(str(tmp_path / "nope.ckpt"))

@@ -54,6 +54,7 @@ __all__ = [
     "embed_images",
     "SetEmbeddings",
     "benchmark_set",
+    "score_set",
     "run_benchmark",
     "format_table",
     "papers_table",
@@ -273,7 +274,7 @@ def _face_summary(vs: VerificationSet, counts: list[int] | None) -> dict[str, An
     return FaceTally(list(counts)).summary([_image_name(vs, i) for i in range(vs.num_images)])
 
 
-def benchmark_set(
+def score_set(
     vs: VerificationSet,
     embedder: IdentityEmbedder,
     aligner: Aligner | None = None,
@@ -287,9 +288,8 @@ def benchmark_set(
     box: Box | str | None = None,
     detector: Any = None,
 ) -> tuple[dict[str, Any], SetEmbeddings, np.ndarray]:
-    """Verification figures of ``embedder`` on one set: ``(result, embeddings, pair scores)``.
-
-    ``result`` is a JSON-ready dict (NaN -> ``None``) with keys ``dataset``, ``num_pairs``,
+    """:func:`benchmark_set`'s result plus what it was computed from: ``(result, embeddings,
+    pair scores)``. ``result`` is a JSON-ready dict (NaN -> ``None``) with keys ``dataset``, ``num_pairs``,
     ``num_same``, ``accuracy``, ``accuracy_std``, ``threshold`` (cosine), ``auc``, ``eer``,
     ``tar_at_far``, ``fold_accuracies``, ``fold_thresholds``, ``folds`` (how pairs were
     split), ``aligner``, ``flip`` (and ``flip_is_paper_default``), ``faces`` (images with no
@@ -349,6 +349,21 @@ def benchmark_set(
         "notes": notes,
     }
     return _nan_to_none(out), embeddings, scores
+
+
+def benchmark_set(
+    vs: VerificationSet,
+    embedder: IdentityEmbedder,
+    aligner: Aligner | None = None,
+    folds: int = 10,
+    batch_size: int = 64,
+    flip: bool | None = None,
+    device: str | torch.device = "cpu",
+    fars: Sequence[float] = REPORT_FARS,
+) -> dict[str, Any]:
+    """Verification figures of ``embedder`` on one set, as a JSON-ready dict (see
+    :func:`score_set` for the keys; ``flip`` ``None`` = the set's published protocol)."""
+    return score_set(vs, embedder, aligner, folds, batch_size, flip, device, fars)[0]
 
 
 def _fmt(x: float | None, pct: bool = True) -> str:
@@ -660,7 +675,7 @@ def run_benchmark(
         if saved is None:  # one line per stage: embedding a set is most of a benchmark's time
             print(f"benchmark: embedding {name} ({vs.num_images} images, {len(vs)} pairs) with "
                   f"{type(embedder).__name__}", flush=True)
-        r, emb, scores = benchmark_set(
+        r, emb, scores = score_set(
             vs, embedder, set_aligner, folds, batch_size, flip, dev, fars, saved, keep_mirror=save_embeddings
         )
         r["dataset"] = name
