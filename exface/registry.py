@@ -163,6 +163,7 @@ _BUILTIN_MODULES = (
     "exface.exfacegan",
     "exface.evaluation",
     "exface.fr",
+    "exface.disentangle",
     "exface.zoo",
 )
 

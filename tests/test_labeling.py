@@ -146,3 +146,62 @@ def test_ties_zeros_and_negative_similarities_match_numpy():
     for n in (len(bank), len(bank) - 1):
         b = bank[:n]
         np.testing.assert_array_equal(label_identities(b, refs, use_gpu=False).numpy(), numpy_median_labels(b, refs))
+
+
+def test_bracketed_selection_is_exact_with_refinement_and_redone_rows(monkeypatch):
+    """Long rows go through the sampled bracket, its re-bracketing from scanned columns and,
+    when a bracket misses, the exact redo of that row; every path must equal numpy's."""
+    from exface.exfacegan import labeling as lab
+    from exface.exfacegan import rank_select as rs
+
+    rng = np.random.default_rng(8)
+    bank = _unit(rng, 4 * 1024 + 37, 8)  # > 3 tiles: one re-bracketing
+    refs = np.concatenate([bank[:6], _unit(rng, 3, 8)])
+    self_idx = np.array([0, 1, 2, 3, 4, 5, -1, -1, -1])
+    expect = numpy_median_labels(bank, refs, self_idx)
+    np.testing.assert_array_equal(label_identities(bank, refs, self_indices=self_idx, use_gpu=False).numpy(), expect)
+    missed = []
+    orig = rs.select_band
+
+    def spy(*args):
+        orig(*args)
+        missed.append(int((~args[-1]).sum()))  # rows whose band missed the wanted ranks
+
+    monkeypatch.setattr(rs, "select_band", spy)
+    for z in (0.05, 0.0):  # brackets too narrow to hold the median: rows are redone exactly
+        monkeypatch.setattr(lab, "_BRACKET_Z", z)
+        monkeypatch.setattr(lab, "_REFINE_Z", z)
+        got = label_identities(bank, refs, self_indices=self_idx, use_gpu=False, chunk_size=4).numpy()
+        np.testing.assert_array_equal(got, expect)
+    assert sum(missed) > 0
+
+
+def test_topk_ties_go_to_the_lowest_bank_indices():
+    # bank rows 0..5 identical: a reference equal to them ties 6 ways at the top
+    rng = np.random.default_rng(9)
+    base = _unit(rng, 1, 8)
+    bank = np.concatenate([np.repeat(base, 6, axis=0), _unit(rng, 40, 8)])
+    for use_torch in (False, True):
+        if use_torch:
+            from exface.exfacegan import labeling as lab
+
+            out = torch.empty(1, len(bank), dtype=torch.int8)
+            b_t = lab._normalize(torch.from_numpy(bank), "bank")
+            r_t = lab._normalize(torch.from_numpy(base), "refs")
+            lab._rank_labels_torch(b_t, r_t, None, out, 1, torch.device("cpu"), 4)
+            got = out.numpy()
+        else:
+            got = label_identities(bank, base, rule="topk", k=4, use_gpu=False).numpy()
+        assert got.sum() == 4
+        np.testing.assert_array_equal(np.flatnonzero(got[0]), [0, 1, 2, 3])
+
+
+def test_threshold_rule_fused_into_tiles_matches_plain_compare():
+    rng = np.random.default_rng(10)
+    bank, refs = _unit(rng, 2 * 1024 + 5, 8), _unit(rng, 5, 8)
+    expect = ((refs @ bank.T).astype(np.float32) > 0.25).astype(np.int8)
+    got = label_identities(bank, refs, rule="threshold", threshold=0.25, use_gpu=False, chunk_size=2).numpy()
+    # float32 GEMM vs numpy matmul rounding can flip entries within an ulp of the cut
+    s = refs @ bank.T
+    near = np.abs(s - 0.25) < 1e-6
+    np.testing.assert_array_equal(got[~near], expect[~near])

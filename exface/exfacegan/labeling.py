@@ -198,6 +198,7 @@ _CPU_CHUNK_ROWS = 256  # references per CPU chunk (GEMM tiles of [256, _TILE_COL
 _TILE_COLS = 1024  # bank columns per GEMM tile: a [256, 1024] float32 tile (1 MiB) stays in L2
 _SAMPLE_COLUMNS = 1024  # m, bank columns of the bracketing sample (m / N of the GEMM)
 _BRACKET_Z = 3.0  # bracket half-width in binomial standard deviations (~0.3% rows redone)
+_REFINE_Z = 3.5  # the same for each re-bracketing from scanned columns (~0.05% each)
 
 
 def _gemm_tiles(refs: Tensor, bank_t: Tensor, rows: int, tile_cols: int = _TILE_COLS):
@@ -245,6 +246,8 @@ def _rank_labels_cpu(bank, refs, self_idx, out, rows, num_threads, k: int | None
     workers = max(1, num_threads or torch.get_num_threads())
     out_np = out.numpy()
     lo_r, hi_r = int(rank_lo.min()), int(rank_hi.max())
+    # re-bracket as the scanned columns grow (3 and 9 tiles): later tiles store less
+    refine_at = {c * _TILE_COLS for c in (3, 9) if c * _TILE_COLS < n_bank - _TILE_COLS}
 
     with ThreadPoolExecutor(workers) as pool:
 
@@ -272,12 +275,16 @@ def _rank_labels_cpu(bank, refs, self_idx, out, rows, num_threads, k: int | None
             t = tile.numpy()
             _nan_self(t, self_idx, start, stop, c0)
             par(rs.scan_tile, c, t, c0, lo, hi, out_np[start:stop], n_le, band_v, band_i, band_n)
+            seen = c0 + t.shape[1]
+            if seen in refine_at:
+                par(rs.refine, c, band_v, band_n, n_le, seen, rank_lo[start:stop], rank_hi[start:stop],
+                    n_bank, _REFINE_Z, lo, hi)
         if state is not None:
             _finish_rank_chunk(rs, bank_t, refs, self_idx, out_np, rank_lo, rank_hi, n_valid, k_row, *state)
 
 
 def _band_capacity(rank_lo: int, rank_hi: int, n: int, m: int) -> int:
-    """Band buffer entries per row: 1.5x the bracket's expected share of the row, + 64."""
+    """Band buffer entries per row: 1.5x the first bracket's expected share of the row, + 64."""
     p_lo, p_hi = rank_lo / n, (rank_hi + 1) / n
     sd = _BRACKET_Z * (np.sqrt(m * p_lo * (1 - p_lo)) + np.sqrt(m * p_hi * (1 - p_hi)))
     share = min(1.0, (m * (p_hi - p_lo) + sd + 4) / m)
@@ -301,7 +308,7 @@ def _finish_rank_chunk(rs, bank_t, refs, self_idx, out_np, rank_lo, rank_hi, n_v
     lower = np.empty(c, np.float32)
     upper = np.empty(c, np.float32)
     ok = np.empty(c, np.bool_)
-    rs.select_band(band_v, band_n, n_le, rank_lo[sl], rank_hi[sl], lower, upper, ok)
+    rs.select_band(band_v, band_n, n_le, rank_lo[sl], rank_hi[sl], lo, hi, lower, upper, ok)
     out_c = out_np[sl]
     cut = _cut(lower, upper, rank_lo[sl], rank_hi[sl], k_row[sl])
     n_above = n_valid[sl] - n_le - band_n
@@ -324,7 +331,7 @@ def _finish_rank_chunk(rs, bank_t, refs, self_idx, out_np, rank_lo, rank_hi, n_v
         le = np.zeros(f, np.int64)
         rs.scan_tile(s, 0, -inf, inf, tmp, le, b_v, b_i, b_n)
         lw, up, good = np.empty(f, np.float32), np.empty(f, np.float32), np.empty(f, np.bool_)
-        rs.select_band(b_v, b_n, le, rank_lo[rows_g], rank_hi[rows_g], lw, up, good)
+        rs.select_band(b_v, b_n, le, rank_lo[rows_g], rank_hi[rows_g], -inf, inf, lw, up, good)
         assert good.all()
         cut_f = _cut(lw, up, rank_lo[rows_g], rank_hi[rows_g], k_row[rows_g])
         rs.fix_band(tmp, b_v, b_i, b_n, cut_f, k_row[rows_g], np.zeros(f, np.int64))

@@ -18,6 +18,8 @@ free, in one pass over each GEMM tile while it is still in cache:
    ``q`` of the row is rank ``q - c`` of the band. A row whose ranks are not inside its
    band (the bracket missed, ties at ``lo``, or a full buffer) is flagged, and the caller
    redoes it exactly with ``lo = -inf, hi = +inf`` (the whole row is then the band).
+   After a few tiles, :func:`refine` narrows the bracket from the columns scanned so far
+   (a sample several times larger), so later tiles store far fewer entries.
 4. **Fix the band's labels** (:func:`fix_band`): entries ``<= lo`` are below the cut and
    entries ``> hi`` above it, so only band entries can change; ties at a top-k cut go to
    the lowest bank indices.
@@ -37,27 +39,114 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["bracket", "scan_tile", "select_band", "fix_band"]
+__all__ = ["bracket", "scan_tile", "refine", "select_band", "fix_band"]
 
 
 @numba.njit(nogil=True, cache=True)
-def _two_order_stats(row: np.ndarray, a: int, b: int) -> tuple[float, float]:
-    """Values of ascending ranks ``a <= b`` of ``row`` (``a`` and ``b`` in range)."""
-    p = np.partition(row, a)
-    va = p[a]
+def _select(a: np.ndarray, lo: int, hi: int, k: int) -> None:
+    """Reorder ``a[lo:hi+1]`` in place so that ``a[k]`` is its rank-``k`` value, everything
+    left of it ``<=`` and everything right ``>=`` (Hoare partition, median-of-3 pivot)."""
+    while hi > lo:
+        mid = (lo + hi) >> 1
+        x, y, z = a[lo], a[mid], a[hi]
+        if x > y:
+            x, y = y, x
+        if y > z:
+            y = z
+            if x > y:
+                y = x
+        pivot = y
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = a[i]
+                a[i] = a[j]
+                a[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return
+
+
+@numba.njit(nogil=True, cache=True)
+def _small_two_order_stats(row: np.ndarray, a: int, b: int) -> tuple[float, float]:
+    """Values of ascending ranks ``a <= b`` of a short ``row`` (reordered in place)."""
+    n = row.shape[0]
+    _select(row, 0, n - 1, a)
+    va = row[a]
     if b == a:
         return va, va
-    if b == a + 1:
-        return va, p[a + 1 :].min()
-    q = np.partition(p[a + 1 :], b - a - 1)
-    return va, q[b - a - 1]
+    _select(row, a + 1, n - 1, b)
+    return va, row[b]
+
+
+_BINS = 1024
+
+
+@numba.njit(nogil=True, cache=True)
+def _two_order_stats(v: np.ndarray, a: int, b: int, counts: np.ndarray, small: np.ndarray) -> tuple[float, float]:
+    """Values of ascending ranks ``a <= b`` of ``v`` (left unchanged), by histogram.
+
+    Quickselect's comparisons are unpredictable branches (~13 ns per entry on this data);
+    a histogram over ``[min, max]`` is branch-free: count up to ``_BINS`` equal-width bins (~4 entries each), find
+    the bins holding ranks ``a`` and ``b`` from the prefix counts, and select inside those
+    few entries only. The bin of ``x`` is monotone in ``x``, so ranks are preserved.
+    ``counts`` (``_BINS`` int64) and ``small`` (``len(v)`` float32) are scratch space.
+    """
+    n = v.shape[0]
+    vmin = v[0]
+    vmax = v[0]
+    for t in range(n):
+        x = v[t]
+        vmin = min(vmin, x)
+        vmax = max(vmax, x)
+    if vmin == vmax:
+        return vmin, vmin
+    nbins = min(counts.shape[0], max(16, n // 4))  # ~4 entries per bin
+    scale = nbins / (np.float64(vmax) - np.float64(vmin))
+    counts[:nbins] = 0
+    for t in range(n):
+        k = int((np.float64(v[t]) - vmin) * scale)
+        counts[min(k, nbins - 1)] += 1
+    below = 0
+    bin_a = bin_b = -1
+    below_a = below_b = 0
+    for k in range(nbins):
+        c = counts[k]
+        if bin_a < 0 and a < below + c:
+            bin_a, below_a = k, below
+        if b < below + c:
+            bin_b, below_b = k, below
+            break
+        below += c
+    m = 0
+    for t in range(n):
+        x = v[t]
+        k = min(int((np.float64(x) - vmin) * scale), nbins - 1)
+        small[m] = x
+        m += (k >= bin_a) & (k <= bin_b)
+    # the entries of bins bin_a..bin_b, with ranks below_a.. in v
+    va, vb = _small_two_order_stats(small[:m], a - below_a, b - below_a)
+    return va, vb
 
 
 @numba.njit(nogil=True, cache=True)
 def _bracket_rows(sample: np.ndarray, a: int, b: int, lo: np.ndarray, hi: np.ndarray) -> None:
     m = sample.shape[1]
+    counts = np.empty(_BINS, np.int64)
+    small = np.empty(m, np.float32)
     for i in range(sample.shape[0]):
-        va, vb = _two_order_stats(sample[i].copy(), max(a, 0), min(b, m - 1))
+        row = sample[i]
+        a_i, b_i = max(a, 0), min(b, m - 1)
+        va, vb = _two_order_stats(row, a_i, b_i, counts, small)
         lo[i] = va if a >= 0 else -np.inf
         hi[i] = vb if b < m else np.inf
 
@@ -70,7 +159,7 @@ def bracket(sample: np.ndarray, rank_lo: int, rank_hi: int, n: int, z: float = 3
     takes ``z`` standard deviations (plus one rank) either side. ``lo = -inf`` /
     ``hi = +inf`` where that runs off the sample.
     """
-    m = sample.shape[1]
+    m = sample.shape[1]  # (``sample`` is left unchanged)
     p_lo, p_hi = rank_lo / n, (rank_hi + 1) / n
     a = math.floor(m * p_lo - z * math.sqrt(m * p_lo * (1 - p_lo))) - 1
     b = math.ceil(m * p_hi + z * math.sqrt(m * p_hi * (1 - p_hi))) + 1
@@ -85,45 +174,109 @@ def bracket(sample: np.ndarray, rank_lo: int, rank_hi: int, n: int, z: float = 3
 
 
 @numba.njit(nogil=True, cache=True)
+def _append_guarded(t, j0, j1, c0, lo_i, hi_i, bv, bi, nb) -> int:
+    cap = bv.shape[0]
+    for j in range(j0, j1):
+        x = t[j]
+        if (x > lo_i) & (x <= hi_i):
+            if nb < cap:
+                bv[nb] = x
+                bi[nb] = c0 + j
+            nb += 1
+    return nb
+
+
+@numba.njit(nogil=True, cache=True)
 def scan_tile(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n) -> None:
     """One fused pass over a GEMM tile ``float32 [rows, cols]`` holding columns ``c0..``.
 
     Writes ``out[i, c0 + j] = tile[i, j] > lo[i]`` (int8), adds the count of entries
     ``<= lo[i]`` to ``n_le[i]`` and appends the entries in ``(lo[i], hi[i]]`` to row
     ``i``'s band buffer (``band_v`` values, ``band_i`` columns, ``band_n`` counts; counts
-    keep growing past the buffer's capacity so that overflow is detectable).
+    keep growing past the buffer's capacity so that overflow is detectable). The label
+    loop and the per-16-column band counts vectorize; only groups holding band entries are
+    compacted (branch-free inside a group).
     """
     rows, cols = tile.shape
     cap = band_v.shape[1]
+    groups = np.zeros((cols + 15) // 16, np.int32)
     for i in range(rows):
         lo_i = lo[i]
         hi_i = hi[i]
+        t = tile[i]
+        o = out[i, c0 : c0 + cols]
         cnt = 0
         for j in range(cols):
-            x = tile[i, j]
-            out[i, c0 + j] = 1 if x > lo_i else 0
-            cnt += 1 if x <= lo_i else 0
+            x = t[j]
+            o[j] = x > lo_i
+            cnt += x <= lo_i
         n_le[i] += cnt
+        # band entries per group of 16 (vectorized), then compaction of non-empty groups only
+        full = cols // 16
+        for g in range(full):
+            c = 0
+            for j in range(16 * g, 16 * g + 16):
+                x = t[j]
+                c += (x > lo_i) & (x <= hi_i)
+            groups[g] = c
         nb = band_n[i]
-        for j in range(cols):
-            x = tile[i, j]
-            if x > lo_i and x <= hi_i:
-                if nb < cap:
-                    band_v[i, nb] = x
-                    band_i[i, nb] = c0 + j
-                nb += 1
+        bv = band_v[i]
+        bi = band_i[i]
+        for g in range(full):
+            if groups[g]:
+                if nb + 16 <= cap:
+                    for j in range(16 * g, 16 * g + 16):
+                        x = t[j]
+                        bv[nb] = x
+                        bi[nb] = c0 + j
+                        nb += (x > lo_i) & (x <= hi_i)
+                else:
+                    nb = _append_guarded(t, 16 * g, 16 * g + 16, c0, lo_i, hi_i, bv, bi, nb)
+        nb = _append_guarded(t, 16 * full, cols, c0, lo_i, hi_i, bv, bi, nb)
         band_n[i] = nb
 
 
 @numba.njit(nogil=True, cache=True)
-def select_band(band_v, band_n, n_le, rank_lo, rank_hi, lower, upper, ok) -> None:
+def refine(band_v, band_n, n_le, seen, rank_lo, rank_hi, n, z, lo, hi) -> None:
+    """Narrow each row's bracket from the ``seen`` columns scanned so far.
+
+    Those columns are a larger sample than the first one: the wanted ranks are re-bracketed
+    among them (``z`` binomial standard deviations) and ``lo``/``hi`` move inwards to the
+    band values of those ranks. Entries already in the band stay there; entries not in it
+    stay below the new ``lo`` or above the new ``hi``, so the band's rank arithmetic holds
+    as long as the selected values end inside the final bracket (:func:`select_band`
+    checks that).
+    """
+    cap = band_v.shape[1]
+    counts = np.empty(_BINS, np.int64)
+    small = np.empty(cap, np.float32)
+    for i in range(band_n.shape[0]):
+        nb = band_n[i]
+        if nb > cap:
+            continue
+        p_lo = rank_lo[i] / n
+        p_hi = (rank_hi[i] + 1) / n
+        a = int(np.floor(seen * p_lo - z * np.sqrt(seen * p_lo * (1 - p_lo)))) - 1 - n_le[i]
+        b = int(np.ceil(seen * p_hi + z * np.sqrt(seen * p_hi * (1 - p_hi)))) + 1 - n_le[i]
+        if a < 0 or b >= nb:
+            continue
+        va, vb = _two_order_stats(band_v[i, :nb], a, b, counts, small)
+        lo[i] = max(lo[i], va)
+        hi[i] = min(hi[i], vb)
+
+
+@numba.njit(nogil=True, cache=True)
+def select_band(band_v, band_n, n_le, rank_lo, rank_hi, lo, hi, lower, upper, ok) -> None:
     """Order statistics of ranks ``rank_lo[i] <= rank_hi[i]`` of each row from its band.
 
     Sets ``lower[i]``, ``upper[i]`` and ``ok[i] = True`` when both ranks lie inside the
     band (``n_le[i] <= rank_lo[i]`` and ``rank_hi[i] < n_le[i] + band_n[i]``, buffer not
-    overflowed); otherwise ``ok[i] = False`` and the row must be redone.
+    overflowed) and their values inside the final bracket ``(lo[i], hi[i]]``; otherwise
+    ``ok[i] = False`` and the row must be redone.
     """
     cap = band_v.shape[1]
+    counts = np.empty(_BINS, np.int64)
+    small = np.empty(cap, np.float32)
     for i in range(band_n.shape[0]):
         nb = band_n[i]
         a = rank_lo[i] - n_le[i]
@@ -131,10 +284,10 @@ def select_band(band_v, band_n, n_le, rank_lo, rank_hi, lower, upper, ok) -> Non
         if nb > cap or a < 0 or b >= nb:
             ok[i] = False
             continue
-        va, vb = _two_order_stats(band_v[i, :nb].copy(), a, b)
+        va, vb = _two_order_stats(band_v[i, :nb], a, b, counts, small)
         lower[i] = va
         upper[i] = vb
-        ok[i] = True
+        ok[i] = (va > lo[i]) & (vb <= hi[i])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -152,13 +305,12 @@ def fix_band(out, band_v, band_i, band_n, cut, k, n_above) -> None:
                 if band_v[i, t] > c:
                     gt += 1
             need = k[i] - gt
-        for t in range(nb):
-            x = band_v[i, t]
-            j = band_i[i, t]
-            if x > c:
-                out[i, j] = 1
-            elif x == c and need > 0:
-                out[i, j] = 1
-                need -= 1
-            else:
-                out[i, j] = 0
+        o = out[i]
+        bv = band_v[i]
+        bi = band_i[i]
+        for t in range(nb):  # branch-free: band entries sit on both sides of the cut at random
+            x = bv[t]
+            eq = x == c
+            take = (x > c) | (eq & (need > 0))
+            o[bi[t]] = take
+            need -= eq & take

@@ -1,8 +1,20 @@
-"""Lightning wrapper for face-recognition training: a backbone plus a margin loss."""
+"""Lightning wrapper for face-recognition training: a backbone plus a margin loss.
+
+Training options follow the reference recipes: SGD with momentum (arcface_torch, ExFaceGAN)
+or AdamW; a linear warm-up then a polynomial decay (arcface_torch's ``PolyScheduler``,
+power 2) or steps at given epochs (ExFaceGAN: x0.1 at epochs 22, 30, 35 of 40); the learning
+rate scaled by the global batch (``lr * global_batch / lr_reference_batch``; ExFaceGAN:
+0.1 x batch / 512); and gradient-norm clipping of the backbone and the head *separately*
+(ExFaceGAN's ``clip_grad_norm_(backbone, 5)`` and ``clip_grad_norm_(header, 5)``).
+
+Checkpoints carry the backbone's class and init arguments (``exface_backbone``), so
+:class:`~exface.fr.checkpoint_embedder.FRCheckpointEmbedder` rebuilds the trained network
+from the checkpoint file alone.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -12,7 +24,24 @@ from exface.embedders.base import IdentityEmbedder
 from exface.losses.base import FRLoss
 from exface.losses.partial_fc import exclude_partial_fc_from_ddp
 
-__all__ = ["FaceRecognitionModule"]
+__all__ = ["FaceRecognitionModule", "lr_factor"]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, power: float = 2.0,
+              milestones: tuple[int, ...] = (), gamma: float = 0.1) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based) of ``total``.
+
+    Linear warm-up ``(step + 1) / warmup`` for the first ``warmup`` steps, then ``poly``:
+    ``(1 - (step - warmup) / (total - warmup)) ** power``, or ``step``: ``gamma ** k`` with
+    ``k`` the number of ``milestones`` (in steps) already reached.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "poly":
+        return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup)) ** power
+    if schedule == "step":
+        return gamma ** sum(step >= m for m in milestones)
+    raise ValueError(f"schedule must be 'poly' or 'step', got {schedule!r}")
 
 
 class FaceRecognitionModule(pl.LightningModule):
@@ -20,24 +49,44 @@ class FaceRecognitionModule(pl.LightningModule):
 
     The loss is given without its sizes (``loss: {class_path: ArcFace, init_args: {s: 64}}``):
     it is built in :meth:`setup` with the backbone's ``embedding_dim`` and the datamodule's
-    ``num_classes``. SGD with momentum and a polynomial decay, as arcface_torch trains.
+    ``num_classes``.
 
     Args:
         backbone: the network to train (any registered IdentityEmbedder).
         loss: a margin loss class; called as ``loss(embedding_dim, num_classes)``.
-        lr: base learning rate (arcface_torch: 0.1 for batch 512; scale with batch size).
+        lr: base learning rate (for a global batch of ``lr_reference_batch``).
+        lr_reference_batch: the global batch ``lr`` is meant for; the rate used is
+            ``lr * global_batch / lr_reference_batch``. None: ``lr`` as given.
+        optimizer: ``sgd`` (momentum, as arcface_torch/ExFaceGAN) or ``adamw``.
         momentum: SGD momentum.
         weight_decay: L2 on backbone and class centres.
-        warmup_steps: linear warm-up steps before the polynomial decay.
+        schedule: ``poly`` (power ``poly_power``) or ``step`` (x ``gamma`` at ``milestones``).
+        poly_power: exponent of the polynomial decay (arcface_torch: 2).
+        milestones: epochs at which the step schedule multiplies the rate by ``gamma``.
+        gamma: the step schedule's factor.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        clip_grad_norm: clip the gradient norm of the backbone and of the head, each on its
+            own, to this value (ExFaceGAN: 5); None: no clipping.
     """
 
     def __init__(self, backbone: IdentityEmbedder, loss: Callable[[int, int], FRLoss], lr: float = 0.1,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, warmup_steps: int = 0) -> None:
+                 lr_reference_batch: int | None = None, optimizer: Literal["sgd", "adamw"] = "sgd",
+                 momentum: float = 0.9, weight_decay: float = 5e-4, schedule: Literal["poly", "step"] = "poly",
+                 poly_power: float = 2.0, milestones: list[float] | None = None, gamma: float = 0.1,
+                 warmup_epochs: float = 0.0, clip_grad_norm: float | None = None) -> None:
         super().__init__()
+        if schedule not in ("poly", "step"):
+            raise ValueError(f"schedule must be 'poly' or 'step', got {schedule!r}")
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
         self.backbone = backbone
         self._loss_factory = loss
         self.loss: FRLoss | None = None
-        self.lr, self.momentum, self.weight_decay, self.warmup_steps = lr, momentum, weight_decay, warmup_steps
+        self.lr, self.lr_reference_batch, self.optimizer_name = lr, lr_reference_batch, optimizer
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.schedule, self.poly_power, self.gamma = schedule, poly_power, gamma
+        self.milestones = [float(m) for m in (milestones or [])]
+        self.warmup_epochs, self.clip_grad_norm = float(warmup_epochs), clip_grad_norm
 
     def setup(self, stage: str) -> None:
         if self.loss is None:
@@ -58,6 +107,7 @@ class FaceRecognitionModule(pl.LightningModule):
         images, labels = batch
         loss = self.loss(self(images), labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=len(labels))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -74,15 +124,61 @@ class FaceRecognitionModule(pl.LightningModule):
             raise AttributeError(f"{type(self.loss).__name__} exposes no `weight` of class centres")
         return weight
 
+    # ------------------------------------------------------------------ optimization
+
+    def global_batch_size(self) -> int:
+        """Images per optimizer step over all devices (batch x devices x accumulation)."""
+        dm = self.trainer.datamodule
+        batch = int(getattr(dm, "batch_size", 0) or 0)
+        if batch <= 0:
+            raise ValueError("lr_reference_batch needs the datamodule's batch_size to scale the learning rate")
+        return batch * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def scaled_lr(self) -> float:
+        """The learning rate after scaling by the global batch."""
+        if self.lr_reference_batch is None:
+            return self.lr
+        return self.lr * self.global_batch_size() / self.lr_reference_batch
+
+    def _steps_per_epoch(self, total: int) -> float:
+        t = self.trainer
+        if t.max_epochs is not None and t.max_epochs > 0 and (t.max_steps is None or t.max_steps < 0):
+            return total / t.max_epochs
+        dm = t.datamodule
+        n = len(dm.train_dataloader()) if dm is not None else total
+        return max(1.0, n / max(1, t.world_size) / t.accumulate_grad_batches)
+
     def configure_optimizers(self):
-        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        groups = [{"params": [p for p in self.backbone.parameters() if p.requires_grad], "name": "backbone"},
+                  {"params": [p for p in self.loss.parameters() if p.requires_grad], "name": "head"}]
+        groups = [g for g in groups if g["params"]]
+        lr = self.scaled_lr()
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(groups, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.AdamW(groups, lr=lr, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = self.warmup_steps
+        per_epoch = self._steps_per_epoch(total)
+        warm = int(round(self.warmup_epochs * per_epoch))
+        milestones = tuple(int(round(m * per_epoch)) for m in self.milestones)
+        kind, power, gamma = self.schedule, self.poly_power, self.gamma
 
         def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return max(0.0, 1.0 - (step - warm) / max(1, total - warm)) ** 2
+            return lr_factor(step, total, warm, kind, power, milestones, gamma)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.clip_grad_norm is not None:
+            for group in optimizer.param_groups:  # backbone and head, each on its own
+                torch.nn.utils.clip_grad_norm_(group["params"], max_norm=self.clip_grad_norm)
+        if gradient_clip_val is not None:  # the Trainer's own (global) clipping still applies
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from exface.fr.checkpoint_embedder import backbone_spec
+
+        checkpoint["exface_backbone"] = backbone_spec(self.backbone)

@@ -85,6 +85,9 @@ class IResNet(nn.Module):
         input_size: side of the square input; the head's ``fc`` sees
             ``512 * (input_size / 16) ** 2`` inputs (112 -> 7x7, AdaFace also has 224).
         strided_identity_shortcut: AdaFace layout (no projection in ``layer1.0``).
+        fp16: run the stem and the four stages under autocast (float16 on CUDA, bfloat16 on
+            CPU) and the head (``bn2``, ``fc``, ``features``) in float32, as arcface_torch's
+            ``fp16`` option does; the output is float32 either way.
 
     Initialization follows arcface_torch (conv ~ N(0, 0.1), BN scale 1 / shift 0,
     ``features`` scale fixed at 1 and not trained), so training from scratch behaves
@@ -98,8 +101,10 @@ class IResNet(nn.Module):
         dropout: float = 0.0,
         input_size: int = 112,
         strided_identity_shortcut: bool = False,
+        fp16: bool = False,
     ) -> None:
         super().__init__()
+        self.fp16 = bool(fp16)
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"layers must give 4 positive block counts, got {tuple(layers)}")
         if input_size % 16:
@@ -155,8 +160,14 @@ class IResNet(nn.Module):
                 f"IResNet built for {self.input_size}x{self.input_size} input, got "
                 f"{tuple(x.shape[-2:])}"
             )
-        x = self.bn2(self.forward_trunk(x))
-        x = self.dropout(torch.flatten(x, 1))
+        if self.fp16:
+            dtype = torch.float16 if x.device.type == "cuda" else torch.bfloat16
+            with torch.autocast(device_type=x.device.type, dtype=dtype):
+                x = self.forward_trunk(x)
+            x = x.float()
+        else:
+            x = self.forward_trunk(x)
+        x = self.dropout(torch.flatten(self.bn2(x), 1))
         return self.features(self.fc(x))
 
 

@@ -15,9 +15,8 @@ dilation 1, NHWC), ``_FusedMatMul`` (``BiasAdd`` then optionally ``Relu``/``Relu
 ``Relu``, ``Relu6``, ``Sigmoid``, ``Softmax``, ``Mean``, ``Pad``, ``Reshape``, ``Identity``.
 
 Layout: values stay in TensorFlow's logical NHWC order (so ``Mean`` axes, ``Pad`` pairs and
-``Reshape`` flattening mean what the graph says); convolutions view them as NCHW in PyTorch's
-``channels_last`` memory format, which costs no copy. Filters are converted to OIHW once,
-at load time.
+``Reshape`` flattening mean what the graph says), held as NHWC views of NCHW-contiguous memory
+so that convolutions need no copy. Filters are converted to OIHW once, at load time.
 """
 
 from __future__ import annotations
@@ -183,7 +182,10 @@ class TFJSGraph(nn.Module):
             raise NotImplementedError(f"node {node['name']!r}: only NHWC, dilation-1 convolutions are supported")
         sh, sw = strides[1], strides[2]
         kh, kw = w.shape[-2:]
-        xc = x.permute(0, 3, 1, 2)  # NCHW view of the NHWC tensor (channels_last memory)
+        # NCHW, contiguous: PyTorch's CPU convolutions (depthwise ones above all) run ~2x faster
+        # on it than on a channels_last view. Conv outputs are returned as NHWC *views* of NCHW
+        # memory, so in a conv stack this copies nothing after the first layer.
+        xc = x.permute(0, 3, 1, 2).contiguous()
         pad = _attr(node, "padding", "VALID")
         if pad == "SAME":
             top, bottom = _same_pads(xc.shape[-2], kh, sh)

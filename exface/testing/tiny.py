@@ -1,6 +1,6 @@
-"""Tiny deterministic test doubles of a generator and an identity embedder.
+"""Tiny deterministic test doubles of a generator, an identity embedder and a landmark source.
 
-They are registered parts (``TinyGenerator``, ``TinyEmbedder``) so recipes and the CLI can
+They are registered parts (``TinyGenerator``, ``TinyEmbedder``, ``TinyLandmarks``) so recipes and the CLI can
 name them, but they are random networks built from a seed: fast stand-ins for pipeline
 tests, never for measurements. Import this module (``import exface.testing.tiny``) before
 a recipe names them, or use the full class path ``exface.testing.tiny.TinyGenerator``.
@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from exface.alignment.landmarks import LandmarkSource
 from exface.detectors.base import Detections, FaceDetector
 from exface.embedders.base import IdentityEmbedder
 from exface.generators.base import Generator
 
-__all__ = ["TinyGenerator", "TinyEmbedder", "TinyDetector"]
+__all__ = ["TinyGenerator", "TinyEmbedder", "TinyDetector", "TinyLandmarks"]
 
 
 def _seeded_init(module: nn.Module, seed: int) -> None:
@@ -107,3 +108,21 @@ class TinyDetector(FaceDetector):
             keep = float(img.mean()) > self.min_mean
             out.append(Detections(pix if keep else pix[:0], scores if keep else scores[:0]))
         return out
+
+
+class TinyLandmarks(LandmarkSource):
+    """A random, differentiable conv + linear net: images -> 68 (ibug-scheme) points inside the image."""
+
+    scheme = "ibug68"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = int(seed)
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 136)
+        _seeded_init(self, self.seed)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = F.adaptive_avg_pool2d(F.relu(self.conv(images)), 4).flatten(1)
+        rel = torch.sigmoid(4.0 * self.fc(x)).view(-1, 68, 2)
+        return rel * torch.tensor([images.shape[-1], images.shape[-2]], dtype=rel.dtype, device=rel.device)

@@ -1,0 +1,320 @@
+"""Identity/attribute disentanglement: every loss, the networks, the datamodule, the module's
+schedule, checkpoints (frozen parts not stored, resume), the report and ``exface swap``; on tiny parts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from exface.alignment.crops import ResizeAligner
+from exface.disentangle.datamodule import HELD_OUT_SEED, GeneratorPairDataModule, SeedPairStream, held_out_seeds
+from exface.disentangle.encoders import TimmAttributeEncoder
+from exface.disentangle.losses import (
+    MS_SSIM_BETAS_3,
+    PixelLoss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    identity_loss,
+    inverse_gaussian_mask,
+    landmark_frame,
+    landmark_loss,
+    r1_penalty,
+)
+from exface.disentangle.module import FROZEN, DisentangleModule
+from exface.models.id_mapper import LatentDiscriminator, LatentMapper
+from exface.testing.tiny import TinyEmbedder, TinyGenerator, TinyLandmarks
+
+
+# ----------------------------------------------------------------------------- losses
+def test_identity_loss_is_mean_absolute_difference_without_target_gradient():
+    a = torch.randn(4, 8, requires_grad=True)
+    b = torch.randn(4, 8, requires_grad=True)
+    loss = identity_loss(a, b)
+    assert torch.isclose(loss, (a - b).abs().mean())
+    loss.backward()
+    assert b.grad is None and a.grad is not None
+    assert identity_loss(b, b) == 0
+
+
+def test_landmark_loss_uses_inner_points_only():
+    p = torch.rand(3, 68, 2) * 64
+    q = p.clone()
+    q[:, :17] += 10.0  # the jaw line does not count
+    assert landmark_loss(p, q) == 0
+    q[:, 17:] += 2.0
+    assert torch.isclose(landmark_loss(p, q), torch.tensor(4.0))
+    assert torch.isclose(landmark_loss(p, q, first=0), (p - q).pow(2).mean())
+    assert torch.allclose(landmark_frame(torch.full((1, 68, 2), 32.0), 64, 160.0), torch.full((1, 68, 2), 80.0))
+    with pytest.raises(ValueError, match="shapes differ"):
+        landmark_loss(p, q[:, :51])
+
+
+def test_inverse_gaussian_mask_sums_to_one_and_is_lowest_at_the_centre():
+    m = inverse_gaussian_mask(64, 20.0)
+    assert math.isclose(float(m.sum()), 1.0, rel_tol=1e-5)
+    assert m[31:33, 31:33].max() < m[0, 0] and float(m.min()) > 0
+
+
+def test_pixel_loss_zero_on_identical_images_and_mixes_ms_ssim_and_l1():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    loss = PixelLoss(0.84, MS_SSIM_BETAS_3, 11)
+    assert float(loss(x, x)) == pytest.approx(0.0, abs=1e-5)
+    l1_only = PixelLoss(0.0, MS_SSIM_BETAS_3, mask="uniform")
+    assert torch.isclose(l1_only(y, x), ((y - x).abs() / 2).mean(), rtol=1e-5)
+    mixed = loss(y, x)
+    ms = (1 - loss.ms_ssim(y, x)).mean()
+    l1 = PixelLoss(0.0, MS_SSIM_BETAS_3)(y, x)
+    assert torch.isclose(mixed, 0.84 * ms + 0.16 * l1, rtol=1e-5)
+    yg = y.clone().requires_grad_(True)
+    loss(yg, x).backward()
+    assert yg.grad.abs().sum() > 0
+
+
+def test_pixel_loss_refuses_images_too_small_for_its_scales():
+    with pytest.raises(ValueError, match="fewer betas"):
+        PixelLoss().check_size(64)  # 5 scales x 11-px window need 160 px
+    PixelLoss(betas=MS_SSIM_BETAS_3).check_size(64)
+    assert math.isclose(sum(MS_SSIM_BETAS_3), 1.0, abs_tol=1e-3)
+
+
+def test_adversarial_losses_are_the_logistic_ones():
+    fake, real = torch.tensor([0.0, 2.0]), torch.tensor([1.0, -1.0])
+    assert torch.isclose(generator_adversarial_loss(fake), -F.logsigmoid(fake).mean())
+    expect = -F.logsigmoid(real).mean() - torch.log1p(-torch.sigmoid(fake)).mean()
+    assert torch.isclose(discriminator_loss(real, fake), expect, atol=1e-6)
+    # the generator loss falls as D's logit on the fake rises (non-saturating)
+    assert generator_adversarial_loss(torch.tensor([3.0])) < generator_adversarial_loss(torch.tensor([-3.0]))
+
+
+def test_r1_penalty_of_a_linear_discriminator():
+    a = torch.tensor([3.0, 4.0])
+    disc = lambda x: x @ a  # noqa: E731  gradient a everywhere: ||a||^2 = 25
+    assert torch.isclose(r1_penalty(disc, torch.randn(5, 2), gamma=10.0), torch.tensor(0.5 * 10 * 25.0))
+    d = LatentDiscriminator(4, (8,))
+    r1 = r1_penalty(d, torch.randn(3, 4))
+    r1.backward()  # differentiable w.r.t. D's weights
+    assert d.net[0].weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- networks
+def test_mapper_and_discriminator_shapes():
+    m = LatentMapper(8, 6, 5, (32, 16, 12))
+    sizes = [(lin.in_features, lin.out_features) for lin in m.net if isinstance(lin, torch.nn.Linear)]
+    assert sizes == [(14, 32), (32, 16), (16, 12), (12, 5)]
+    assert sum(isinstance(x, torch.nn.LeakyReLU) for x in m.net) == 3 and isinstance(m.net[-1], torch.nn.Linear)
+    assert m(torch.randn(2, 8), torch.randn(2, 6)).shape == (2, 5)
+    with pytest.raises(ValueError, match="identity codes of size 8"):
+        m(torch.randn(2, 7), torch.randn(2, 6))
+    d = LatentDiscriminator(512)
+    assert [lin.out_features for lin in d.net if isinstance(lin, torch.nn.Linear)] == [256, 128, 64, 1]
+    assert d(torch.randn(3, 512)).shape == (3,)
+
+
+def test_timm_attribute_encoder():
+    enc = TimmAttributeEncoder("test_resnet", input_size=24)
+    assert enc(torch.rand(2, 3, 16, 16) * 2 - 1).shape == (2, enc.out_dim)
+    with pytest.raises(ValueError, match="timm has no model"):
+        TimmAttributeEncoder("resnet_does_not_exist")
+
+
+# ----------------------------------------------------------------------------- data
+def test_seed_stream_is_reproducible_resumable_and_disjoint_from_held_out():
+    s = SeedPairStream(4, seed=1)
+    it = iter(s)
+    first = [next(it) for _ in range(3)]
+    again = next(iter(SeedPairStream(4, seed=1, start=2)))
+    assert torch.equal(first[2]["id_seed"], again["id_seed"]) and again["index"] == 2
+    assert all(int(b["id_seed"].max()) < HELD_OUT_SEED for b in first)
+    i, a = held_out_seeds(5)
+    assert int(i.min()) >= HELD_OUT_SEED and not set(i.tolist()) & set(a.tolist())
+    dm = GeneratorPairDataModule(batch_size=4)
+    dm.load_state_dict({"consumed": 7})
+    assert next(iter(dm.train_dataloader()))["index"] == 7
+
+
+# ----------------------------------------------------------------------------- module
+def _tiny_module(**kw) -> DisentangleModule:
+    args = dict(space="w", mapper_hidden=[16, 16], discriminator_hidden=[8, 8], ms_ssim_betas=[1.0],
+                ms_ssim_kernel=3, lr=1e-3, report_pairs=4, grid_size=2, eval_batch_size=4)
+    args.update(kw)
+    return DisentangleModule(TinyGenerator(z_dim=8, w_dim=8, resolution=16), TinyEmbedder(), ResizeAligner((16, 16)),
+                             TimmAttributeEncoder("test_resnet", input_size=16), TinyLandmarks(), **args)
+
+
+def _batch(k: int, n: int = 3) -> dict:
+    return SeedPairStream(n, seed=0).batch(k)
+
+
+def test_schedule_cross_and_same_image_steps():
+    m = _tiny_module()
+    terms, fake, cross = m.losses(_batch(0))
+    assert cross and set(terms) == {"id", "landmark"} and fake.shape == (3, 8)
+    terms, _, cross = m.losses(_batch(1))
+    assert not cross and set(terms) == {"id", "landmark", "pixel"}
+    terms, _, _ = _tiny_module(latent_weight=1.0, pixel_weight=0.0).losses(_batch(1))
+    assert set(terms) == {"id", "landmark", "latent"}
+    # on a same-image step the pixel loss compares with the identity source itself
+    m.eval()
+    with torch.no_grad():
+        img = m.render(m.latents(_batch(1)["id_seed"]))
+        assert torch.isclose(m.pixel_loss(img, img), torch.tensor(0.0), atol=1e-5)
+
+
+def test_training_step_updates_trained_parts_only_and_d_on_adversarial_steps(monkeypatch):
+    m = _tiny_module()
+    opts = m.configure_optimizers()
+    assert [o.param_groups[0]["lr"] for o in opts] == pytest.approx([1e-3, 1e-4, 4e-4])
+    monkeypatch.setattr(m, "optimizers", lambda: opts)
+    monkeypatch.setattr(m, "manual_backward", lambda loss, **kw: loss.backward(**kw))
+    monkeypatch.setattr(m, "log", lambda *a, **k: None)
+    monkeypatch.setattr(m, "log_dict", lambda *a, **k: None)
+    frozen = {k: v.clone() for k, v in m.state_dict().items() if k.split(".")[0] in FROZEN}
+    d0 = [p.clone() for p in m.discriminator.parameters()]
+    g0 = [p.clone() for p in m.mapper.parameters()]
+    m.training_step(_batch(1), 0)  # odd: no adversarial step
+    assert all(torch.equal(a, b) for a, b in zip(d0, m.discriminator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(g0, m.mapper.parameters()))
+    assert opts[1].state == {}  # the adversarial Adam has not stepped
+    m.training_step(_batch(2), 1)  # even: adversarial step for mapper and discriminator
+    assert any(not torch.equal(a, b) for a, b in zip(d0, m.discriminator.parameters()))
+    assert len(opts[1].state) > 0
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in frozen.items())
+
+
+def test_frozen_parts_stay_in_eval_mode_and_are_not_checkpointed():
+    m = _tiny_module()
+    m.train()
+    assert not m.generator.training and not m.identity_embedder.training and m.mapper.training
+    ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}
+    m.on_save_checkpoint(ckpt)
+    assert not any(k.split(".")[0] in FROZEN for k in ckpt["state_dict"])
+    assert not any(isinstance(v, torch.nn.Module) for v in ckpt["hyper_parameters"].values())
+    m2 = _tiny_module()
+    m2.on_load_checkpoint(ckpt)
+    m2.load_state_dict(ckpt["state_dict"])  # strict: frozen weights come from m2 itself
+    assert torch.equal(m2.mapper.net[0].weight, m.mapper.net[0].weight)
+
+
+def test_report_has_baselines_margins_and_a_grid(tmp_path):
+    m = _tiny_module()
+    result = m.report(tmp_path, pairs=4)
+    s = result["summary"]
+    ij, lj = "TinyEmbedder-loss", "TinyLandmarks-loss"
+    assert s[f"attr_latent/{ij}/id_sim_to_attr"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert s[f"id_latent/{ij}/id_sim_to_id"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert s[f"attr_latent/{lj}/lmk_err_to_attr"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert s[f"id_latent/{ij}+{lj}/balanced"]["mean"] == pytest.approx(-1.0, abs=1e-4)
+    assert s[f"mapper/{ij}/id_margin"]["n"] == 4 and "recon/pixel/psnr" in s
+    assert result["identity_judges"] == [{"name": ij, "independent": False}]
+    md = (tmp_path / "report.md").read_text()
+    assert "not independent evidence" in md and "identity source's own latent (baseline)" in md
+    assert json.loads((tmp_path / "report.json").read_text())["pairs"] == 4
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "swap_grid.png")
+    assert grid.size[0] == grid.size[1] and grid.size[0] % (3 * 16) == 0  # (2 + 1) x 16 px cells, upscaled
+
+
+def test_report_with_independent_judges(tmp_path):
+    m = _tiny_module(eval_embedder=TinyEmbedder(input_size=(12, 12), seed=3), eval_landmarks=TinyLandmarks(seed=5),
+                     eval_landmark_size=32)
+    result = m.report(tmp_path, pairs=2)
+    assert {j["name"]: j["independent"] for j in result["identity_judges"]} == {"TinyEmbedder-loss": False, "TinyEmbedder": True}
+    assert "mapper/TinyEmbedder+TinyLandmarks/balanced" in result["summary"]
+
+
+# ----------------------------------------------------------------------------- resume, CLI
+class _Crash(Exception):
+    pass
+
+
+def test_training_resumes_after_a_crash_with_new_batches(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    seen: list[int] = []
+
+    class Record(Callback):
+        def __init__(self, crash_at: int | None):
+            self.crash_at = crash_at
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch["index"] == self.crash_at:
+                raise _Crash()
+            seen.append(int(batch["index"]))
+
+    def trainer(crash_at):
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
+        return pl.Trainer(max_epochs=1, limit_train_batches=5, accelerator="cpu", logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                          callbacks=[ckpt, Record(crash_at)], default_root_dir=tmp_path)
+
+    with pytest.raises(_Crash):
+        trainer(3).fit(_tiny_module(), GeneratorPairDataModule(batch_size=2, val_pairs=0))
+    assert seen == [0, 1, 2]
+    seen.clear()
+    dm = GeneratorPairDataModule(batch_size=2, val_pairs=0)
+    trainer(None).fit(_tiny_module(), dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert seen == [3, 4] and dm.consumed == 5
+    ck = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not any(k.split(".")[0] in FROZEN for k in ck["state_dict"])
+
+
+def _tiny_recipe(tmp_path):
+    """A disentangle recipe on tiny parts (exface.testing.tiny), run through `exface fit`."""
+    import yaml
+
+    cfg = {
+        "seed_everything": 0,
+        "model": {"class_path": "DisentangleModule", "init_args": {
+            "generator": {"class_path": "TinyGenerator", "init_args": {"z_dim": 8, "resolution": 16}},
+            "identity_embedder": {"class_path": "TinyEmbedder"},
+            "identity_aligner": {"class_path": "ResizeAligner", "init_args": {"output_size": [16, 16]}},
+            "attribute_encoder": {"class_path": "TimmAttributeEncoder", "init_args": {"model_name": "test_resnet", "input_size": 16}},
+            "landmarks": {"class_path": "TinyLandmarks"},
+            "space": "w", "mapper_hidden": [16], "discriminator_hidden": [8], "ms_ssim_betas": [1.0], "ms_ssim_kernel": 3,
+            "report_dir": str(tmp_path / "report"), "report_pairs": 4, "grid_size": 2, "eval_batch_size": 4}},
+        "data": {"class_path": "GeneratorPairDataModule", "init_args": {"batch_size": 2, "val_pairs": 2, "val_batch_size": 2}},
+        "trainer": {"max_epochs": 1, "limit_train_batches": 3, "accelerator": "cpu", "logger": False,
+                    "enable_progress_bar": False, "num_sanity_val_steps": 0, "default_root_dir": str(tmp_path),
+                    "callbacks": [{"class_path": "ModelCheckpoint", "init_args": {
+                        "dirpath": str(tmp_path / "ckpt"), "save_last": True, "save_top_k": 0, "every_n_train_steps": 1}}]},
+    }
+    path = tmp_path / "tiny_disentangle.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_fit_report_swap_and_report_command_from_a_cli_checkpoint(tmp_path, capsys):
+    from PIL import Image
+
+    import exface.testing.tiny  # noqa: F401  registers the tiny parts
+    from exface.cli import main
+
+    main(["fit", "--config", str(_tiny_recipe(tmp_path))])
+    assert (tmp_path / "report" / "report.md").is_file()  # written at the end of fit
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    main(["swap", "--checkpoint", str(ckpt), "--output", str(tmp_path / "grid.png"),
+          "--id_seeds", "[1, 2]", "--attr_seeds", "[3, 4, 5]"])
+    assert Image.open(tmp_path / "grid.png").size == (512, 384)  # (3+1) x (2+1) cells of 16 px, x8
+    src = tmp_path / "face.png"
+    Image.fromarray((torch.rand(20, 20, 3) * 255).byte().numpy()).save(src)
+    main(["swap", "--checkpoint", str(ckpt), "--output", str(tmp_path / "grid2.png"),
+          "--id_images", f"[{src}]", "--attr_seeds", "[3]"])
+    assert (tmp_path / "grid2.png").is_file()
+    main(["disentangle-report", "--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "rep"), "--pairs", "3"])
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["pairs"] == 3 and rep["settings"]["batches_trained"] == 3
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["swap", "--checkpoint", str(ckpt), "--attr_seeds", "[3]"])
+    assert exit_.value.code == 1 and "either --id_seeds or --id_images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["swap", "--checkpoint", str(tmp_path / "missing.ckpt"), "--id_seeds", "[1]", "--attr_seeds", "[3]"])
+    assert "no checkpoint at" in capsys.readouterr().err
