@@ -378,9 +378,12 @@ class DisentangleModule(pl.LightningModule):
         pairs = self.report_pairs if pairs is None else int(pairs)
         id_s, attr_s = held_out_seeds(pairs)
         per: dict[str, list[Tensor]] = {}
+        t0 = time.perf_counter()
         for i in range(0, pairs, self.eval_batch_size):
             for k, v in self.evaluate_seeds(id_s[i:i + self.eval_batch_size], attr_s[i:i + self.eval_batch_size]).items():
                 per.setdefault(k, []).append(v.cpu())
+            log.info("disentangle report: %d/%d pairs evaluated (%.0f s)", min(pairs, i + self.eval_batch_size), pairs,
+                     time.perf_counter() - t0)
         g = self.grid_size
         gid, gattr = held_out_seeds(g, offset=pairs)
         id_img, attr_img = self.render(self.latents(gid)), self.render(self.latents(gattr))
