@@ -13,6 +13,7 @@ from exface.boundaries import (
     Boundaries,
     LinearSVCBoundary,
     LogisticBoundary,
+    RidgeBoundary,
     TorchLinearSVM,
 )
 from exface.boundaries.metrics import balanced_accuracy, roc_auc
@@ -205,3 +206,57 @@ def test_metrics_match_sklearn_with_ties_and_ignored_labels():
         assert ba[r].item() == pytest.approx(balanced_accuracy_score(yr, (sr > 0).astype(int)), abs=1e-6)
     one_class = torch.zeros(1, 10, dtype=torch.int8)
     assert torch.isnan(roc_auc(torch.randn(1, 10), one_class)).all()
+
+
+@pytest.mark.parametrize("n_ignored", [0, 1, 3, 200])
+def test_ridge_equals_sklearn_ridge_per_reference_on_its_valid_latents(n_ignored):
+    """One shared solve, the Woodbury downdate (few ignored latents) and a reference's own
+    Gram (many) all equal sklearn Ridge fitted on that reference's valid latents alone."""
+    from sklearn.linear_model import Ridge
+
+    from exface.boundaries.ridge import ridge_solve
+
+    g = torch.Generator().manual_seed(n_ignored)
+    x = torch.randn(500, 7, generator=g) * 2 + 1
+    y = (torch.rand(4, 500, generator=g) > 0.4).to(torch.int8)
+    y[1, torch.randperm(500, generator=g)[:n_ignored]] = -1
+    y[3, :n_ignored] = -1
+    w, b = ridge_solve(x, y, alpha=2.5)
+    for r in range(4):
+        keep = (y[r] >= 0).numpy()
+        ref = Ridge(alpha=2.5).fit(x.numpy()[keep].astype(np.float64), np.where(y[r].numpy()[keep] == 1, 1.0, -1.0))
+        np.testing.assert_allclose(w[r].numpy(), ref.coef_, rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(b[r].item(), ref.intercept_, rtol=2e-5, atol=1e-7)
+
+
+def test_ridge_boundary_classifies_separable_data():
+    # least squares is not max-margin, so its normals need not align with the true ones
+    x, y, _ = _separable()
+    b = RidgeBoundary(alpha=1e-3).fit(x, y, "z")
+    torch.testing.assert_close(b.normals.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+    assert (b.val_balanced_accuracy > 0.9).all() and (b.val_auc > 0.97).all(), (b.val_balanced_accuracy, b.val_auc)
+    assert b.meta["learner"] == "RidgeBoundary"
+
+
+def test_ridge_boundary_is_registered_and_validated():
+    assert get_part("boundaries", "RidgeBoundary") is RidgeBoundary
+    with pytest.raises(ValueError, match="alpha"):
+        RidgeBoundary(alpha=-1.0)
+    x, y, _ = _separable()
+    y[0, :] = 1
+    with pytest.raises(ValueError, match="no positive or no negative"):
+        RidgeBoundary().fit(x, y)
+
+
+def test_lbfgs_tolerance_reaches_the_optimizer_and_loose_stops_earlier():
+    from exface.boundaries.torch_svm import RowwiseLBFGS
+
+    m = BoundaryFitModule(lbfgs_tolerance=3e-3)
+    m.configure_svm(2, 4)
+    opt = m.configure_optimizers()
+    assert isinstance(opt, RowwiseLBFGS) and opt.param_groups[0]["tolerance_change"] == 3e-3
+    x, y, _ = _separable()
+    loose = TorchLinearSVM(C=1.0, lbfgs_tolerance=1e-1).fit(x, y, "z")
+    tight = TorchLinearSVM(C=1.0, lbfgs_tolerance=1e-7).fit(x, y, "z")
+    assert (tight.val_balanced_accuracy > 0.95).all()
+    assert ((loose.normals * tight.normals).sum(1) > 0.9).all()

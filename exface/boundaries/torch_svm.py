@@ -253,6 +253,10 @@ class BoundaryFitModule(pl.LightningModule):
             (minibatches).
         lr: learning rate (1.0 is right for L-BFGS; ~0.01-0.05 for Adam).
         lbfgs_max_iter: L-BFGS iterations per training step (per epoch when full-batch).
+        lbfgs_tolerance: a reference stops once the objective decrease its next L-BFGS step
+            predicts is below this fraction of its objective (``tolerance_change``; 1e-4 as
+            LinearSVC's default ``tol``: on the d = 512 benchmark 1e-6 costs 40% more time
+            for the same balanced accuracy to 4 digits).
         standardize: train on per-dimension standardized latents (better conditioning);
             boundaries are always returned in raw latent space.
         class_weight: ``None`` or ``"balanced"`` (weight n_r / (2 n_class) per class, as
@@ -270,6 +274,7 @@ class BoundaryFitModule(pl.LightningModule):
         optimizer: str = "lbfgs",
         lr: float = 1.0,
         lbfgs_max_iter: int = 20,
+        lbfgs_tolerance: float = 1e-4,
         standardize: bool = True,
         class_weight: str | None = None,
         init: str = "ridge",
@@ -325,7 +330,8 @@ class BoundaryFitModule(pl.LightningModule):
     def configure_optimizers(self):
         params = [self.svm.weight, self.svm.bias]
         if self.hparams.optimizer == "lbfgs":
-            return RowwiseLBFGS(params, lr=self.hparams.lr, max_iter=self.hparams.lbfgs_max_iter)
+            return RowwiseLBFGS(params, lr=self.hparams.lr, max_iter=self.hparams.lbfgs_max_iter,
+                                tolerance_change=self.hparams.lbfgs_tolerance)
         return torch.optim.Adam(params, lr=self.hparams.lr)
 
     # ------------------------------------------------------------ statistics pass
@@ -554,6 +560,7 @@ class TorchLinearSVM(BoundaryLearner):
         lr: float = 1.0,
         max_epochs: int = 1,
         lbfgs_max_iter: int = 50,
+        lbfgs_tolerance: float = 1e-4,
         batch_size: int | None = None,
         standardize: bool = True,
         class_weight: str | None = None,
@@ -566,6 +573,7 @@ class TorchLinearSVM(BoundaryLearner):
         quiet: bool = True,
     ) -> None:
         self.module_args = dict(C=C, optimizer=optimizer, lr=lr, lbfgs_max_iter=lbfgs_max_iter,
+                                lbfgs_tolerance=lbfgs_tolerance,
                                 standardize=standardize, class_weight=class_weight, init=init)
         BoundaryFitModule(**self.module_args)  # validate the arguments now, not after loading data
         self.max_epochs = max_epochs
