@@ -296,12 +296,22 @@ def kfold_accuracy_insightface(
     return correct[np.arange(k), best] / n_f, thr[best].astype(np.float64)
 
 
+def _insightface_accuracy(threshold: float, dist: np.ndarray, same: np.ndarray) -> float:
+    predict = np.less(dist, threshold)
+    tp = np.sum(np.logical_and(predict, same))
+    tn = np.sum(np.logical_and(np.logical_not(predict), np.logical_not(same)))
+    return float(tp + tn) / dist.size
+
+
 def kfold_accuracy_insightface_loop(
     distances: np.ndarray, issame: np.ndarray, num_folds: int = 10, thresholds: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """insightface's ``calculate_roc`` accuracy search as they wrote it: for each fold, for
-    each threshold, ``np.less(dist, threshold)`` counted on the training pairs; ``np.argmax``.
-    The reference and benchmark baseline of :func:`kfold_accuracy_insightface`."""
+    each threshold, their ``calculate_accuracy`` (``np.less(dist, threshold)``, TP and TN by
+    ``np.sum(np.logical_and(...))``, ``(tp + tn) / n``) on the training pairs; ``np.argmax``.
+    (Their function also computes TPR/FPR of every threshold on the test fold for the ROC;
+    that part is left out.) The reference and benchmark baseline of
+    :func:`kfold_accuracy_insightface`."""
     dist = np.asarray(distances).ravel()
     _, issame, _ = _check(dist.astype(np.float64), issame)
     thr = INSIGHTFACE_THRESHOLDS if thresholds is None else np.asarray(thresholds)
@@ -311,11 +321,10 @@ def kfold_accuracy_insightface_loop(
         train, test = folds != f, folds == f
         acc_train = np.zeros(len(thr))
         for j, t in enumerate(thr):
-            pred = np.less(dist[train], t)
-            acc_train[j] = np.count_nonzero(pred == issame[train]) / np.count_nonzero(train)
+            acc_train[j] = _insightface_accuracy(t, dist[train], issame[train])
         best = int(np.argmax(acc_train))
         chosen[f] = thr[best]
-        accs[f] = np.count_nonzero(np.less(dist[test], thr[best]) == issame[test]) / np.count_nonzero(test)
+        accs[f] = _insightface_accuracy(thr[best], dist[test], issame[test])
     return accs, chosen
 
 
