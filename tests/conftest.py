@@ -14,7 +14,8 @@ SHARED_DATA = Path(os.environ.get("EXFACE_SHARED_DATA", REPO.parent / "shared" /
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` beside the repo; tests that need it skip when it is absent."""
+    """``../shared/data`` beside the repo (or ``$EXFACE_SHARED_DATA``, e.g. from a git worktree);
+    tests that need it skip when it is absent."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real face data not found at {SHARED_DATA} (see DEVELOPERS.md: ../shared/data)")
     return SHARED_DATA

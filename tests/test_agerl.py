@@ -205,17 +205,22 @@ def test_age_report_files_and_merge(tmp_path):
     env = make_env(max_steps=2)
     kw = dict(targets=[-15.0, 15.0], num_starts=4, evaluator=TinyEmbedder(seed=5), age_evaluator=TinyAgePredictor(seed=2),
               grid_starts=2)
-    age_report(env, [GradientWalkEditor(0.5)], output_dir=str(tmp_path / "walk"), **kw)
-    report = age_report(env, [Stay()], output_dir=str(tmp_path / "rep"), merge=[str(tmp_path / "walk" / "report.json")], **kw)
+    # one editor's targets in two separate runs, then a third run merges both
+    age_report(env, [GradientWalkEditor(0.5)], output_dir=str(tmp_path / "walk"), **{**kw, "targets": [-15.0]})
+    age_report(env, [GradientWalkEditor(0.5)], output_dir=str(tmp_path / "walk2"), **{**kw, "targets": [15.0]})
+    parts = [str(tmp_path / "walk" / "report.json"), str(tmp_path / "walk2" / "report.json")]
+    report = age_report(env, [Stay()], output_dir=str(tmp_path / "rep"), merge=parts, **kw)
     files = {p.name for p in (tmp_path / "rep").iterdir()}
     assert {"report.md", "report.json", "curves.png", "grid_GradientWalkEditor_+15.png", "grid_Stay_-15.png"} <= files
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert set(data["results"]) == {"GradientWalkEditor", "Stay"}
+    assert set(data["results"]) == {"GradientWalkEditor", "Stay"} and data["settings"]["targets"] == [-15.0, 15.0]
+    assert set(data["results"]["GradientWalkEditor"]) == {"-15", "+15"}
     r = data["results"]["Stay"]["+15"]
     assert r["success_rate"] == 0.0 and r["mean_age_change"] == 0.0 and r["mean_similarity_evaluator"] == pytest.approx(1.0)
     assert r["mean_age_change_evaluator"] == pytest.approx(0.0, abs=1e-5) and data["age_evaluator"] == "TinyAgePredictor"
     assert data["evaluator"] == "TinyEmbedder" and report["mean_success"]["Stay"] == 0.0
     assert "| Stay | +15 |" in (tmp_path / "rep" / "report.md").read_text()
     with pytest.raises(ValueError, match="num_starts"):
-        age_report(env, [Stay()], output_dir=str(tmp_path / "bad"), merge=[str(tmp_path / "walk" / "report.json")],
-                   **{**kw, "num_starts": 3})
+        age_report(env, [Stay()], output_dir=str(tmp_path / "bad"), merge=parts, **{**kw, "num_starts": 3})
+    with pytest.raises(ValueError, match="lack targets"):
+        age_report(env, [Stay()], output_dir=str(tmp_path / "bad"), merge=parts[:1], **kw)

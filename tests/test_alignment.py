@@ -7,6 +7,7 @@ the same 5 points; the landmark sources against dlib's own 5-point predictor.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from exface.alignment.geometry import apply_affine, invert_affine, similarity_ls
 from exface.alignment.keypoints import to_keypoints
 from exface.alignment.templates import ArcFaceTemplate, DlibChipTemplate, make_template
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("EXFACE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LFW = DATA / "lfw-fold1" / "lfw-deepfunneled"
 
 

@@ -227,3 +227,94 @@ def test_report_with_independent_judges(tmp_path):
     result = m.report(tmp_path, pairs=2)
     assert {j["name"]: j["independent"] for j in result["identity_judges"]} == {"TinyEmbedder-loss": False, "TinyEmbedder": True}
     assert "mapper/TinyEmbedder+TinyLandmarks/balanced" in result["summary"]
+
+
+# ----------------------------------------------------------------------------- resume, CLI
+class _Crash(Exception):
+    pass
+
+
+def test_training_resumes_after_a_crash_with_new_batches(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    seen: list[int] = []
+
+    class Record(Callback):
+        def __init__(self, crash_at: int | None):
+            self.crash_at = crash_at
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch["index"] == self.crash_at:
+                raise _Crash()
+            seen.append(int(batch["index"]))
+
+    def trainer(crash_at):
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
+        return pl.Trainer(max_epochs=1, limit_train_batches=5, accelerator="cpu", logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                          callbacks=[ckpt, Record(crash_at)], default_root_dir=tmp_path)
+
+    with pytest.raises(_Crash):
+        trainer(3).fit(_tiny_module(), GeneratorPairDataModule(batch_size=2, val_pairs=0))
+    assert seen == [0, 1, 2]
+    seen.clear()
+    dm = GeneratorPairDataModule(batch_size=2, val_pairs=0)
+    trainer(None).fit(_tiny_module(), dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert seen == [3, 4] and dm.consumed == 5
+    ck = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not any(k.split(".")[0] in FROZEN for k in ck["state_dict"])
+
+
+def _tiny_recipe(tmp_path):
+    """A disentangle recipe on tiny parts (exface.testing.tiny), run through `exface fit`."""
+    import yaml
+
+    cfg = {
+        "seed_everything": 0,
+        "model": {"class_path": "DisentangleModule", "init_args": {
+            "generator": {"class_path": "TinyGenerator", "init_args": {"z_dim": 8, "resolution": 16}},
+            "identity_embedder": {"class_path": "TinyEmbedder"},
+            "identity_aligner": {"class_path": "ResizeAligner", "init_args": {"output_size": [16, 16]}},
+            "attribute_encoder": {"class_path": "TimmAttributeEncoder", "init_args": {"model_name": "test_resnet", "input_size": 16}},
+            "landmarks": {"class_path": "TinyLandmarks"},
+            "space": "w", "mapper_hidden": [16], "discriminator_hidden": [8], "ms_ssim_betas": [1.0], "ms_ssim_kernel": 3,
+            "report_dir": str(tmp_path / "report"), "report_pairs": 4, "grid_size": 2, "eval_batch_size": 4}},
+        "data": {"class_path": "GeneratorPairDataModule", "init_args": {"batch_size": 2, "val_pairs": 2, "val_batch_size": 2}},
+        "trainer": {"max_epochs": 1, "limit_train_batches": 3, "accelerator": "cpu", "logger": False,
+                    "enable_progress_bar": False, "num_sanity_val_steps": 0, "default_root_dir": str(tmp_path),
+                    "callbacks": [{"class_path": "ModelCheckpoint", "init_args": {
+                        "dirpath": str(tmp_path / "ckpt"), "save_last": True, "save_top_k": 0, "every_n_train_steps": 1}}]},
+    }
+    path = tmp_path / "tiny_disentangle.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_fit_report_swap_and_report_command_from_a_cli_checkpoint(tmp_path, capsys):
+    from PIL import Image
+
+    import exface.testing.tiny  # noqa: F401  registers the tiny parts
+    from exface.cli import main
+
+    main(["fit", "--config", str(_tiny_recipe(tmp_path))])
+    assert (tmp_path / "report" / "report.md").is_file()  # written at the end of fit
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    main(["swap", "--checkpoint", str(ckpt), "--output", str(tmp_path / "grid.png"),
+          "--id_seeds", "[1, 2]", "--attr_seeds", "[3, 4, 5]"])
+    assert Image.open(tmp_path / "grid.png").size == (512, 384)  # (3+1) x (2+1) cells of 16 px, x8
+    src = tmp_path / "face.png"
+    Image.fromarray((torch.rand(20, 20, 3) * 255).byte().numpy()).save(src)
+    main(["swap", "--checkpoint", str(ckpt), "--output", str(tmp_path / "grid2.png"),
+          "--id_images", f"[{src}]", "--attr_seeds", "[3]"])
+    assert (tmp_path / "grid2.png").is_file()
+    main(["disentangle-report", "--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "rep"), "--pairs", "3"])
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["pairs"] == 3 and rep["settings"]["batches_trained"] == 3
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["swap", "--checkpoint", str(ckpt), "--attr_seeds", "[3]"])
+    assert exit_.value.code == 1 and "either --id_seeds or --id_images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["swap", "--checkpoint", str(tmp_path / "missing.ckpt"), "--id_seeds", "[1]", "--attr_seeds", "[3]"])
+    assert "no checkpoint at" in capsys.readouterr().err

@@ -56,3 +56,52 @@ def test_exface_error_format():
     import pickle
 
     assert str(pickle.loads(pickle.dumps(e))) == str(e)
+
+
+# ---- point 9: the restricted unpickler hands out nothing a file can modify
+
+
+@pytest.mark.parametrize("target, state", [
+    ("torch\nFloatStorage", b"}X\x05\x00\x00\x00dtypectorch\nint32\ns"),  # the FloatStorage -> int32 file
+    ("torch._utils\n_rebuild_tensor_v2", b"(N}X\x0c\x00\x00\x00__defaults__(I1\ntst"),
+    ("torch\nTensor", b"(N}X\x03\x00\x00\x00fooI1\nst"),
+])
+def test_build_on_allowed_globals_is_refused(target, state):
+    import torch
+
+    from exface.models.nvidia_pickle import _SAFE_GLOBALS, UnsafePickleError, safe_load
+
+    data = b"c" + target.encode() + b"\n" + state + b"b."
+    with pytest.raises(UnsafePickleError, match="refusing to load"):
+        safe_load(data)
+    assert _SAFE_GLOBALS[("torch", "FloatStorage")].dtype == torch.float32
+
+
+def test_legit_stylegan_load_after_hostile_attempt(tmp_path):
+    import torch
+
+    from exface.generators.stylegan import StyleGAN2
+    from exface.models.nvidia_pickle import UnsafePickleError, safe_load
+    from exface.testing import make_stylegan2_pickle
+
+    pkl = make_stylegan2_pickle(tmp_path / "g.pkl", resolution=16, z_dim=8, w_dim=8)
+    before = StyleGAN2(str(pkl)).w_avg.clone()
+    with pytest.raises(UnsafePickleError):
+        safe_load(b"ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypectorch\nint32\nsb.")
+    assert torch.equal(StyleGAN2(str(pkl)).w_avg, before) and before.abs().max() < 100
+
+
+def test_pth_referencing_exec_is_reported_as_malicious(tmp_path):
+    import torch
+
+    from exface.models.checkpoint_io import load_torch_file
+    from exface.models.nvidia_pickle import UnsafePickleError
+
+    class _Exec:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('ran')",))
+
+    path = tmp_path / "backbone.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _Exec()}, path)
+    with pytest.raises(UnsafePickleError, match="builtins.exec.*malicious"):
+        load_torch_file(path)

@@ -145,7 +145,7 @@ def test_boundary_editor_steps_toward_the_target():
 
 def test_select_direction_and_applicability_errors():
     b = _boundaries()
-    with pytest.raises(ValueError, match="no boundary for 'age'.*interfacegan-fit"):
+    with pytest.raises(ValueError, match="(?s)no boundary for 'age'.*interfacegan-fit"):
         select_direction(b, "age")
     with pytest.raises(ValueError, match="DCGANDigiFace"):
         check_applicable(_boundaries(gen="DCGANDigiFace"), TinyGenerator(z_dim=6))
@@ -183,7 +183,7 @@ def tiny_bank(tmp_path):
 def test_bank_scores_resume_and_add_a_predictor(tiny_bank):
     bank, g, al = tiny_bank
     scores = BankScores(bank)
-    with pytest.raises(ValueError, match="no scores for \\['brightness'\\].*FaceApiAgeGender"):
+    with pytest.raises(ValueError, match="(?s)no scores for \\['brightness'\\].*FaceApiAgeGender"):
         scores.load(["brightness"])
     assert scores.score(g, al, [TinyAttributes()], accelerator="cpu", max_chunks=2) == {"TinyAttributes": 2}
     with pytest.raises(ValueError, match="partly scored"):
@@ -291,3 +291,13 @@ def test_w_plus_boundaries_flat_and_per_layer(tmp_path):
     assert moved[:, 2].min() > 0 and moved[:, [0, 1, 3]].max() == 0
     with pytest.raises(ValueError, match="per_layer"):
         fit_attribute_boundaries(bank, g, learner, ["brightness"], "w", per_layer=True)
+
+
+def test_a_second_predictor_of_the_same_names_is_kept_qualified():
+    from exface.interfacegan.scores import score_images
+
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    out = score_images(x, ResizeAligner((16, 16)), [TinyAttributes(), _SecondTinyPredictor(), TinyAttributes()])
+    assert set(out) == {"brightness", "redness", "contrast", "brightness2", "TinyAttributes.brightness",
+                        "TinyAttributes.redness", "TinyAttributes.contrast"}
+    assert torch.equal(out["brightness"], out["TinyAttributes.brightness"])

@@ -29,7 +29,7 @@ class _HalfFaceLandmarks(LandmarkSource):
 
     scheme = "insightface5"
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
         n, _, h, _ = images.shape
         pts = (TEMPLATE.points.float() * h / 112).expand(n, 5, 2).clone()
         bad = images[:, 0].mean((1, 2)) < images[:, 0].mean()

@@ -243,12 +243,13 @@ def test_benchmark_command_on_a_one_class_bin(shared_data, tmp_path, capsys):
     assert r["dataset"] == "small_lfw" and r["num_pairs"] == 10 and r["num_same"] == 10
     assert r["accuracy"] == 1.0 and r["auc"] is None and r["eer"] is None
     assert r["tar_at_far"] == {"1e-03": None, "1e-02": None}
-    assert r["aligner"].startswith("ResizeAligner(output_size=(150, 150)")
+    assert r["aligner"].startswith("TemplateMapAligner(output_size=(150, 150), mapping='arcface->dlib'")
+    assert r["flip"] and r["flip_is_paper_default"]  # the .bin sets' papers flip
     assert any("all 10 pairs are matched" in n for n in r["notes"])
     # Matched LFW pairs of a working embedder are far more alike than chance.
     assert r["score_mean_same"] > 0.5
     report = (out / "report.md").read_text()
-    assert "| small_lfw | 10 | 100.00 ± 0.00 |" in report and "undefined" in report
+    assert "| small_lfw | 10 | yes | 100.00 ± 0.00 |" in report and "undefined" in report
     assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
 
 

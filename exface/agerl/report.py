@@ -58,8 +58,9 @@ class _Evaluators:
     """The independent judges: an identity embedder and an age predictor, each behind its own crop."""
 
     def __init__(self, env: AgeEditEnv, embedder: IdentityEmbedder | None, embedder_aligner: Aligner | None,
-                 age: AttributePredictor | None, age_aligner: Aligner | None, attribute: str) -> None:
+                 age: AttributePredictor | None, age_aligner: Aligner | None, attribute: str, batch_size: int) -> None:
         self.env, self.embedder, self.age, self.attribute = env, embedder, age, attribute
+        self.batch_size = int(batch_size)
         self.embedder_aligner = embedder_aligner or env.aligner
         self.age_aligner = age_aligner or env.aligner
 
@@ -68,8 +69,8 @@ class _Evaluators:
         """``{"embedding": [N, D], "age": [N]}`` for what is configured."""
         env, out = self.env, {}
         embs, ages = [], []
-        for i in range(0, latents.shape[0], env.batch_size):
-            images = env.generator.synthesize(latents[i : i + env.batch_size].to(env.device), space=env.space)
+        for i in range(0, latents.shape[0], self.batch_size):
+            images = env.generator.synthesize(latents[i : i + self.batch_size].to(env.device), space=env.space)
             if self.embedder is not None:
                 x = _fit_size(self.embedder_aligner(images), self.embedder.input_size)
                 embs.append(self.embedder(x.to(self.embedder.device)).float().cpu())
@@ -219,8 +220,7 @@ def _load_mergeable(path: Path, env: AgeEditEnv, targets: list[float], num_start
         raise FileNotFoundError(f"--merge {path}: no such report.json")
     old = json.loads(path.read_text())
     s = old.get("settings", {})
-    want = {"num_starts": int(num_starts), "start_seed": int(start_seed), "targets": list(map(float, targets)),
-            "identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
+    want = {"num_starts": int(num_starts), "start_seed": int(start_seed), "identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
             "tolerance": env.tolerance, "space": env.space, "reward_embedder": type(env.embedder).__name__}
     diff = [f"{k}: {s.get(k)!r} there, {v!r} here" for k, v in want.items() if s.get(k) != v]
     if diff:
@@ -255,6 +255,7 @@ def age_report(
     age_evaluator_aligner: Aligner | None = None,
     grid_starts: int = 6,
     merge: list[str] = [],  # noqa: B006
+    evaluator_batch_size: int = 16,
 ) -> dict:
     """Compare age editors (RL policy, InterFaceGAN walk, gradient walk) under one identity bound and step budget.
 
@@ -274,6 +275,8 @@ def age_report(
         merge: report.json files of earlier runs (same environment, starts and targets, other
             editors) whose results join this report's table; their grids are copied. Lets
             editors run in separate processes, or an editor be added without rerunning the others.
+        evaluator_batch_size: faces per forward pass of the evaluators (TF.js graph models keep
+            every intermediate tensor of a batch, so keep it small).
     """
     merged = [_load_mergeable(Path(p), env, targets, num_starts, start_seed) for p in merge]
     if not editors and not merged:
@@ -289,7 +292,8 @@ def age_report(
     out.mkdir(parents=True, exist_ok=True)
     env.eval()
     starts = env.sample_latents(int(num_starts), seed=int(start_seed))
-    judges = _Evaluators(env, evaluator, evaluator_aligner, age_evaluator, age_evaluator_aligner, env.attribute)
+    judges = _Evaluators(env, evaluator, evaluator_aligner, age_evaluator, age_evaluator_aligner, env.attribute,
+                         evaluator_batch_size)
     start_judged = judges(starts) if (evaluator is not None or age_evaluator is not None) else {}
     results: dict[str, dict[str, dict]] = {}
     for name, ed in zip(names, editors):
@@ -307,21 +311,29 @@ def age_report(
     descriptions = {n: _describe(e) for n, e in zip(names, editors)}
     for path, old in merged:
         for n, rs in old["results"].items():
-            if n in results:
-                raise ValueError(f"editor {n!r} is in both this run and {path}; leave it out of one of them")
-            results[n] = rs
-            descriptions[n] = old["editors"][n]
+            both = sorted(set(results.get(n, {})) & set(rs))
+            if both:
+                raise ValueError(f"editor {n!r} at targets {both} is in two of the merged runs ({path}); keep one")
+            results.setdefault(n, {}).update(rs)
+            descriptions.setdefault(n, old["editors"][n])
             for t in rs:
                 grid = path.parent / f"grid_{n}_{t}.png"
                 if grid.is_file() and grid.parent.resolve() != out.resolve():
                     shutil.copyfile(grid, out / grid.name)
+    all_targets = sorted({t for rs in results.values() for t in rs}, key=float)
+    for n in results:
+        results[n] = {t: results[n][t] for t in all_targets if t in results[n]}
+    incomplete = {n: [t for t in all_targets if t not in rs] for n, rs in results.items()}
+    incomplete = {n: ts for n, ts in incomplete.items() if ts}
+    if incomplete:
+        raise ValueError(f"editors lack targets (run or merge them): {incomplete}")
     mean_success = {n: sum(r["success_rate"] for r in rs.values()) / len(rs) for n, rs in results.items()}
     policy = next((n for n, d in descriptions.items() if d["class"] == "AgePolicyEditor"), None)
     report = {
         "verdict": _verdict(mean_success, policy),
         "mean_success": mean_success,
         "results": results,
-        "settings": {"num_starts": int(num_starts), "start_seed": int(start_seed), "targets": list(map(float, targets)),
+        "settings": {"num_starts": int(num_starts), "start_seed": int(start_seed), "targets": [float(t) for t in all_targets],
                      "identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
                      "tolerance": env.tolerance, "space": env.space, "grid_starts": int(grid_starts),
                      "reward_embedder": type(env.embedder).__name__,

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from exface.alignment.base import Aligner
-from exface.alignment.geometry import warp_affine
+from exface.alignment.faces import FaceTally, detect_faces
+from exface.alignment.geometry import float_dtype, warp_affine
 from exface.alignment.keypoints import to_keypoints
 from exface.alignment.landmarks import FACE_BOXES, LandmarkSource
 from exface.alignment.templates import ArcFaceTemplate, DlibChipTemplate, FaceTemplate, make_template
@@ -89,6 +90,8 @@ class LandmarkAligner(Aligner):
         select_faces([], (1, 1), choose, self.expected_box)  # validate early
         #: After each call with a detector: ``[N]`` bool, whether a face was found per image.
         self.last_found: Tensor | None = None
+        #: With a detector: how many faces it found in each image so far (reports count them).
+        self.tally = FaceTally() if self.detector is not None else None
         self.template = make_template(template) if isinstance(template, str) else template
         self.source = _make_source(source, source_args)
         # Fail at construction, not at the first batch, when source and template do not fit.
@@ -102,7 +105,9 @@ class LandmarkAligner(Aligner):
         """The template's 5 keypoints ``[N, 5, 2]`` in image pixels."""
         boxes = None
         if self.detector is not None:
-            picked, found = select_faces(self.detector(images), tuple(images.shape[-2:]), self.choose, self.expected_box)
+            detections = detect_faces(self.detector, images)  # on a copy of at most 1024 px
+            self.tally.add([len(d) for d in detections])
+            picked, found = select_faces(detections, tuple(images.shape[-2:]), self.choose, self.expected_box)
             boxes = self.source.default_boxes(images)
             found = found.to(boxes.device)
             boxes[found] = picked.to(boxes)[found]
@@ -117,7 +122,7 @@ class LandmarkAligner(Aligner):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected RGB images [N, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
         kp = self.keypoints(images) if keypoints is None else keypoints
-        a = self.template.crop_to_image(kp.to(images.dtype))
+        a = self.template.crop_to_image(kp.to(float_dtype(images)))
         return warp_affine(images, a, self.output_size, self.antialias), a
 
     def forward(self, images: Tensor) -> Tensor:

@@ -13,8 +13,11 @@ Built in:
   whole image) and then ``refine`` more times on the face box re-derived from its own
   landmarks (:func:`box_from_landmarks`, calibrated against face-api's SSD detector).
 - :class:`DlibLandmarks` (``dlib5`` or ``ibug68``): dlib's shape predictors from the
-  ``face-recognition-models`` package, on dlib's HOG face detection (falling back to the box).
-  CPU, not differentiable.
+  ``face-recognition-models`` package, on dlib's HOG face detection (the face nearest the
+  box; the box itself where none is found). CPU, not differentiable.
+
+Sources that detect faces (DlibLandmarks, or FaceApiLandmarks given a ``detector``) keep a
+:class:`~exface.alignment.faces.FaceTally` of the faces found per image.
 - :class:`MTCNNLandmarks` (``insightface5``): facenet-pytorch's MTCNN, an optional dependency.
 
 Given face boxes (``forward(images, boxes)``, e.g. from a registered face detector through
@@ -33,7 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from exface.alignment.geometry import warp_affine
+from exface.alignment.faces import FaceTally, pick_faces
+from exface.detectors.base import Detections
+from exface.alignment.geometry import float_dtype, warp_affine
 from exface.models.faceapi_landmarks import FaceLandmark68Net
 from exface.models.faceapi_ops import FACEAPI_INPUT_SIZE, faceapi_input
 from exface.registry import Registrable
@@ -74,7 +79,10 @@ def resolve_box(box: Box | str | None, n: int, height: int, width: int, device=N
         box = FACE_BOXES["full"]
     if isinstance(box, str):
         if box not in FACE_BOXES:
-            raise ValueError(f"unknown face box {box!r}; named boxes are {', '.join(FACE_BOXES)}")
+            raise ValueError(
+                f"unknown face box {box!r}; give a named box ({', '.join(FACE_BOXES)}) or four "
+                f"relative numbers [x0, y0, x1, y1]"
+            )
         box = FACE_BOXES[box]
     if len(box) != 4 or not (0 <= box[0] < box[2] <= 1.5 and 0 <= box[1] < box[3] <= 1.5):
         raise ValueError(
@@ -121,6 +129,9 @@ class LandmarkSource(Registrable, nn.Module, ABC):
     #: The landmark scheme of the output (see :mod:`exface.alignment.keypoints`).
     scheme: ClassVar[str] = ""
 
+    #: Faces found per image by sources that detect faces (``None`` for those that do not).
+    tally: FaceTally | None = None
+
     @abstractmethod
     def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
         """Landmark pixel coordinates ``[N, K, 2]``.
@@ -132,7 +143,7 @@ class LandmarkSource(Registrable, nn.Module, ABC):
     def default_boxes(self, images: Tensor) -> Tensor:
         """``[N, 4]`` pixel boxes the source starts from without a detector (its ``box``)."""
         n, _, h, w = images.shape
-        return resolve_box(getattr(self, "box", None), n, h, w, images.device).to(images.dtype)
+        return resolve_box(getattr(self, "box", None), n, h, w, images.device).to(float_dtype(images))
 
 
 class FaceApiLandmarks(LandmarkSource):
@@ -183,7 +194,7 @@ class FaceApiLandmarks(LandmarkSource):
         n = images.shape[0]
         size = FACEAPI_INPUT_SIZE
         step = (boxes[:, 2:] - boxes[:, :2]) / size  # [N, 2] image pixels per net pixel
-        a = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+        a = torch.zeros(n, 2, 3, device=images.device, dtype=float_dtype(images))
         a[:, 0, 0], a[:, 1, 1] = step[:, 0], step[:, 1]
         a[:, :, 2] = boxes[:, :2]
         crops = warp_affine(images, a, (size, size))
@@ -191,7 +202,7 @@ class FaceApiLandmarks(LandmarkSource):
         return raw * step.unsqueeze(1) + boxes[:, :2].unsqueeze(1)
 
     def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
-        boxes = self.default_boxes(images) if boxes is None else boxes.to(images.device, images.dtype)
+        boxes = self.default_boxes(images) if boxes is None else boxes.to(images.device, float_dtype(images))
         pts = self.landmarks_in_boxes(images, boxes)
         for _ in range(self.refine):
             pts = self.landmarks_in_boxes(images, box_from_landmarks(pts.detach()))
@@ -214,7 +225,7 @@ def face_recognition_models_path(name: str) -> Path:
 
 
 def _to_uint8_hwc(images: Tensor) -> np.ndarray:
-    x = to_uint8(images)
+    x = images if images.dtype == torch.uint8 else to_uint8(images)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).cpu().numpy())
 
 
@@ -223,8 +234,11 @@ class DlibLandmarks(LandmarkSource):
 
     Args:
         points: 5 (``dlib5`` scheme, what dlib's face-chip alignment uses) or 68 (``ibug68``).
-        detect: find the face with dlib's HOG detector (largest face; upsampled ``upsample``
-            times); when it finds none, or with ``detect=False``, the predictor runs on ``box``.
+        detect: find the face with dlib's HOG detector (upsampled ``upsample`` times); of
+            several faces the one nearest ``box`` (or the image centre when ``box`` is None),
+            not the largest (which on LFW is often a bystander). When it finds none, or with
+            ``detect=False``, the predictor runs on ``box``. Faces found per image are kept in
+            :attr:`tally`. Boxes given to :meth:`forward` (an aligner's detector) replace HOG.
         box: relative ``(x0, y0, x1, y1)`` face box or a name in :data:`FACE_BOXES`
             (default: the whole image).
     """
@@ -251,6 +265,7 @@ class DlibLandmarks(LandmarkSource):
         self.box = box if box is None or isinstance(box, str) else tuple(box)
         self.upsample = int(upsample)
         resolve_box(self.box, 1, 1, 1)
+        self.tally = FaceTally() if detect else None
 
     @property
     def scheme(self) -> str:  # type: ignore[override]
@@ -258,22 +273,25 @@ class DlibLandmarks(LandmarkSource):
 
     def forward(self, images: Tensor, boxes: Tensor | None = None) -> Tensor:
         dlib = self._dlib
-        n = images.shape[0]
-        given = boxes is not None
-        boxes = (self.default_boxes(images) if boxes is None else boxes).tolist()
+        n, _, h, w = images.shape
+        arrays = _to_uint8_hwc(images)
+        if boxes is None:
+            boxes = self.default_boxes(images).cpu()
+            if self._detector is not None:
+                found = []
+                for img in arrays:
+                    dets = self._detector(img, self.upsample)
+                    b = torch.tensor([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in dets], dtype=torch.float32)
+                    found.append(Detections(b.view(-1, 4), torch.ones(len(b))))
+                expected = resolve_box(self.box, 1, 1, 1)[0].tolist() if self.box is not None else None
+                boxes = pick_faces(found, boxes, expected, (h, w), self.tally)
         out = np.zeros((n, self.points, 2), dtype=np.float32)
-        for i, img in enumerate(_to_uint8_hwc(images)):
-            rect = None
-            if self._detector is not None and not given:
-                dets = self._detector(img, self.upsample)
-                if len(dets):
-                    rect = max(dets, key=lambda r: r.area())
-            if rect is None:
-                x0, y0, x1, y1 = boxes[i]
-                rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+        for i, img in enumerate(arrays):
+            x0, y0, x1, y1 = boxes[i].tolist()
+            rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
             shape = self._predictor(img, rect)
             out[i] = [(p.x, p.y) for p in shape.parts()]
-        return torch.from_numpy(out).to(device=images.device, dtype=images.dtype)
+        return torch.from_numpy(out).to(device=images.device, dtype=float_dtype(images))
 
 
 class MTCNNLandmarks(LandmarkSource):
@@ -323,4 +341,4 @@ class MTCNNLandmarks(LandmarkSource):
             x0, y0, x1, y1 = resolve_box(self.fallback_box, 1, h, w)[0].tolist()
             tmpl = (np.asarray(ARCFACE_96x112, dtype=np.float32) + [8.0, 0.0]) / 112.0
             out[missing] = tmpl * [x1 - x0, y1 - y0] + [x0, y0]
-        return torch.from_numpy(out).to(device=images.device, dtype=images.dtype)
+        return torch.from_numpy(out).to(device=images.device, dtype=float_dtype(images))

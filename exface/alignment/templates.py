@@ -26,7 +26,7 @@ from torch import Tensor
 
 from exface.alignment.geometry import invert_affine, similarity_lstsq
 
-__all__ = ["FaceTemplate", "ArcFaceTemplate", "DlibChipTemplate", "TEMPLATES", "make_template"]
+__all__ = ["FaceTemplate", "ArcFaceTemplate", "DlibChipTemplate", "TEMPLATES", "TEMPLATE_MAPS", "make_template"]
 
 #: SphereFace/CASIA 96x112 5-point template (x, y): eye centres, nose tip, mouth corners.
 ARCFACE_96x112 = (
@@ -131,3 +131,16 @@ def make_template(name: str) -> FaceTemplate:
         return TEMPLATES[name]()
     except KeyError:
         raise ValueError(f"unknown template {name!r}; presets are {', '.join(TEMPLATES)}") from None
+
+
+#: Fixed similarities between template crops, as ``[2, 3]`` matrices taking a pixel of the
+#: *target* template's crop to a pixel of the *source* template's crop, keyed
+#: ``(source, target)``. The templates are defined on different points (ArcFace: eye centres,
+#: nose tip, mouth corners; dlib: eye corners, nose base), so the map between them depends on
+#: face shape; this is its mean over the 807 faces of LFW fold 1, each aligned both ways from
+#: the same face-api 68 landmarks (``benchmarks/bin_templates.py`` re-measures it).
+TEMPLATE_MAPS: dict[tuple[str, str], tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    # The 150-px chip covers ArcFace-crop pixels x 7.1..106.5, y 21.0..120.4: its bottom
+    # 12.7 chip rows lie below the 112-px crop. Per-face spread: 2.5 px in translation.
+    ("arcface", "dlib"): ((0.66281, -0.00156, 7.13944), (0.00156, 0.66281, 21.0145)),
+}

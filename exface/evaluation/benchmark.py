@@ -1,10 +1,18 @@
 """``exface benchmark``: face-verification accuracy of an identity embedder on pair sets.
 
 Each dataset (an insightface ``.bin`` such as ``lfw.bin``/``cfp_fp.bin``/``agedb_30.bin``, or
-an LFW ``pairs.txt`` with its image folder beside it) is embedded once per image, pairs are
-scored by cosine similarity, and :func:`~exface.evaluation.verification.evaluate_verification`
-runs the k-fold protocol plus AUC, EER and TAR@FAR. Results go to ``results.json`` and a
-``report.md`` (both written atomically) and a table on stdout.
+an LFW ``pairs.txt`` with its image folder) is embedded once per image, pairs are scored by
+cosine similarity, and :func:`~exface.evaluation.verification.evaluate_verification` runs the
+k-fold protocol plus AUC, EER and TAR@FAR. Results go to ``results.json`` and a ``report.md``
+(both written atomically), ROC curves to ``roc_<set>.png``, and a table to stdout; when the
+standard sets (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW) are among them, also the one-row table
+the papers print, with their average.
+
+Photos (LFW ``pairs.txt`` sets) are aligned from a starting face box (``box``), or from the
+face a detector finds nearest that box when a ``detector`` is configured; the report counts
+(and names) images where no face or several faces were found. With ``save_embeddings`` the
+embeddings of every image, plain and mirrored, are kept beside ``results.json`` and reused
+by later runs with other protocol options (flip or not, folds, FARs).
 
 The library form is :func:`benchmark_set` (one :class:`VerificationSet`) and
 :func:`run_benchmark` (files in, result dicts out); the subcommand wraps the latter.
@@ -12,14 +20,17 @@ The library form is :func:`benchmark_set` (one :class:`VerificationSet`) and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,48 +44,162 @@ from exface.evaluation.verification import (
     contiguous_folds,
     cosine_scores,
     evaluate_verification,
+    roc_curve,
     stratified_folds,
 )
 
-__all__ = ["default_aligner", "embed_images", "benchmark_set", "run_benchmark", "format_table", "benchmark_command"]
+__all__ = [
+    "default_aligner",
+    "paper_flip",
+    "embed_images",
+    "SetEmbeddings",
+    "benchmark_set",
+    "score_set",
+    "run_benchmark",
+    "format_table",
+    "papers_table",
+    "benchmark_command",
+    "STANDARD_SETS",
+]
 
-#: The FARs the report shows (evaluate_verification's keys).
+#: The FARs the report shows by default (evaluate_verification's keys).
 REPORT_FARS = (1e-3, 1e-2)
 
+#: File stems of insightface's five standard verification sets -> the names papers print.
+STANDARD_SETS = {"lfw": "LFW", "cfp_fp": "CFP-FP", "agedb_30": "AgeDB-30", "calfw": "CALFW", "cplfw": "CPLFW"}
 
-def default_aligner(vs: VerificationSet, embedder: IdentityEmbedder) -> Aligner:
+#: Starting face box of LFW photos: face-api's SSD detector's median box on deep-funneled
+#: images. The same box serves LFW's original images: the face boxes face-api's landmarks
+#: give (:func:`~exface.alignment.landmarks.box_from_landmarks`, squared) have the medians
+#: (0.26, 0.27, 0.73, 0.75) on fold 1's 150-px originals and (0.26, 0.28, 0.73, 0.75) on
+#: its deep-funneled images (``benchmarks/lfw_photos.py`` prints them).
+DEFAULT_PHOTO_BOX = "lfw_deepfunneled"
+
+Box = tuple[float, float, float, float]
+
+
+def paper_flip(vs: VerificationSet) -> bool:
+    """Whether the published protocol of ``vs`` uses flip test-time augmentation.
+
+    The insightface ``.bin`` sets are scored as the ArcFace/CosFace/AdaFace papers do
+    (insightface's ``verification.py``: each image's embedding plus its mirror image's);
+    LFW's own ``pairs.txt`` protocol, as dlib and face-api report it (99.38%), embeds each
+    image once.
+    """
+    return bool(vs.aligned)
+
+
+def default_aligner(
+    vs: VerificationSet,
+    embedder: IdentityEmbedder,
+    box: Box | str | None = None,
+    detector: Any = None,
+) -> Aligner:
     """The aligner the benchmark uses when none is given.
 
-    Aligned sets (insightface ``.bin``: ArcFace-aligned 112x112 crops) are only resized to
-    the embedder's input. Photos (LFW) get landmark alignment from face-api's 68-point net,
-    started on LFW's usual face box: dlib face chips for 150x150 embedders (dlib/face-api's
-    ResNet), the ArcFace template otherwise.
+    Aligned sets (insightface ``.bin``: 112x112 ArcFace-template crops) go to 112x112
+    embedders as they are, and to 150x150 dlib-chip embedders through the fixed similarity
+    between the two templates (:class:`~exface.alignment.crops.TemplateMapAligner`; the
+    chip's bottom edge lies below the ArcFace crop and stays black); other sizes are
+    resized. Photos (LFW) get landmark alignment from face-api's 68-point net, started on
+    ``box`` (default :data:`DEFAULT_PHOTO_BOX`) or on the ``detector``'s face nearest it:
+    dlib face chips for 150x150 embedders (dlib/face-api's ResNet), the ArcFace template
+    otherwise.
     """
-    from exface.alignment import ArcFaceAligner, DlibChipAligner, ResizeAligner
+    from exface.alignment import ArcFaceAligner, DlibChipAligner, ResizeAligner, TemplateMapAligner
 
     size = tuple(int(s) for s in embedder.input_size)
     if vs.aligned:
+        if size == (150, 150):
+            return TemplateMapAligner("arcface", "dlib")
         return ResizeAligner(size)
-    box = {"box": "lfw_deepfunneled"}
+    from exface.alignment.landmarks import resolve_box
+
+    box = DEFAULT_PHOTO_BOX if box is None else box
+    faces: dict[str, Any] = {}
+    if detector is not None:
+        faces = {"detector": detector, "choose": "nearest_box", "expected_box": tuple(resolve_box(box, 1, 1, 1)[0].tolist())}
     if size == (150, 150):
-        return DlibChipAligner(size=150, source_args=box)
-    return ArcFaceAligner(output_size=size, source_args=box)
+        return DlibChipAligner(size=150, source_args={"box": box}, **faces)
+    return ArcFaceAligner(output_size=size, source_args={"box": box}, **faces)
 
 
 def _image_batches(vs: VerificationSet, batch_size: int) -> Iterator[tuple[int, Tensor]]:
-    """``(first index, [B, 3, H, W] in [-1, 1])`` over all images; a batch holds one image size."""
+    """``(first index, uint8 [B, 3, H, W])`` over all images; a batch holds one image size.
+
+    Images stay uint8: aligners convert only the pixels a crop needs (a 12-Mpx photo as
+    floats costs more than aligning it).
+    """
     start, buf = 0, []
     for i in range(vs.num_images):
         img = vs.image(i)
         if buf and (len(buf) == batch_size or img.shape != buf[0].shape):
-            yield start, torch.from_numpy(np.stack(buf)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            yield start, torch.from_numpy(np.stack(buf)).permute(0, 3, 1, 2)
             start, buf = i, []
         buf.append(img)
     if buf:
-        yield start, torch.from_numpy(np.stack(buf)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        yield start, torch.from_numpy(np.stack(buf)).permute(0, 3, 1, 2)
+
+
+@dataclass
+class SetEmbeddings:
+    """Unit embeddings ``[M, D]`` of every image of a set, of their mirror images (or None),
+    and the faces found per image (``None`` when the aligner does not detect faces)."""
+
+    plain: np.ndarray
+    flipped: np.ndarray | None = None
+    face_counts: list[int] | None = None
+
+    def combined(self, flip: bool) -> np.ndarray:
+        """The embeddings the protocol scores: with ``flip``, the normalized sum of each
+        image's and its mirror image's (insightface's test-time flip)."""
+        if not flip:
+            return self.plain
+        if self.flipped is None:
+            raise ValueError("these embeddings were computed without their mirror images; flip needs them")
+        e = self.plain + self.flipped
+        return (e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+
+
+def _tally_of(aligner: Aligner) -> Any:
+    """The face tally of an aligner's detector, or of its landmark source's (dlib HOG)."""
+    tally = getattr(aligner, "tally", None)
+    return tally if tally is not None else getattr(getattr(aligner, "source", None), "tally", None)
 
 
 @torch.no_grad()
+def compute_embeddings(
+    vs: VerificationSet,
+    embedder: IdentityEmbedder,
+    aligner: Aligner,
+    batch_size: int = 64,
+    with_flip: bool = False,
+    device: str | torch.device = "cpu",
+) -> SetEmbeddings:
+    """Align and embed every image of ``vs`` once (and its mirror crop with ``with_flip``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    embedder = embedder.to(device).eval()
+    aligner = aligner.to(device).eval()
+    tally = _tally_of(aligner)
+    if tally is not None:
+        tally.reset()
+    plain = np.zeros((vs.num_images, embedder.embedding_dim), dtype=np.float32)
+    flipped = np.zeros_like(plain) if with_flip else None
+    for start, x in _image_batches(vs, batch_size):
+        crops = aligner(x.to(device))
+        if tuple(crops.shape[-2:]) != tuple(embedder.input_size):
+            raise ValueError(
+                f"the aligner {type(aligner).__name__} makes {tuple(crops.shape[-2:])} crops but "
+                f"{type(embedder).__name__} takes {tuple(embedder.input_size)}; set the aligner's output size"
+            )
+        plain[start : start + len(x)] = embedder(crops).float().cpu().numpy()
+        if flipped is not None:
+            flipped[start : start + len(x)] = embedder(crops.flip(-1)).float().cpu().numpy()
+    counts = list(tally.counts) if tally is not None else None
+    return SetEmbeddings(plain, flipped, counts)
+
+
 def embed_images(
     vs: VerificationSet,
     embedder: IdentityEmbedder,
@@ -82,35 +207,13 @@ def embed_images(
     batch_size: int = 64,
     flip: bool = False,
     device: str | torch.device = "cpu",
-    no_face: list[int] | None = None,
 ) -> np.ndarray:
     """Unit-length embeddings ``[M, D]`` of every image of ``vs`` (aligned, then embedded).
 
     With ``flip`` each crop's embedding is the normalized sum of the crop's and its mirror
-    image's embeddings (insightface's test-time flip). When the aligner runs a face detector
-    (it sets ``last_found``), the indices of images without a face are appended to
-    ``no_face`` (they are embedded from the aligner's fallback box).
+    image's embeddings (insightface's test-time flip).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    embedder = embedder.to(device).eval()
-    aligner = aligner.to(device).eval()
-    out = np.zeros((vs.num_images, embedder.embedding_dim), dtype=np.float32)
-    for start, x in _image_batches(vs, batch_size):
-        crops = aligner(x.to(device))
-        found = getattr(aligner, "last_found", None)
-        if no_face is not None and found is not None:
-            no_face.extend(start + int(i) for i in torch.nonzero(~found.cpu()).flatten())
-        if tuple(crops.shape[-2:]) != tuple(embedder.input_size):
-            raise ValueError(
-                f"the aligner {type(aligner).__name__} makes {tuple(crops.shape[-2:])} crops but "
-                f"{type(embedder).__name__} takes {tuple(embedder.input_size)}; set the aligner's output size"
-            )
-        e = embedder(crops).float()
-        if flip:
-            e = torch.nn.functional.normalize(e + embedder(crops.flip(-1)).float(), dim=1)
-        out[start : start + len(x)] = e.cpu().numpy()
-    return out
+    return compute_embeddings(vs, embedder, aligner, batch_size, flip, device).combined(flip)
 
 
 def _fold_ids(vs: VerificationSet, folds: int) -> tuple[np.ndarray, str]:
@@ -125,14 +228,23 @@ def _fold_ids(vs: VerificationSet, folds: int) -> tuple[np.ndarray, str]:
 
 
 def _describe(aligner: Aligner) -> str:
-    """A one-line description of an aligner (nn.Module's repr lists every layer)."""
+    """A one-line description of an aligner (nn.Module's repr lists every layer); it keys
+    saved embeddings, so it names everything that changes the crops."""
     parts = [f"output_size={tuple(aligner.output_size)}"]
-    if hasattr(aligner, "template"):
-        parts.append(f"template={aligner.template!r}")
+    for attr in ("template", "mapping"):
+        if hasattr(aligner, attr):
+            parts.append(f"{attr}={getattr(aligner, attr)!r}")
     source = getattr(aligner, "source", None)
     if source is not None:
-        box = getattr(source, "box", None)
-        parts.append(f"source={type(source).__name__}" + (f"(box={box!r})" if box is not None else ""))
+        sargs = []
+        for attr in ("box", "refine", "points"):
+            if getattr(source, attr, None) is not None:
+                sargs.append(f"{attr}={getattr(source, attr)!r}")
+        if getattr(source, "_detector", None) is not None:
+            sargs.append("detector=dlib-HOG")
+        parts.append(f"source={type(source).__name__}({', '.join(sargs)})")
+    if getattr(aligner, "detector", None) is not None:
+        parts.append(f"detector={type(aligner.detector).__name__}(choose={aligner.choose!r}, expected_box={aligner.expected_box})")
     return f"{type(aligner).__name__}({', '.join(parts)})"
 
 
@@ -154,39 +266,54 @@ def _nan_to_none(x: Any) -> Any:
     return x
 
 
-def benchmark_set(
+def _face_summary(vs: VerificationSet, counts: list[int] | None) -> dict[str, Any] | None:
+    if counts is None:
+        return None
+    from exface.alignment.faces import FaceTally
+
+    return FaceTally(list(counts)).summary([_image_name(vs, i) for i in range(vs.num_images)])
+
+
+def score_set(
     vs: VerificationSet,
     embedder: IdentityEmbedder,
     aligner: Aligner | None = None,
     folds: int = 10,
     batch_size: int = 64,
-    flip: bool = False,
+    flip: bool | None = None,
     device: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Verification figures of ``embedder`` on one set: a JSON-ready dict (NaN -> ``None``).
-
-    Keys: ``dataset``, ``num_pairs``, ``num_same``, ``accuracy``, ``accuracy_std``,
-    ``threshold`` (cosine), ``auc``, ``eer``, ``tar_at_far``, ``fold_accuracies``,
-    ``fold_thresholds``, ``folds`` (how pairs were split), ``aligner``, ``seconds``,
-    ``notes`` (caveats, e.g. a set with a single class has no AUC).
+    fars: Sequence[float] = REPORT_FARS,
+    embeddings: SetEmbeddings | None = None,
+    keep_mirror: bool = False,
+    box: Box | str | None = None,
+    detector: Any = None,
+) -> tuple[dict[str, Any], SetEmbeddings, np.ndarray]:
+    """:func:`benchmark_set`'s result plus what it was computed from: ``(result, embeddings,
+    pair scores)``. ``result`` is a JSON-ready dict (NaN -> ``None``) with keys ``dataset``, ``num_pairs``,
+    ``num_same``, ``accuracy``, ``accuracy_std``, ``threshold`` (cosine), ``auc``, ``eer``,
+    ``tar_at_far``, ``fold_accuracies``, ``fold_thresholds``, ``folds`` (how pairs were
+    split), ``aligner``, ``flip`` (and ``flip_is_paper_default``), ``faces`` (images with no
+    face / several faces, when the aligner detects faces), ``seconds``, ``embedded`` (False
+    when ``embeddings`` were given) and ``notes`` (caveats, e.g. a one-class set has no AUC).
+    ``flip`` ``None`` means the set's published protocol (:func:`paper_flip`). Pass
+    ``embeddings`` (from an earlier run of the same embedder and aligner) to skip embedding;
+    ``keep_mirror`` embeds the mirror crops even without flip (to save them for later runs).
     """
     if folds < 2:
         raise ValueError(f"folds must be >= 2 (the threshold is chosen on the other folds), got {folds}")
     if len(vs) < 2:
         raise ValueError(f"{vs.name} has {len(vs)} pair(s); the k-fold protocol needs at least 2")
-    aligner = default_aligner(vs, embedder) if aligner is None else aligner
+    paper = paper_flip(vs)
+    flip = paper if flip is None else bool(flip)
+    aligner = default_aligner(vs, embedder, box, detector) if aligner is None else aligner
     t0 = time.perf_counter()
-    no_face: list[int] = []
-    emb = embed_images(vs, embedder, aligner, batch_size, flip, device, no_face)
+    embedded = embeddings is None
+    if embeddings is None:
+        embeddings = compute_embeddings(vs, embedder, aligner, batch_size, flip or keep_mirror, device)
+    emb = embeddings.combined(flip)
     scores = cosine_scores(emb[vs.pairs[:, 0]], emb[vs.pairs[:, 1]])
     fold_ids, how = _fold_ids(vs, folds)
     notes = []
-    no_face_names = [_image_name(vs, i) for i in no_face]
-    if no_face_names:
-        notes.append(
-            f"the detector found no face in {len(no_face_names)} image(s), embedded from the "
-            f"aligner's fallback box: {', '.join(no_face_names)}"
-        )
     if len(np.unique(fold_ids)) < folds:
         notes.append(f"only {len(vs)} pairs: used {how}")
     n_same = int(vs.issame.sum())
@@ -196,22 +323,47 @@ def benchmark_set(
             f"all {len(vs)} pairs are {kind}: accuracy is trivial (any threshold on the right side "
             f"of every score) and AUC, EER and TAR@FAR are undefined"
         )
+    faces = _face_summary(vs, embeddings.face_counts)
+    if faces is not None and faces["no_face"]:
+        notes.append(
+            f"the detector found no face in {faces['no_face']} of {faces['images']} images, embedded from "
+            f"the starting box: {', '.join(faces['no_face_images'])}"
+        )
+    if faces is not None and faces["several_faces"]:
+        notes.append(f"{faces['several_faces']} images had several faces: the one nearest the starting box was used")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="all pairs belong to one class")
-        res = evaluate_verification(scores, vs.issame, fold_ids, fars=REPORT_FARS)
+        res = evaluate_verification(scores, vs.issame, fold_ids, fars=tuple(fars))
     out = {
         "dataset": vs.name,
         **res.to_dict(),
         "folds": how,
         "aligner": _describe(aligner),
-        "flip": bool(flip),
+        "flip": flip,
+        "flip_is_paper_default": flip == paper,
+        "faces": faces,
         "score_mean_same": float(scores[vs.issame].mean()) if n_same else None,
         "score_mean_diff": float(scores[~vs.issame].mean()) if n_same < len(vs) else None,
         "seconds": round(time.perf_counter() - t0, 2),
-        "no_face": no_face_names,
+        "embedded": embedded,
         "notes": notes,
     }
-    return _nan_to_none(out)
+    return _nan_to_none(out), embeddings, scores
+
+
+def benchmark_set(
+    vs: VerificationSet,
+    embedder: IdentityEmbedder,
+    aligner: Aligner | None = None,
+    folds: int = 10,
+    batch_size: int = 64,
+    flip: bool | None = None,
+    device: str | torch.device = "cpu",
+    fars: Sequence[float] = REPORT_FARS,
+) -> dict[str, Any]:
+    """Verification figures of ``embedder`` on one set, as a JSON-ready dict (see
+    :func:`score_set` for the keys; ``flip`` ``None`` = the set's published protocol)."""
+    return score_set(vs, embedder, aligner, folds, batch_size, flip, device, fars)[0]
 
 
 def _fmt(x: float | None, pct: bool = True) -> str:
@@ -220,21 +372,29 @@ def _fmt(x: float | None, pct: bool = True) -> str:
     return f"{100 * x:.2f}" if pct else f"{x:.4f}"
 
 
+def _far_label(key: str) -> str:
+    mant, exp = key.split("e")
+    return f"{mant}e{int(exp)}" if mant != "1" else f"1e{int(exp)}"
+
+
 def format_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
     """The per-dataset figures as a text (or Markdown) table; rates in percent."""
-    head = ["dataset", "pairs", "accuracy %", "threshold", "AUC %", "EER %", "TAR@FAR=1e-3 %", "TAR@FAR=1e-2 %"]
+    far_keys = list(results[0].get("tar_at_far") or {}) if results else []
+    head = ["dataset", "pairs", "flip", "accuracy %", "threshold", "AUC %", "EER %"]
+    head += [f"TAR@FAR={_far_label(k)} %" for k in far_keys]
     rows = []
     for r in results:
         tar = r.get("tar_at_far") or {}
+        flip = ("yes" if r["flip"] else "no") + ("" if r.get("flip_is_paper_default", True) else "*")
         rows.append([
             r["dataset"],
             str(r["num_pairs"]),
+            flip,
             f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}",
             _fmt(r["threshold"], pct=False),
             _fmt(r["auc"]),
             _fmt(r["eer"]),
-            _fmt(tar.get("1e-03")),
-            _fmt(tar.get("1e-02")),
+            *(_fmt(tar.get(k)) for k in far_keys),
         ])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -244,6 +404,38 @@ def format_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
+
+
+def _standard_name(path: str | Path) -> str | None:
+    """The paper name of a standard set from its file name (``agedb_30.bin`` -> ``AgeDB-30``)."""
+    stem = Path(path).stem.lower()
+    if stem == "pairs" or Path(path).is_dir():  # LFW's own pairs.txt (or its folder)
+        return "LFW"
+    return STANDARD_SETS.get(stem)
+
+
+def papers_table(results: list[dict[str, Any]], embedder_name: str, markdown: bool = False) -> str | None:
+    """The one-row table verification papers print (accuracy % on LFW, CFP-FP, AgeDB-30,
+    CALFW, CPLFW and their average), or ``None`` when no standard set was benchmarked.
+    Missing sets show "-" and the average is over the sets present (the header says so)."""
+    acc = {}
+    for r in results:
+        name = _standard_name(r.get("path", r["dataset"]))
+        if name is not None and name not in acc:
+            acc[name] = (100 * r["accuracy"], r["flip"])
+    if not acc:
+        return None
+    names = list(STANDARD_SETS.values())
+    avg_head = "average" if len(acc) == len(names) else f"average ({len(acc)} of {len(names)})"
+    head = ["embedder", *names, avg_head, "flip"]
+    flips = {f for _, f in acc.values()}
+    row = [embedder_name, *(f"{acc[n][0]:.2f}" if n in acc else "-" for n in names),
+           f"{np.mean([a for a, _ in acc.values()]):.2f}",
+           "yes" if flips == {True} else "no" if flips == {False} else "mixed"]
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(row) + " |"])
+    widths = [max(len(h), len(c)) for h, c in zip(head, row)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in (head, row))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -259,22 +451,165 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _report(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_roc(scores: np.ndarray, issame: np.ndarray, title: str, path: Path) -> bool:
+    """Write the ROC curve (TAR against log FAR) as a PNG; False when the set has one class."""
+    if issame.all() or not issame.any():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fpr, tpr, _ = roc_curve(scores, issame)
+    floor = 1.0 / max(1, int((~issame).sum()))
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    ax.plot(np.clip(fpr, floor / 2, 1), tpr, lw=1.5)
+    ax.set_xscale("log")
+    ax.set_xlim(floor / 2, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate (FAR)")
+    ax.set_ylabel("true accept rate (TAR)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return True
+
+
+# --------------------------------------------------------------------------- saved embeddings
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def _digest_module(module: torch.nn.Module) -> str:
+    h = hashlib.sha1()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _digest_images(vs: VerificationSet) -> str:
+    h = hashlib.sha1()
+    if vs.paths is not None:
+        for p in vs.paths:
+            st = p.stat()
+            h.update(f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode())
+    else:
+        h.update(np.ascontiguousarray(vs.images).tobytes())
+    return h.hexdigest()
+
+
+def _cache_key(vs: VerificationSet, embedder: IdentityEmbedder, aligner: Aligner) -> dict[str, Any]:
+    """What the saved embeddings depend on: the images, the embedder's weights, the aligner."""
+    return {
+        "dataset": vs.name,
+        "num_images": vs.num_images,
+        "images_sha1": _digest_images(vs),
+        "embedder": type(embedder).__name__,
+        "embedder_sha1": _digest_module(embedder),
+        "aligner": _describe(aligner),
+        "aligner_sha1": _digest_module(aligner),
+    }
+
+
+def _cache_paths(out: Path, name: str) -> dict[str, Path]:
+    stem = _file_stem(name)
+    return {
+        "key": out / f"{stem}.embeddings.json",
+        "plain": out / f"{stem}.embeddings.npy",
+        "flipped": out / f"{stem}.embeddings_flip.npy",
+        "scores": out / f"{stem}.scores.npy",
+    }
+
+
+def load_saved_embeddings(out: Path, name: str, key: dict[str, Any]) -> tuple[SetEmbeddings | None, str]:
+    """Embeddings saved by an earlier run under ``out`` for the same ``key``, and why not if none."""
+    paths = _cache_paths(out, name)
+    if not paths["key"].is_file() or not paths["plain"].is_file():
+        return None, "none saved yet"
+    try:
+        saved = json.loads(paths["key"].read_text())
+    except (OSError, json.JSONDecodeError):
+        return None, f"{paths['key']} is unreadable"
+    changed = [k for k in key if saved.get("key", {}).get(k) != key[k]]
+    if changed:
+        return None, f"saved embeddings differ in {', '.join(changed)}"
+    plain = np.load(paths["plain"])
+    flipped = np.load(paths["flipped"]) if paths["flipped"].is_file() else None
+    if plain.shape[0] != key["num_images"] or (flipped is not None and flipped.shape != plain.shape):
+        return None, "saved embeddings have the wrong shape"
+    return SetEmbeddings(plain, flipped, saved.get("face_counts")), f"reused {paths['plain']}"
+
+
+def save_embeddings_files(out: Path, name: str, key: dict[str, Any], emb: SetEmbeddings, scores: np.ndarray) -> None:
+    """Write a set's embeddings, mirror embeddings, pair scores and their key (atomically)."""
+    paths = _cache_paths(out, name)
+    _save_npy_atomic(paths["plain"], emb.plain)
+    if emb.flipped is not None:
+        _save_npy_atomic(paths["flipped"], emb.flipped)
+    _save_npy_atomic(paths["scores"], scores.astype(np.float32))
+    _write_atomic(paths["key"], json.dumps({"key": key, "face_counts": emb.face_counts}, indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------- report and runner
+
+
+def _report(results: list[dict[str, Any]], settings: dict[str, Any], papers: str | None) -> str:
     lines = ["# Face-verification benchmark", ""]
     lines += [f"- {k}: `{v}`" for k, v in settings.items()]
     lines += [
         "",
         "Accuracy: mean ± std over folds of held-out accuracy, the cosine threshold chosen on the "
-        "other folds (threshold: mean over folds). AUC, EER and TAR@FAR over all pairs.",
+        "other folds (threshold: mean over folds). AUC, EER and TAR@FAR over all pairs. flip: each "
+        "image's embedding plus its mirror image's (test-time augmentation); `*` marks a flip "
+        "setting other than the set's published protocol (the insightface .bin sets flip, LFW's "
+        "pairs.txt protocol does not).",
         "",
         format_table(results, markdown=True),
         "",
     ]
+    if papers is not None:
+        lines += ["Accuracy % as verification papers print it:", "", papers, ""]
     for r in results:
         lines.append(f"## {r['dataset']}")
         lines.append(f"- pairs: {r['num_pairs']} ({r['num_same']} same person), split into {r['folds']}")
-        lines.append(f"- aligner: `{r['aligner']}`; flip: {r['flip']}; {r['seconds']} s")
+        lines.append(f"- aligner: `{r['aligner']}`; flip: {r['flip']}; {r['seconds']} s"
+                     + ("" if r.get("embedded", True) else " (saved embeddings reused)"))
         lines.append("- fold accuracies %: " + ", ".join(f"{100 * a:.2f}" for a in r["fold_accuracies"]))
+        faces = r.get("faces")
+        if faces is not None:
+            lines.append(f"- faces found: {faces['images']} images, {faces['no_face']} with no face, "
+                         f"{faces['several_faces']} with several faces")
+            for key, label in (("no_face_images", "no face"), ("several_faces_images", "several faces")):
+                if faces[key]:
+                    more = len(faces[key]) - 50
+                    lines.append(f"  - {label}: " + ", ".join(f"`{n}`" for n in faces[key][:50])
+                                 + (f" and {more} more (all in results.json)" if more > 0 else ""))
+        if r.get("roc_png"):
+            lines.append(f"- ROC curve: ![{r['dataset']} ROC]({Path(r['roc_png']).name})")
         for note in r["notes"]:
             lines.append(f"- note: {note}")
         lines.append("")
@@ -287,75 +622,184 @@ def run_benchmark(
     aligner: Aligner | None = None,
     batch_size: int = 64,
     folds: int = 10,
-    flip: bool = False,
+    flip: bool | None = None,
     output_dir: str | Path | None = None,
     device: str | None = None,
+    image_dir: str | Path | None = None,
+    box: Box | str | None = None,
+    detector: Any = None,
+    fars: Sequence[float] = REPORT_FARS,
+    save_embeddings: bool = False,
+    roc: bool = True,
 ) -> list[dict[str, Any]]:
-    """Benchmark ``embedder`` on each dataset file; write ``results.json``/``report.md`` to
-    ``output_dir`` when given. Returns one dict per dataset (see :func:`benchmark_set`)."""
+    """Benchmark ``embedder`` on each dataset file; write ``results.json``/``report.md`` (and
+    ROC PNGs, and with ``save_embeddings`` the ``.npy`` embeddings and scores) to
+    ``output_dir`` when given. Returns one dict per dataset (see :func:`benchmark_set`).
+
+    ``image_dir`` is the image folder of the ``pairs.txt`` sets; ``box``/``detector`` set the
+    default aligner's starting face box and face detector (photos only).
+    """
     if not datasets:
-        raise ValueError("give at least one dataset: an insightface .bin file or an LFW pairs.txt")
+        raise ValueError("give at least one dataset in --datasets: an insightface .bin file or an LFW pairs.txt")
+    if save_embeddings and output_dir is None:
+        raise ValueError("save_embeddings needs an output_dir to keep them in")
+    if aligner is not None and (box is not None or detector is not None):
+        raise ValueError("--box and --detector configure the default aligner; with --aligner set them in its source_args")
+    if not fars or any(not 0 < f < 1 for f in fars):
+        raise ValueError(f"--fars must be false-accept rates in (0, 1), got {list(fars)}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sets = [load_verification_set(p) for p in datasets]  # fail on a bad path before any embedding
+    # Fail on a bad path before any embedding.
+    sets = [load_verification_set(p, image_dir if not str(p).endswith(".bin") else None) for p in datasets]
+    if isinstance(detector, str):  # one instance for every set
+        from exface.registry import create_part
+
+        detector = create_part("detectors", detector)
+    out = Path(output_dir) if output_dir is not None else None
     names: dict[str, int] = {}
     results = []
     for path, vs in zip(datasets, sets):
-        r = benchmark_set(vs, embedder, aligner, folds, batch_size, flip, dev)
         names[vs.name] = names.get(vs.name, 0) + 1
-        if names[vs.name] > 1:
-            r["dataset"] = f"{vs.name}#{names[vs.name]}"
+        name = vs.name if names[vs.name] == 1 else f"{vs.name}#{names[vs.name]}"
+        set_aligner = aligner if aligner is not None else default_aligner(vs, embedder, box, detector)
+        saved, key, why = None, None, None
+        if save_embeddings:
+            key = _cache_key(vs, embedder, set_aligner)
+            saved, why = load_saved_embeddings(out, name, key)
+            want_flip = paper_flip(vs) if flip is None else flip
+            if saved is not None and want_flip and saved.flipped is None:
+                saved, why = None, "saved embeddings have no mirror-image embeddings"
+        r, emb, scores = score_set(
+            vs, embedder, set_aligner, folds, batch_size, flip, dev, fars, saved, keep_mirror=save_embeddings
+        )
+        r["dataset"] = name
         r["path"] = str(path)
+        if save_embeddings:
+            if r["embedded"]:
+                save_embeddings_files(out, name, key, emb, scores)
+            else:
+                _save_npy_atomic(_cache_paths(out, name)["scores"], scores.astype(np.float32))
+            r["saved_embeddings"] = why if not r["embedded"] else f"saved to {_cache_paths(out, name)['plain']} ({why})"
+        if roc and out is not None:
+            png = out / f"roc_{_file_stem(name)}.png"
+            if plot_roc(scores, vs.issame, f"{name}: {type(embedder).__name__}, AUC {_fmt(r['auc'])}%", png):
+                r["roc_png"] = str(png)
         results.append(r)
-    if output_dir is not None:
-        out = Path(output_dir)
+    if out is not None:
         settings = {
             "embedder": type(embedder).__name__,
             "aligner": type(aligner).__name__ if aligner is not None else "default per dataset",
+            "box": box if box is not None else (None if aligner is not None else DEFAULT_PHOTO_BOX),
+            "detector": type(detector).__name__ if detector is not None else None,
             "folds": folds,
-            "flip": flip,
+            "flip": flip if flip is not None else "paper protocol per set",
+            "fars": list(fars),
             "batch_size": batch_size,
             "device": str(dev),
+            "threads": torch.get_num_threads(),
         }
+        papers = papers_table(results, type(embedder).__name__, markdown=True)
         payload = {"settings": settings, "results": results}
         _write_atomic(out / "results.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
-        _write_atomic(out / "report.md", _report(results, settings))
+        _write_atomic(out / "report.md", _report(results, settings, papers))
     return results
 
 
 @command("benchmark")
 def benchmark_command(
     datasets: list[str] | str,
-    embedder: IdentityEmbedder | None = None,
+    embedder: IdentityEmbedder | str | None = None,
     aligner: Aligner | None = None,
+    image_dir: str | None = None,
+    box: tuple[float, float, float, float] | str | None = None,
+    detector: str | None = None,
     batch_size: int = 64,
     folds: int = 10,
-    flip: bool = False,
+    flip: bool | None = None,
+    fars: list[float] = [1e-3, 1e-2],
+    save_embeddings: bool = False,
+    threads: int | None = None,
+    roc: bool = True,
     output_dir: str = "runs/benchmark",
     device: str | None = None,
 ) -> None:
     """Face-verification accuracy (k-fold), AUC, EER and TAR@FAR of an embedder on pair sets.
 
     Args:
-        datasets: insightface verification ``.bin`` files (lfw.bin, cfp_fp.bin, agedb_30.bin ...)
-            and/or LFW ``pairs.txt`` files (the per-person image folders beside them).
-        embedder: the identity embedder (default: FaceApiResNet34, face-api's dlib ResNet).
-        aligner: crops for the embedder (default: resize for aligned .bin sets; landmark
-            alignment for LFW photos, dlib chips for 150x150 embedders, ArcFace otherwise).
+        datasets: insightface verification ``.bin`` files (lfw.bin, cfp_fp.bin, agedb_30.bin,
+            calfw.bin, cplfw.bin ...) and/or LFW ``pairs.txt`` files (or folders holding one).
+        embedder: the identity embedder (default: FaceApiResNet34, face-api's dlib ResNet),
+            or the path of a checkpoint an embedder class loads (e.g. a FaceRecognitionModule
+            training checkpoint).
+        aligner: crops for the embedder (default: for .bin sets the crop as it is, or mapped to
+            the dlib chip for 150x150 embedders; for LFW photos landmark alignment, dlib chips
+            for 150x150 embedders, ArcFace otherwise).
+        image_dir: the image folder of the pairs.txt sets (default: found beside pairs.txt:
+            lfw-deepfunneled/, lfw_funneled/, lfw/, images_deepfunneled/, ...).
+        box: where the face starts in photos: relative (x0, y0, x1, y1), or a named box
+            (lfw_deepfunneled: LFW's 250-px framing, also right for its originals; full).
+        detector: a registered face detector (e.g. SSDMobileNetV1) finding the face in photos:
+            the one nearest the box when there are several; the box where there is none.
         batch_size: images per forward pass.
         folds: number of folds of the protocol (10 is LFW's and insightface's).
-        flip: add the mirror image's embedding (insightface's test-time flip).
-        output_dir: where results.json and report.md go.
+        flip: add the mirror image's embedding (test-time flip); default: as the set's papers
+            do (on for the insightface .bin sets, off for LFW's pairs.txt).
+        fars: false-accept rates the true-accept rate is reported at.
+        save_embeddings: keep each set's embeddings (plain and mirrored) and pair scores as .npy
+            beside results.json, and reuse them when a later run has the same images, embedder
+            and aligner (then flip, folds and fars can change without embedding again).
+        threads: CPU threads for torch (default: torch's own choice).
+        roc: write each set's ROC curve as roc_<set>.png.
+        output_dir: where results.json, report.md and the PNGs go.
         device: torch device (default: cuda when available, else cpu).
     """
     if isinstance(datasets, str):
         datasets = [datasets]
-    if embedder is None:
-        from exface.embedders import FaceApiResNet34
-
-        embedder = FaceApiResNet34()
-    results = run_benchmark(datasets, embedder, aligner, batch_size, folds, flip, output_dir, device)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    embedder = resolve_embedder(embedder)
+    results = run_benchmark(
+        datasets, embedder, aligner, batch_size, folds, flip, output_dir, device,
+        image_dir=image_dir, box=box, detector=detector, fars=fars, save_embeddings=save_embeddings, roc=roc,
+    )
     print(format_table(results))
+    papers = papers_table(results, type(embedder).__name__)
+    if papers is not None:
+        print(papers)
     for r in results:
+        if r.get("faces"):
+            f = r["faces"]
+            print(f"{r['dataset']}: {f['no_face']} of {f['images']} images with no face, {f['several_faces']} with several faces")
+        if r.get("saved_embeddings"):
+            print(f"{r['dataset']}: {r['saved_embeddings']}")
         for note in r["notes"]:
             print(f"{r['dataset']}: {note}")
     print(f"wrote {Path(output_dir) / 'results.json'} and {Path(output_dir) / 'report.md'}")
+
+
+def resolve_embedder(embedder: IdentityEmbedder | str | Path | None) -> IdentityEmbedder:
+    """The embedder to benchmark: given, the default (FaceApiResNet34), or a training
+    checkpoint of ``FaceRecognitionModule`` given by path (loaded by the registered
+    ``FRCheckpointEmbedder``, which rebuilds the backbone from the checkpoint alone)."""
+    if isinstance(embedder, IdentityEmbedder):
+        return embedder
+    if embedder is None:
+        from exface.embedders import FaceApiResNet34
+
+        return FaceApiResNet34()
+    path = Path(embedder)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--embedder {embedder!r} is neither a registered embedder nor a checkpoint file; "
+            f"`exface plugins --kind embedders` lists the embedders"
+        )
+    from exface.registry import get_registry
+
+    reg = get_registry("embedders")
+    if "FRCheckpointEmbedder" not in reg:
+        raise ValueError(
+            f"--embedder {path}: this exface has no FRCheckpointEmbedder to read FR training checkpoints; "
+            f"pass --embedder with a class name and its weights option (e.g. IResNetEmbedder --embedder.weights PATH)"
+        )
+    return reg.create("FRCheckpointEmbedder", ckpt=str(path))

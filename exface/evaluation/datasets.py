@@ -17,11 +17,11 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["VerificationSet", "load_insightface_bin", "load_lfw_pairs", "load_verification_set"]
+__all__ = ["VerificationSet", "load_insightface_bin", "load_lfw_pairs", "load_verification_set", "lfw_variant", "LFW_LAYOUTS", "write_insightface_bin", "build_aligned_bin"]
 
 
 @dataclass
@@ -256,14 +256,64 @@ def load_insightface_bin(path: str | Path, image_size: tuple[int, int] = (112, 1
 # --------------------------------------------------------------------------- LFW pairs.txt
 
 
+#: Folder names of LFW's image variants, in the order they are preferred when several sit side
+#: by side, with the variant each one is: the official tarballs unpack to ``lfw/``,
+#: ``lfw-deepfunneled/`` and ``lfw_funneled/``; mirrors rename them (``images_deepfunneled/``,
+#: scikit-learn's ``lfw_home/lfw_funneled/``, Kaggle's doubled ``lfw-deepfunneled/lfw-deepfunneled/``).
+LFW_LAYOUTS = (
+    ("lfw-deepfunneled", "deepfunneled"),
+    ("lfw_deepfunneled", "deepfunneled"),
+    ("images_deepfunneled", "deepfunneled"),
+    ("deepfunneled", "deepfunneled"),
+    ("lfw-funneled", "funneled"),
+    ("lfw_funneled", "funneled"),
+    ("images_funneled", "funneled"),
+    ("funneled", "funneled"),
+    ("lfw", "original"),
+    ("images", "original"),
+)
+
+
+def lfw_variant(folder: str | Path) -> str:
+    """Which LFW image variant a folder name suggests: ``deepfunneled``, ``funneled`` or
+    ``original`` (any other name: LFW's original images, whose faces sit where Viola-Jones found them)."""
+    name = Path(folder).name.lower().replace("-", "_")
+    if "deep" in name and "funnel" in name:
+        return "deepfunneled"
+    if "funnel" in name:
+        return "funneled"
+    return "original"
+
+
 def _lfw_image_root(image_dir: Path, some_name: str) -> Path:
-    """The folder holding ``<Name>/`` subfolders: ``image_dir`` itself or a known LFW subfolder."""
-    for cand in (image_dir, image_dir / "lfw-deepfunneled", image_dir / "lfw_funneled", image_dir / "lfw"):
-        if (cand / some_name).is_dir():
-            return cand
+    """The folder holding ``<Name>/`` subfolders: ``image_dir`` itself, a known LFW layout
+    below it (:data:`LFW_LAYOUTS`, also doubled as Kaggle ships it), or else the one folder up
+    to two levels down that holds ``<Name>/``."""
+    if not image_dir.is_dir():
+        raise FileNotFoundError(
+            f"the image folder {image_dir} does not exist; pass --image_dir with the LFW folder "
+            f"that holds one subfolder per person"
+        )
+    if (image_dir / some_name).is_dir():
+        return image_dir
+    for name, _ in LFW_LAYOUTS:
+        for cand in (image_dir / name, image_dir / name / name, image_dir / "lfw_home" / name):
+            if (cand / some_name).is_dir():
+                return cand
+    found = sorted(
+        {p.parent for p in (*image_dir.glob(f"*/{some_name}"), *image_dir.glob(f"*/*/{some_name}")) if p.is_dir()}
+    )
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise FileNotFoundError(
+            f"several image folders under {image_dir} hold {some_name!r}/: "
+            f"{', '.join(str(f) for f in found)}; pass --image_dir with the one to use"
+        )
     raise FileNotFoundError(
-        f"no folder {some_name!r} under {image_dir} (nor its lfw-deepfunneled/, lfw_funneled/, lfw/); "
-        f"pass the LFW image folder that holds one subfolder per person"
+        f"no folder {some_name!r} under {image_dir} (nor in its {', '.join(n + '/' for n, _ in LFW_LAYOUTS[:3])} "
+        f"... or any subfolder two levels down); pass --image_dir with the LFW image folder that "
+        f"holds one subfolder per person"
     )
 
 
@@ -273,12 +323,14 @@ def load_lfw_pairs(pairs_txt: str | Path, image_dir: str | Path | None = None) -
     Format: a header ``<folds> <pairs per class>`` (one number = one fold), then per fold that
     many matched lines ``Name n1 n2`` followed by as many mismatched lines ``Name1 n1 Name2 n2``
     (whitespace-separated; image ``n`` of ``Name`` is ``Name/Name_000n.jpg``). ``image_dir``
-    defaults to the folder of ``pairs_txt``; it (or its ``lfw-deepfunneled/``, ``lfw/`` ...)
-    must hold the per-person folders. Every image must exist. ``folds`` gets the official fold.
+    defaults to the folder of ``pairs_txt``; it (or one of its :data:`LFW_LAYOUTS` folders, or
+    the one subfolder up to two levels down holding the people) must hold the per-person
+    folders. Every image must exist. ``folds`` gets the official fold; ``extra`` the image
+    root and its variant (:func:`lfw_variant`: the benchmark's default face box depends on it).
     """
     pairs_txt = Path(pairs_txt)
     if not pairs_txt.is_file():
-        raise FileNotFoundError(f"{pairs_txt} does not exist; pass LFW's pairs.txt")
+        raise FileNotFoundError(f"{pairs_txt} does not exist; give LFW's pairs.txt in --datasets")
     lines = [ln.split() for ln in pairs_txt.read_text().splitlines() if ln.strip()]
     if not lines or not all(tok.isdigit() for tok in lines[0]) or len(lines[0]) not in (1, 2):
         raise ValueError(f"{pairs_txt}: the first line must be '<folds> <pairs per class>' (or one number)")
@@ -323,7 +375,7 @@ def load_lfw_pairs(pairs_txt: str | Path, image_dir: str | Path | None = None) -
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of the {len(paths)} images named by {pairs_txt} are missing under {root}, "
-            f"e.g. {missing[0]}; pass the LFW image folder these pairs belong to"
+            f"e.g. {missing[0]}; pass --image_dir with the LFW image folder these pairs belong to"
         )
     return VerificationSet(
         name=f"lfw-{pairs_txt.stem}",
@@ -332,25 +384,89 @@ def load_lfw_pairs(pairs_txt: str | Path, image_dir: str | Path | None = None) -
         folds=np.asarray(folds, dtype=np.int64),
         paths=paths,
         aligned=False,
-        extra={"image_root": str(root), "official_folds": n_folds},
+        extra={"image_root": str(root), "official_folds": n_folds, "lfw_variant": lfw_variant(root)},
     )
 
 
-def load_verification_set(path: str | Path, pairs: str | Path | None = None) -> VerificationSet:
+def load_verification_set(path: str | Path, image_dir: str | Path | None = None) -> VerificationSet:
     """Open a ``.bin`` file, an LFW folder holding ``pairs.txt``, or ``pairs.txt`` itself.
 
-    ``pairs`` names the pairs file explicitly (then ``path`` is the image folder).
+    ``image_dir`` is the LFW image folder of a ``pairs.txt`` set (default: found beside it);
+    ``.bin`` files hold their images and refuse it.
     """
     path = Path(path)
-    if pairs is not None:
-        return load_lfw_pairs(pairs, path)
     if path.suffix == ".bin":
+        if image_dir is not None:
+            raise ValueError(f"{path} is an insightface .bin, which holds its own images; drop --image_dir")
         return load_insightface_bin(path)
     if path.is_dir():
         for name in ("pairs.txt", "pairsDevTest.txt"):
             if (path / name).is_file():
-                return load_lfw_pairs(path / name, path)
-        raise FileNotFoundError(f"{path} has no pairs.txt; pass --pairs with the LFW pairs file")
+                return load_lfw_pairs(path / name, image_dir if image_dir is not None else path)
+        raise FileNotFoundError(
+            f"{path} has no pairs.txt; give the LFW pairs file itself in --datasets "
+            f"(and its image folder as --image_dir)"
+        )
     if path.suffix == ".txt":
-        return load_lfw_pairs(path)
+        return load_lfw_pairs(path, image_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give an insightface .bin file, an LFW pairs.txt or its folder")
     raise ValueError(f"{path}: give an insightface .bin file, an LFW folder with pairs.txt, or a pairs.txt")
+
+
+# --------------------------------------------------------------------------- writing .bin sets
+
+
+def write_insightface_bin(
+    path: str | Path, images: Sequence[np.ndarray], issame: Sequence[bool], quality: int = 95
+) -> Path:
+    """Write an insightface verification ``.bin``: ``(bins, issame_list)`` pickled, ``bins[2i]``
+    and ``bins[2i + 1]`` the JPEG bytes of pair ``i``'s RGB uint8 ``[H, W, 3]`` images.
+
+    Written atomically (a temporary file, then a rename). :func:`load_insightface_bin` reads it.
+    """
+    import os
+    import tempfile
+
+    import cv2
+
+    path = Path(path)
+    if len(images) != 2 * len(issame):
+        raise ValueError(f"{len(images)} images for {len(issame)} pairs; give two images per pair")
+    bins = []
+    for i, img in enumerate(images):
+        img = np.asarray(img)
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"image {i} must be RGB uint8 [H, W, 3], got {img.dtype} {img.shape}")
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise ValueError(f"image {i} could not be JPEG-encoded")
+        bins.append(buf.tobytes())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump((bins, [bool(x) for x in issame]), f, protocol=4)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def build_aligned_bin(vs: VerificationSet, aligner: Any, path: str | Path, batch_size: int = 32, quality: int = 95) -> Path:
+    """Align every image of a photo set (e.g. LFW ``pairs.txt``) with ``aligner`` (e.g.
+    :class:`~exface.alignment.ArcFaceAligner` for insightface's 112x112 crops) and write the
+    pairs as an insightface ``.bin``: the same pairs, as the ``.bin`` sets ship them."""
+    import torch
+
+    from exface.evaluation.benchmark import _image_batches
+    from exface.tensors import to_uint8
+
+    crops = np.zeros((vs.num_images, *aligner.output_size, 3), dtype=np.uint8)
+    aligner = aligner.eval()
+    with torch.no_grad():
+        for start, x in _image_batches(vs, batch_size):
+            crops[start : start + len(x)] = to_uint8(aligner(x)).permute(0, 2, 3, 1).numpy()
+    images = [crops[i] for pair in vs.pairs for i in pair]
+    return write_insightface_bin(path, images, vs.issame.tolist(), quality)

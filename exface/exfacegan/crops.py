@@ -3,9 +3,10 @@
 FR trains on aligned crops (every benchmark set is aligned: insightface ``.bin`` files hold
 112x112 ArcFace-template crops), so a dataset stores the *crop aligner*'s output, not the
 generator's frame. With a landmark aligner (:class:`~exface.alignment.LandmarkAligner`) the
-same keypoints that cut the crop are checked first (:func:`plausible_faces`): ExFaceGAN drops
-the images in which MTCNN finds no face; exface has no detector score on generator output,
-so "no face" is landmarks that no similarity transform maps onto the template (a mean
+same keypoints that cut the crop are checked first: ExFaceGAN drops the images in which MTCNN
+finds no face. With a ``detector`` on the aligner (e.g. ``SSDMobileNetV1``) an image where it
+finds no face fails (:attr:`LandmarkAligner.last_found`); with or without one, so do
+(:func:`plausible_faces`) landmarks that no similarity transform maps onto the template (a mean
 keypoint error above ``max_error`` template eye distances), that fall outside the frame, that
 collapse (eyes closer than a tenth of the frame), or that put the face on its side (a roll
 beyond :data:`MAX_ROLL_DEG`; generators draw upright faces).
@@ -83,6 +84,8 @@ def aligned_crops(aligner: Aligner, frames_u8: Tensor, max_error: float | None =
         crops = aligner.align(x, kp)[0]
         if max_error is not None:
             ok = plausible_faces(kp, aligner.template.points, x.shape[-2], x.shape[-1], max_error).cpu()
+            if getattr(aligner, "detector", None) is not None and aligner.last_found is not None:
+                ok &= aligner.last_found.bool().cpu()
     else:
         crops = aligner(x)
     return to_uint8(crops).cpu(), ok

@@ -14,15 +14,28 @@ Boundary files record the bank's generator and latent space (``meta["generator"]
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from exface.boundaries.base import Boundaries
+from exface.errors import ExfaceError, ExfaceFileError
 from exface.generators.base import Generator
 
-__all__ = ["EditDirection", "project_boundary", "select_direction", "check_applicable"]
+__all__ = ["EditDirection", "load_boundaries", "project_boundary", "select_direction", "check_applicable"]
+
+
+def load_boundaries(path: str | Path) -> Boundaries:
+    """A boundary file, with its path in ``meta["path"]`` (for error messages)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExfaceFileError("the boundary file does not exist", where=path,
+                              fix="fit boundaries first (`exface interfacegan-fit --config recipes/interfacegan_...fit.yaml`)")
+    b = Boundaries.load(path)
+    b.meta["path"] = str(path)
+    return b
 
 
 def project_boundary(primary: Tensor, conditions: Tensor) -> Tensor:
@@ -71,9 +84,11 @@ def _row(boundaries: Boundaries, name: str, layer: int | None) -> int:
     rows = [i for i, (a, l) in enumerate(zip(names, layers)) if a == name and (layer is None or l == layer)]
     if not rows:
         where = f" at layer {layer}" if layer is not None else ""
-        raise ValueError(
-            f"the boundary file has no boundary for {name!r}{where}; it has {sorted(set(names)) or 'none'}. "
-            f"Fit one with `exface interfacegan-fit --attributes+ {name}` (the bank must have {name!r} scores)"
+        raise ExfaceError(
+            f"the boundary file has no boundary for {name!r}{where}; it has {sorted(set(names)) or 'none'}",
+            where=boundaries.meta.get("path"),
+            fix=f"edit one of those, or fit {name!r} with `exface interfacegan-fit` (attributes: [..., {name}]; "
+                f"the bank needs a predictor that outputs {name!r})",
         )
     return rows[0]
 
@@ -102,21 +117,23 @@ def check_applicable(boundaries: Boundaries, generator: Generator, space: str | 
     want = rec.get("class")
     got = type(generator).__name__
     if want is not None and want != got:
-        raise ValueError(
-            f"the boundaries were learned in the latent space of {want}, not {got}; pass the generator of the bank "
-            f"they were fit on (boundary meta 'generator': {rec}), or fit boundaries for {got}"
+        raise ExfaceError(
+            f"the boundaries were learned in the latent space of {want}, not {got}",
+            where=boundaries.meta.get("path"),
+            fix=f"pass the generator they were fit on ({rec}), or fit boundaries for {got} with `exface interfacegan-fit`",
         )
     dims = boundaries.meta.get("generator_dims") or {}
     mine = {"z_dim": int(generator.z_dim), "w_dim": int(generator.w_dim), "num_ws": int(generator.num_ws)}
     diff = {k: (dims[k], mine[k]) for k in dims.keys() & mine.keys() if dims[k] != mine[k]}
     if diff:
-        raise ValueError(
-            f"the boundaries were learned for a {want} with {dims}, this one has {mine}; they belong to another "
-            f"checkpoint: pass that checkpoint or fit boundaries for this one"
+        raise ExfaceError(
+            f"the boundaries were learned for a {want} with {dims}, this one has {mine}: they belong to another checkpoint",
+            where=boundaries.meta.get("path"), fix="pass that checkpoint, or fit boundaries for this one",
         )
     if space is not None and space != boundaries.space:
-        raise ValueError(
-            f"the boundaries live in space {boundaries.space!r}, the edit asks for {space!r}; use space "
-            f"{boundaries.space!r} or fit boundaries in {space!r} (`exface interfacegan-fit --space {space}`)"
+        raise ExfaceError(
+            f"the boundaries live in space {boundaries.space!r}, the edit asks for {space!r}",
+            where=boundaries.meta.get("path"),
+            fix=f"use space {boundaries.space!r}, or fit boundaries in {space!r} (`exface interfacegan-fit --space {space}`)",
         )
     generator.check_space("w+" if boundaries.space == "w+" else boundaries.space)

@@ -28,11 +28,10 @@ from torch import Tensor
 
 from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
-from exface.boundaries.base import Boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
 from exface.generators.base import Generator
-from exface.interfacegan.directions import EditDirection, check_applicable, select_direction
+from exface.interfacegan.directions import EditDirection, check_applicable, load_boundaries, select_direction
 from exface.interfacegan.manipulation import distance_steps, linear_interpolate
 from exface.interfacegan.scores import score_images
 from exface.tensors import to_uint8
@@ -233,7 +232,7 @@ def edit(
     """
     t0 = time.time()
     distance_steps(start_distance, end_distance, steps)  # refuse a bad range before any work
-    b = Boundaries.load(boundaries)
+    b = load_boundaries(boundaries)
     check_applicable(b, generator, space)
     direction = select_direction(b, attribute, conditions or (), layer)
     x, labels = load_edit_latents(generator, b.space, bank_dir, indices, seeds, latents)

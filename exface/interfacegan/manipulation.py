@@ -22,7 +22,8 @@ from torch import Tensor
 
 from exface.boundaries.base import Boundaries
 from exface.editing.base import EditState, LatentEditor
-from exface.interfacegan.directions import EditDirection, select_direction
+from exface.errors import ExfaceError
+from exface.interfacegan.directions import EditDirection, load_boundaries, select_direction
 
 __all__ = ["linear_interpolate", "distance_steps", "signed_distance", "BoundaryEditor"]
 
@@ -30,14 +31,14 @@ __all__ = ["linear_interpolate", "distance_steps", "signed_distance", "BoundaryE
 def distance_steps(start_distance: float, end_distance: float, steps: int) -> Tensor:
     """``linspace(start, end, steps)``, refusing a range with no steps."""
     if int(steps) < 2 or not (start_distance == start_distance and end_distance == end_distance):
-        raise ValueError(
-            f"steps={steps} from {start_distance} to {end_distance} is no distance range; pass steps >= 2 "
-            f"(e.g. --steps 7 for -3..3 in steps of 1)"
+        raise ExfaceError(
+            f"steps={steps} from {start_distance} to {end_distance} is no distance range", where="steps",
+            fix="pass steps >= 2 (e.g. --steps 7 for -3..3 in steps of 1)",
         )
     if start_distance == end_distance:
-        raise ValueError(
-            f"start_distance and end_distance are both {start_distance}: the edit would not move; pass two "
-            f"different distances (e.g. --start_distance -3 --end_distance 3)"
+        raise ExfaceError(
+            f"start_distance and end_distance are both {start_distance}: the edit would not move",
+            where="start_distance / end_distance", fix="pass two different distances (e.g. --start_distance -3 --end_distance 3)",
         )
     return torch.linspace(float(start_distance), float(end_distance), int(steps))
 
@@ -107,7 +108,7 @@ class BoundaryEditor(LatentEditor):
                  tolerance: float = 0.0, layer: int | None = None) -> None:
         if step_size <= 0:
             raise ValueError(f"step_size must be > 0, got {step_size}")
-        b = boundaries if isinstance(boundaries, Boundaries) else Boundaries.load(boundaries)
+        b = boundaries if isinstance(boundaries, Boundaries) else load_boundaries(boundaries)
         self.boundaries_path = None if isinstance(boundaries, Boundaries) else str(boundaries)
         self.direction = select_direction(b, attribute, conditions, layer)
         self.attribute = attribute

@@ -40,7 +40,7 @@ from exface.boundaries.base import Boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
 from exface.generators.base import Generator
-from exface.interfacegan.directions import EditDirection, check_applicable, select_direction
+from exface.interfacegan.directions import EditDirection, check_applicable, load_boundaries, select_direction
 from exface.interfacegan.edit import FaceEvaluator, edit_latents
 from exface.interfacegan.manipulation import distance_steps
 
@@ -259,7 +259,7 @@ def edit_report(
     """
     t0 = time.time()
     distance_steps(start_distance, end_distance, steps)
-    b = Boundaries.load(boundaries)
+    b = load_boundaries(boundaries)
     check_applicable(b, generator)
     names = list(dict.fromkeys(b.meta.get("attribute_names") or [])) if attributes is None else list(attributes)
     directions = [select_direction(b, a) for a in names]

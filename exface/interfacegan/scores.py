@@ -31,7 +31,10 @@ from torch import Tensor, nn
 
 from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
-from exface.exfacegan.latent_bank import LatentBank, _atomic_save, _atomic_write_json, _ChunkIndices, part_record
+from exface.errors import ExfaceError
+from exface.exfacegan.latent_bank import LatentBank, _ChunkIndices
+from exface.exfacegan.provenance import part_record
+from exface.exfacegan.run_files import atomic_torch_save, atomic_write_json
 from exface.generators.base import Generator
 
 __all__ = ["BankScores", "SCORES_DIR"]
@@ -52,7 +55,11 @@ def _record(predictor: AttributePredictor, aligner: Aligner) -> dict[str, Any]:
 
 @torch.inference_mode()
 def score_images(images: Tensor, aligner: Aligner, predictors: Sequence[AttributePredictor]) -> dict[str, Tensor]:
-    """Every predictor's scores ``{name: [N]}`` of images ``[N, 3, H, W]`` in [-1, 1]."""
+    """Every predictor's scores ``{name: [N]}`` of images ``[N, 3, H, W]`` in [-1, 1].
+
+    A name an earlier predictor already gave (two age nets, say) is kept as
+    ``<PredictorClass>.<name>``, so a second net can judge the first one's attribute.
+    """
     crops = aligner(images)
     out: dict[str, Tensor] = {}
     for p in predictors:
@@ -61,7 +68,7 @@ def score_images(images: Tensor, aligner: Aligner, predictors: Sequence[Attribut
         if tuple(x.shape[-2:]) != tuple(p.input_size):
             x = F.interpolate(x, size=tuple(p.input_size), mode="bilinear", align_corners=False, antialias=True)
         for name, v in p(x).items():
-            out[name] = v.float().cpu()
+            out[name if name not in out else f"{type(p).__name__}.{name}"] = v.float().cpu()
     return out
 
 
@@ -81,7 +88,7 @@ class _ScoreChunks(pl.LightningModule):
         data = torch.load(self.bank.chunk_path(k), map_location="cpu", weights_only=True, mmap=True)
         keys = self.todo[k]
         preds = [self.predictors[key] for key in keys]
-        scores: dict[str, list[Tensor]] = {}
+        scores: dict[str, dict[str, list[Tensor]]] = {key: {} for key in keys}
         n = data["index"].shape[0]
         for b0 in range(0, n, self.batch_size):
             if stored_images:
@@ -90,10 +97,10 @@ class _ScoreChunks(pl.LightningModule):
                 z = data["z"][b0 : b0 + self.batch_size].to(self.generator.device)
                 with torch.inference_mode():
                     images = self.generator.synthesize(z, space="z")
-            for name, v in score_images(images.to(self.generator.device), self.aligner, preds).items():
-                scores.setdefault(name, []).append(v)
-        by_pred = {key: {name: torch.cat(scores[name]) for name in self.predictors[key].attribute_names}
-                   for key in keys}
+            for key, p in zip(keys, preds):  # one predictor at a time: each keeps its own names
+                for name, v in score_images(images.to(self.generator.device), self.aligner, [p]).items():
+                    scores[key].setdefault(name, []).append(v)
+        by_pred = {key: {name: torch.cat(v) for name, v in scores[key].items()} for key in keys}
         return {"chunk": k, "index": data["index"].clone(), "scores": by_pred}
 
 
@@ -106,7 +113,7 @@ class _ScoreWriter(BasePredictionWriter):
         for key, scores in prediction["scores"].items():
             path = self.root / key / _chunk_file(prediction["chunk"])
             if not path.is_file():  # never rewrite a chunk already on disk
-                _atomic_save({"index": prediction["index"], "scores": scores}, path)
+                atomic_torch_save({"index": prediction["index"], "scores": scores}, path)
 
 
 class BankScores:
@@ -147,11 +154,12 @@ class BankScores:
         if missing:
             partial = [k for k in self.predictor_keys() if self.missing_chunks(k)]
             hint = f" (partly scored: {partial}; run the scoring again, it resumes)" if partial else ""
-            raise ValueError(
-                f"the bank {self.bank.root} has no scores for {missing}; it has {sorted(sources) or 'none'}{hint}. "
-                f"Add a predictor that outputs them (attribute_predictors: in the fit recipe, "
-                f"e.g. FaceApiAgeGender for age/gender_male, FaceApiLandmarks68 for yaw/smile) and re-run "
-                f"`exface interfacegan-fit`: only the missing scores are computed"
+            raise ExfaceError(
+                f"the bank has no scores for {missing}; it has {sorted(sources) or 'none'}{hint}",
+                where=self.bank.root,
+                fix="add a predictor that outputs them to attribute_predictors in the fit recipe (FaceApiAgeGender: "
+                    "age, gender_male; FaceApiLandmarks68: yaw, pitch, roll, smile, mouth_open, eyes_open; "
+                    "FaceApiExpression: happy, ...) and re-run `exface interfacegan-fit`: only missing scores are computed",
             )
         n = self.bank.num_latents
         out = {name: torch.empty(n, dtype=torch.float32) for name in names}
@@ -191,9 +199,9 @@ class BankScores:
         """
         want = self.bank.manifest["parts"]["generator"]["class"]
         if type(generator).__name__ != want:
-            raise ValueError(
-                f"the bank {self.bank.root} was made by generator {want}, but scoring was given "
-                f"{type(generator).__name__}; pass the bank's generator (manifest.json 'parts')"
+            raise ExfaceError(
+                f"the bank was made by generator {want}, but scoring was given {type(generator).__name__}",
+                where=self.bank.root / "manifest.json", fix="pass the bank's generator (manifest.json 'parts'), or a new bank_dir",
             )
         preds: dict[str, AttributePredictor] = {}
         for p in predictors:
@@ -205,9 +213,9 @@ class BankScores:
             if path.is_file():
                 old = json.loads(path.read_text())
                 if old != rec:
-                    raise ValueError(
-                        f"{path.parent} holds {key} scores made with other settings (stored {old}, given {rec}); "
-                        f"pass the same predictor and aligner arguments, or delete {path.parent} to score again"
+                    raise ExfaceError(
+                        f"the bank holds {key} scores made with other settings (stored {old}, given {rec})",
+                        where=path, fix=f"pass the same predictor and aligner arguments, or delete {path.parent} to score again",
                     )
         todo: dict[int, list[str]] = {}
         absent = set(self.bank.missing_chunks())
@@ -225,7 +233,7 @@ class BankScores:
             (self.root / key).mkdir(parents=True, exist_ok=True)
             path = self.root / key / RECORD
             if not path.is_file():
-                _atomic_write_json(_record(p, aligner), path)
+                atomic_write_json(_record(p, aligner), path)
         for part in (generator, aligner, *preds.values()):
             part.eval()
         todo = {k: todo[k] for k in chunks}

@@ -87,6 +87,36 @@ def _stand_in_for(qualified_name: str) -> type:
     return type("StandIn", (_StandIn,), {"_qualified_name": qualified_name})
 
 
+#: modules whose globals run code or touch the system, and the code-running builtins: a
+#: checkpoint naming one is hostile (other unknown globals become inert stand-ins)
+_CODE_RUNNING_MODULES = ("os", "posix", "nt", "sys", "subprocess", "shutil", "importlib", "runpy", "pickle",
+                         "marshal", "code", "codeop", "ctypes", "socket", "webbrowser", "pty", "multiprocessing")
+_CODE_RUNNING_BUILTINS = ("exec", "eval", "compile", "__import__", "open", "getattr", "setattr", "delattr",
+                          "globals", "locals", "vars", "input", "breakpoint", "exit", "quit")
+
+
+def _code_running(names: list[str]) -> list[str]:
+    """The globals in ``names`` that could run code (never replaced by an inert stand-in)."""
+    out = []
+    for n in names:
+        mod, _, name = n.rpartition(".")
+        if mod.split(".")[0] in _CODE_RUNNING_MODULES or (mod in ("builtins", "__builtin__")
+                                                          and name in _CODE_RUNNING_BUILTINS):
+            out.append(n)
+    return out
+
+
+def _refuse_hostile(path: Path, names: list[str]) -> None:
+    hostile = _code_running(names)
+    if hostile:
+        from exface.models.nvidia_pickle import UnsafePickleError
+
+        raise UnsafePickleError(
+            f"refusing to load {path}: it references {', '.join(sorted(hostile))}, which could run code; "
+            f"the file is malicious or not a weights file. Nothing from it was executed."
+        )
+
+
 def load_torch_file(path: str | Path) -> Any:
     """``torch.load`` a checkpoint onto the CPU without running code from it.
 
@@ -102,6 +132,7 @@ def load_torch_file(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first_error = err
+    _refuse_hostile(path, re.findall(r"GLOBAL ([\w.]+)", str(first_error)))
     if not zipfile.is_zipfile(path):
         raise ValueError(
             f"{path} is not a zip-format torch checkpoint and pickles objects that "
@@ -110,6 +141,7 @@ def load_torch_file(path: str | Path) -> Any:
             f"torch.save(torch.load(p, weights_only=False)['state_dict'], 'weights.pth')"
         ) from None
     names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    _refuse_hostile(path, names)
     stand_ins = [(_stand_in_for(n), n) for n in names]
     try:
         with torch.serialization.safe_globals(stand_ins):

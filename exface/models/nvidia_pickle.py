@@ -37,6 +37,7 @@ import _compat_pickle
 import io
 import pickle
 import struct
+import types
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -185,9 +186,59 @@ _TORCH_DTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class _StorageType:
-    dtype: torch.dtype
+class _Sealed:
+    """Base of the objects :meth:`RestrictedUnpickler.find_class` hands out: immutable.
+
+    pickle's BUILD opcode writes into an object's ``__dict__`` (or calls ``setattr``)
+    regardless of ``frozen=True``; these objects have no ``__dict__`` (``__slots__``),
+    refuse ``setattr`` and answer BUILD (``__setstate__``) with an
+    :class:`UnsafePickleError`, so a file cannot change what later loads get.
+    """
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise UnsafePickleError(f"refusing to load: the pickle tries to modify {self!r} (attribute {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise UnsafePickleError(f"refusing to load: the pickle tries to modify {self!r}")
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafePickleError(f"refusing to load: the pickle tries to set the state of {self!r} (BUILD)")
+
+
+class _StorageType(_Sealed):
+    """``torch.FloatStorage`` & co. named by a pickle: only its dtype matters."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        object.__setattr__(self, "dtype", dtype)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _StorageType) and other.dtype == self.dtype
+
+    def __hash__(self) -> int:
+        return hash(self.dtype)
+
+    def __repr__(self) -> str:
+        return f"_StorageType({self.dtype})"
+
+
+class _SealedCallable(_Sealed):
+    """An allowed function as the unpickler hands it out: callable, not modifiable
+    (a bare function's ``__defaults__``/``__dict__`` could be rewritten by BUILD)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable) -> None:
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<allowed {getattr(self.fn, '__module__', '?')}.{getattr(self.fn, '__qualname__', '?')}>"
 
 
 class _Storage:
@@ -247,14 +298,23 @@ def _rebuild_parameter(data: Tensor, requires_grad: bool = False, backward_hooks
     return data
 
 
-class _TensorType:
+class _TensorTypeMarker(_Sealed):
     """Marker for ``torch.Tensor`` / ``torch.nn.Parameter`` named as a type argument."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<torch.Tensor type marker>"
+
+
+_TensorType = _TensorTypeMarker()
 
 
 _REBUILDERS: set[Callable] = {_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter}
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    func = func.fn if isinstance(func, _SealedCallable) else func
     if func not in _REBUILDERS:
         raise UnsafePickleError(f"_rebuild_from_type_v2 may only call tensor rebuilders, not {func!r}")
     return func(*args)
@@ -397,7 +457,7 @@ def _safe_globals() -> dict[tuple[str, str], Any]:
         dtype_cls = getattr(getattr(np, "dtypes", None), name, None)
         if dtype_cls is not None:
             table[("numpy.dtypes", name)] = dtype_cls
-    return table
+    return {k: _SealedCallable(v) if isinstance(v, types.FunctionType) else v for k, v in table.items()}
 
 
 _SAFE_GLOBALS = _safe_globals()
