@@ -52,7 +52,7 @@ def main() -> None:
     from exface.boundaries.base import Boundaries
     from exface.embedders import FaceApiResNet34
     from exface.exfacegan.crops import aligned_crops
-    from exface.exfacegan.samplers import make_sampler
+    from exface.exfacegan.samplers import ExFaceGANSampler
     from exface.exfacegan.synthesis import embed_images, synthesize_dataset
     from exface.generators import DCGANDigiFace
     from exface.tensors import to_uint8
@@ -69,7 +69,7 @@ def main() -> None:
     with torch.no_grad():
         ref_emb = embed_images(aligner, embedder, to_uint8(gen.synthesize(z_refs)))
     references = {"z": z_refs, "embedding": ref_emb}
-    sampler = make_sampler("exfacegan", max_offset=20.0)
+    sampler = ExFaceGANSampler(max_offset=20.0)
     total = r * args.images
     scratch = Path(tempfile.mkdtemp(prefix="exface_synth_bench_"))
     z_all = gen.sample_z(total, seed=2)
