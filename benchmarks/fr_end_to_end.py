@@ -143,8 +143,9 @@ def make_baselines(work: Path, boundary_dir: Path, seed: int) -> dict:
     spread = float((lat[pos] - ref_of[pos]).norm(dim=1).mean())  # as the quality report matches it
     sigma = calibrate_noise_sigma(bnd, references, [(b, s) for _, b, s in idents], spread, normalize_z, seed=seed)
     sub = [(b, s) for _, b, s in idents[:24]]
+    trunc = (settings.get("truncation_psi"), settings.get("truncation_cutoff"))  # applied at render time
     sigma_div, reached = calibrate_sigma_to_diversity(gan, bnd, references, sub, k, space, target, sigma, normalize_z,
-                                                      None, seed=seed)
+                                                      trunc, seed=seed)
     crop = crop_aligner_of_recipe()
     out = {"boundary": {"pixel_diversity": target, "latent_spread": spread, "images": len(rows),
                         "identities": len(idents), "dropped": settings.get("dropped", 0)}}

@@ -24,6 +24,24 @@ from typing import Any
 # say nothing to an exface user (set the variable to "all" to see them).
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
+import logging  # noqa: E402
+import warnings  # noqa: E402
+
+
+def _quiet_lightning_noise() -> None:
+    """Drop Lightning messages that say nothing about an exface run: the litlogger tip, the
+    LeafSpec deprecation inside Lightning, and the ``log_every_n_steps`` warning for one-batch
+    fits (full-batch L-BFGS is one step per epoch by design)."""
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*log_every_n_steps.*")
+
+    class _DropTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -225,6 +243,7 @@ def main(args: list[str] | None = None) -> None:
     one screen: the problem, the part or file, the fix when known, and exit status 1.
     ``EXFACE_DEBUG=1`` re-raises it with the full traceback.
     """
+    _quiet_lightning_noise()
     try:
         ExfaceCLI(args=args)
     except (SystemExit, KeyboardInterrupt):

@@ -311,5 +311,10 @@ def test_fit_report_swap_and_report_command_from_a_cli_checkpoint(tmp_path, caps
     main(["disentangle-report", "--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "rep"), "--pairs", "3"])
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rep["pairs"] == 3 and rep["settings"]["batches_trained"] == 3
-    with pytest.raises(ValueError, match="either --id_seeds or --id_images"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         main(["swap", "--checkpoint", str(ckpt), "--attr_seeds", "[3]"])
+    assert exit_.value.code == 1 and "either --id_seeds or --id_images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["swap", "--checkpoint", str(tmp_path / "missing.ckpt"), "--id_seeds", "[1]", "--attr_seeds", "[3]"])
+    assert "no checkpoint at" in capsys.readouterr().err

@@ -187,3 +187,91 @@ def test_bad_inputs_are_named(tiny):
     with pytest.raises(ExfaceFileError, match="cannot read the boundaries file") as err:
         syn.load_boundaries(root / "empty.pt")
     assert "empty.pt" in str(err.value)
+
+
+# ---- points 14, 15, 18: truncation at render time, samplers as parts, parts from the bank's manifest
+
+
+def test_stored_latent_rerenders_the_embedded_image(tmp_path):
+    """psi 0.7 on the first 2 of the w+ layers (ExFaceGAN truncates the first 8): stored w re-renders its image."""
+    from exface.alignment import ResizeAligner
+    from exface.exfacegan.latent_bank import LatentBank
+    from exface.exfacegan.samplers import render_latents
+    from exface.generators.stylegan import StyleGAN2
+    from exface.tensors import to_uint8
+    from exface.testing import make_stylegan2_pickle
+    from exface.testing.tiny import TinyEmbedder
+
+    pkl = make_stylegan2_pickle(tmp_path / "g.pkl", resolution=16, z_dim=8, w_dim=8)
+    gan = StyleGAN2(str(pkl), truncation_psi=0.7, truncation_cutoff=2)
+    bank = LatentBank.build(tmp_path / "bank", gan, ResizeAligner((16, 16)), TinyEmbedder(), num_latents=6,
+                            chunk_size=6, accelerator="cpu", store_images=True)
+    m = bank.manifest
+    assert m["version"] == 2 and m["truncation_psi"] == 0.7 and m["truncation_cutoff"] == 2
+    data = bank.get(range(6), ("z", "w", "image"))
+    assert torch.allclose(data["w"], gan.to_w(data["z"], truncation_psi=1.0))  # untruncated, as ExFaceGAN stores w
+    again = to_uint8(render_latents(gan, data["w"], "w", m["truncation_psi"], m["truncation_cutoff"]))
+    assert (again.int() - data["image"].int()).abs().max() <= 1
+
+
+def test_every_latent_can_be_a_reference(tmp_path):
+    from exface.alignment import ResizeAligner
+    from exface.exfacegan.datamodule import IdentityBankDataModule
+    from exface.testing.tiny import TinyEmbedder, TinyGenerator
+
+    dm = IdentityBankDataModule(TinyGenerator(), TinyEmbedder(), ResizeAligner((16, 16)), str(tmp_path / "bank"),
+                                num_latents=20, chunk_size=20, num_references=20, space="w", accelerator="cpu")
+    dm.setup("fit")
+    assert dm.labels.shape == (20, 20)
+    assert (dm.labels[torch.arange(20), torch.arange(20)] == -1).all()  # leave-one-out: no reference labels itself
+
+
+def test_synthesize_takes_parts_from_the_bank_and_a_sampler_part(tmp_path, capsys):
+    import yaml
+
+    from exface.alignment import ResizeAligner
+    from exface.cli import main
+    from exface.exfacegan.datamodule import IdentityBankDataModule
+    from exface.exfacegan.latent_bank import references_digest
+    from exface.testing.tiny import TinyEmbedder, TinyGenerator
+
+    dm = IdentityBankDataModule(TinyGenerator(truncation_psi=0.7), TinyEmbedder(), ResizeAligner((16, 16)),
+                                str(tmp_path / "bank"), num_latents=24, chunk_size=12, num_references=3, space="w",
+                                accelerator="cpu")
+    dm.setup("fit")
+    refs = dm.bank.references()
+    g = torch.Generator().manual_seed(0)
+    normals = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
+    bnd = Boundaries(normals, 0.5 - (refs["w"] * normals).sum(1), "w", torch.ones(3), torch.ones(3),
+                     {"bank_references_sha256": references_digest(refs)})
+    bnd.save(tmp_path / "b.pt")
+    recipe = tmp_path / "s.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "bank": str(tmp_path / "bank"), "boundaries": str(tmp_path / "b.pt"), "output_dir": str(tmp_path / "ds"),
+        "sampler": {"class_path": "ExFaceGANSampler", "init_args": {"max_offset": 2.0}},
+        "images_per_identity": 3, "report": False, "accelerator": "cpu",
+    }))
+    main(["synthesize", "--config", str(recipe)])
+    st = json.loads((tmp_path / "ds" / "synthesis.json").read_text())
+    assert st["sampler"]["class"] == "ExFaceGANSampler" and st["sampler"]["max_offset"] == 2.0
+    assert st["parts"]["generator"]["class"] == "TinyGenerator" and st["truncation_psi"] == 0.7
+    assert st["both_sides"] is True and st["images"] == 3 * 2 * 3  # ExFaceGAN's default: both sides
+
+
+def test_linearsvc_their_scaled_normal_option():
+    """normal='scaled' keeps ExFaceGAN's scaled-space unit coefficients; 'raw' is the same hyperplane in raw space."""
+    from exface.boundaries.sklearn_learners import LinearSVCBoundary
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g) * torch.tensor([1.0, 5.0, 0.2, 1.0, 3.0, 1.0])
+    y = torch.stack([(x[:, 0] + 0.3 * x[:, 1] > 0), (x[:, 2] - x[:, 4] > 0)]).to(torch.int8)
+    kw = dict(minmax_scale=True, balanced_split=True)
+    raw, theirs = LinearSVCBoundary(**kw).fit(x, y), LinearSVCBoundary(normal="scaled", **kw).fit(x, y)
+    lo, hi = x.min(0).values, x.max(0).values
+    scale = 2.0 / (hi - lo)
+    # folding their scaled-space normal back to raw space gives exface's normal
+    assert torch.allclose(torch.nn.functional.normalize(theirs.normals * scale, dim=1), raw.normals, atol=1e-4)
+    assert not torch.allclose(theirs.normals, raw.normals, atol=1e-2)
+    foot = -raw.offsets[:, None] * raw.normals  # both signed distances are zero at the hyperplane's foot point
+    assert torch.allclose(theirs.signed_distance(foot)[torch.arange(2), torch.arange(2)], torch.zeros(2), atol=1e-4)
+    assert theirs.meta["normal"] == "scaled" and theirs.meta["balanced_split"]

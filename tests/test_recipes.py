@@ -25,16 +25,19 @@ def _fit(recipe: Path, tmp_path: Path, *overrides: str) -> None:
           f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", *overrides])
 
 
-def _stylegan2_arcface(tmp_path: Path) -> list[str]:
+def _tiny_stylegan2_iresnet(tmp_path: Path, generator: str, embedder: str) -> list[str]:
+    """Overrides pointing a StyleGAN2 + IResNet recipe's ``generator`` and ``embedder`` keys at tiny files."""
     from exface.testing import make_stylegan2_pickle
     from exface.testing.iresnet_checkpoints import make_iresnet_checkpoint
 
     pkl = make_stylegan2_pickle(tmp_path / "g.pkl", resolution=32, z_dim=16, w_dim=16)
     ckpt = make_iresnet_checkpoint(tmp_path / "r18.pth", arch="r18")
+    return [f"--{generator}.init_args.pkl={pkl}", f"--{embedder}.init_args.arch=r18", f"--{embedder}.init_args.weights={ckpt}"]
+
+
+def _stylegan2_arcface(tmp_path: Path) -> list[str]:
     return [
-        f"--data.init_args.generator.init_args.pkl={pkl}",
-        "--data.init_args.embedder.init_args.arch=r18",
-        f"--data.init_args.embedder.init_args.weights={ckpt}",
+        *_tiny_stylegan2_iresnet(tmp_path, "data.init_args.generator", "data.init_args.embedder"),
         f"--data.init_args.bank_dir={tmp_path / 'bank'}",
         "--data.init_args.num_latents=24", "--data.init_args.chunk_size=10", "--data.init_args.num_references=3",
         "--data.init_args.devices=1", "--data.init_args.accelerator=cpu", "--data.init_args.bank_batch_size=8",
@@ -67,6 +70,63 @@ def _fr_arcface_synthetic(tmp_path: Path) -> list[str]:
     ]
 
 
+def _fr_verification_overrides(tmp_path: Path) -> list[str]:
+    """Replace a recipe's callbacks: verification on the shared small .bin (or none) + last checkpoint."""
+    import json
+
+    from tests.conftest import SHARED_DATA
+
+    small = SHARED_DATA / "insightface-bin" / "small_lfw.bin"
+    cbs = [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]
+    if small.is_file():
+        cbs.insert(0, {"class_path": "VerificationCallback",
+                       "init_args": {"sets": [str(small)], "folds": 2, "batch_size": 10}})
+    return [f"--trainer.callbacks={json.dumps(cbs)}"]
+
+
+def _fr_exfacegan_iresnet50(tmp_path: Path) -> list[str]:
+    from exface.testing.identity_folder import make_identity_folder
+
+    root = make_identity_folder(tmp_path / "dataset", size=112)
+    return [
+        "--model.init_args.backbone.init_args.arch=r18",  # the recipe's r50, made small for the test
+        f"--data.init_args.root={root}", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+        "--trainer.precision=32-true", "--trainer.devices=1",
+        *_fr_verification_overrides(tmp_path),
+    ]
+
+
+def _fr_mobilefacenet_dcgan(tmp_path: Path) -> list[str]:
+    from exface.testing.identity_folder import make_identity_folder
+
+    root = make_identity_folder(tmp_path / "dataset", size=112)
+    return [f"--data.init_args.root={root}", "--data.init_args.batch_size=4",
+            *_fr_verification_overrides(tmp_path)]
+
+
+def _exfacegan_paper(generation: int):
+    def setup(tmp_path: Path) -> list[str]:
+        from exface.testing import make_stylegan2_pickle, make_stylegan3_pickle
+        from exface.testing.iresnet_checkpoints import make_iresnet_checkpoint
+        from exface.zoo import is_cached
+
+        if not is_cached("faceapi-face-landmark-68"):
+            pytest.skip("zoo weights faceapi-face-landmark-68 are not cached (the test's landmark source)")
+        make = make_stylegan3_pickle if generation == 3 else make_stylegan2_pickle
+        pkl = make(tmp_path / "g.pkl", resolution=32, z_dim=16, w_dim=16)
+        ckpt = make_iresnet_checkpoint(tmp_path / "r18.pth", arch="r18")
+        return [
+            f"--data.init_args.generator.init_args.pkl={pkl}",
+            "--data.init_args.embedder.init_args.arch=r18", f"--data.init_args.embedder.init_args.weights={ckpt}",
+            "--data.init_args.aligner.init_args.source=FaceApiLandmarks",  # MTCNN's weights may not be cached
+            f"--data.init_args.bank_dir={tmp_path / 'bank'}",
+            "--data.init_args.num_latents=24", "--data.init_args.chunk_size=12", "--data.init_args.num_references=4",
+            "--data.init_args.devices=1", "--data.init_args.accelerator=cpu", "--data.init_args.bank_batch_size=12",
+            "--model.init_args.learner.init_args.n_jobs=1", f"--model.init_args.save_path={tmp_path / 'boundaries.pt'}",
+        ]
+    return setup
+
+
 def _disentangle_common(tmp_path: Path) -> list[str]:
     return [
         "--ckpt_path=null",  # never resume a real run's checkpoint in a test
@@ -87,16 +147,9 @@ def _dcgan_faceapi_disentangle(tmp_path: Path) -> list[str]:
 
 
 def _stylegan2_arcface_disentangle(tmp_path: Path) -> list[str]:
-    from exface.testing import make_stylegan2_pickle
-    from exface.testing.iresnet_checkpoints import make_iresnet_checkpoint
-
-    pkl = make_stylegan2_pickle(tmp_path / "g.pkl", resolution=32, z_dim=16, w_dim=16)
-    ckpt = make_iresnet_checkpoint(tmp_path / "r18.pth", arch="r18")
     return [
         *_disentangle_common(tmp_path),
-        f"--model.init_args.generator.init_args.pkl={pkl}",
-        "--model.init_args.identity_embedder.init_args.arch=r18",
-        f"--model.init_args.identity_embedder.init_args.weights={ckpt}",
+        *_tiny_stylegan2_iresnet(tmp_path, "model.init_args.generator", "model.init_args.identity_embedder"),
         # an InceptionV3 with ImageNet weights needs a download: a tiny timm net stands in
         "--model.init_args.attribute_encoder.init_args.model_name=test_resnet",
         "--model.init_args.attribute_encoder.init_args.pretrained=false",
@@ -108,7 +161,9 @@ def _stylegan2_arcface_disentangle(tmp_path: Path) -> list[str]:
 
 
 SETUPS = {"stylegan2_arcface": _stylegan2_arcface, "dcgan_faceapi": _dcgan_faceapi,
-          "fr_arcface_synthetic": _fr_arcface_synthetic,
+          "fr_arcface_synthetic": _fr_arcface_synthetic, "fr_exfacegan_iresnet50": _fr_exfacegan_iresnet50,
+          "fr_mobilefacenet_dcgan": _fr_mobilefacenet_dcgan,
+          "exfacegan_paper_stylegan2": _exfacegan_paper(2), "exfacegan_paper_stylegan3": _exfacegan_paper(3),
           "dcgan_faceapi_disentangle": _dcgan_faceapi_disentangle,
           "stylegan2_arcface_disentangle": _stylegan2_arcface_disentangle}
 
@@ -123,7 +178,7 @@ def test_every_recipe_has_a_check():
 def test_recipe_fast_dev_run(recipe: Path, tmp_path: Path):
     overrides = SETUPS[recipe.stem](tmp_path)
     _fit(recipe, tmp_path, *overrides)
-    if recipe.stem in ("stylegan2_arcface", "dcgan_faceapi"):
+    if recipe.stem in ("stylegan2_arcface", "dcgan_faceapi", "exfacegan_paper_stylegan2", "exfacegan_paper_stylegan3"):
         from exface.boundaries import Boundaries
         from exface.exfacegan.latent_bank import LatentBank
 

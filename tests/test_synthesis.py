@@ -11,7 +11,7 @@ import torch
 
 from exface.alignment import ResizeAligner
 from exface.boundaries.base import Boundaries
-from exface.exfacegan.samplers import DistanceSampler, ExFaceGANSampler, NoiseSampler, anchor_latent, make_sampler
+from exface.exfacegan.samplers import DistanceSampler, ExFaceGANSampler, NoiseSampler, anchor_latent
 from exface.exfacegan.synthesis import load_bank_references, synthesize_dataset
 from exface.testing.tiny import TinyEmbedder, TinyGenerator
 
@@ -89,8 +89,9 @@ def test_anchor_and_noise_sampler(tiny):
     assert torch.allclose(bnd.signed_distance(a[None], 3), torch.tensor([-0.5]), atol=1e-5)
     x = NoiseSampler(0.0).sample(bnd, 3, 1, refs["w"][3], 3, torch.Generator(), gan)
     assert torch.allclose(x, refs["w"][3].expand(3, -1))
-    with pytest.raises(ValueError, match="unknown sampler"):
-        make_sampler("nope")
+    from exface.registry import get_registry
+
+    assert {"ExFaceGANSampler", "DistanceSampler", "NoiseSampler", "RandomSampler"} <= set(get_registry("samplers"))
 
 
 def _run(root, gan, aligner, emb, bnd, refs, **kw):
@@ -189,7 +190,7 @@ def test_synthesize_recipe_runs_in_process(tmp_path):
         "--aligner", "ResizeAligner", "--aligner.output_size", "[16, 16]",
         "--embedder", "exface.testing.tiny.TinyEmbedder",
         "--output_dir", str(tmp_path / "run" / "dataset"), "--report_dir", str(tmp_path / "run" / "report"), "--images_per_identity", "4", "--num_identities", "3",
-        "--max_offset", "2.0", "--accelerator", "cpu",
+        "--sampler.init_args.max_offset", "2.0", "--accelerator", "cpu",
     ])
     ds = tmp_path / "run" / "dataset"
     assert len((ds / "manifest.jsonl").read_text().splitlines()) == 3 * 4 * (2 if json.loads(
@@ -207,4 +208,4 @@ def test_synthesize_recipes_parse(name, capsys):
         main(["synthesize", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "sampler: exfacegan" in out and "images_per_identity" in out
+    assert "class_path: exface.exfacegan.samplers.ExFaceGANSampler" in out and "images_per_identity" in out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from exface.evaluation.verification import (
     contiguous_folds,
@@ -300,3 +301,109 @@ def test_benchmark_errors(shared_data, tmp_path):
         run_benchmark([_small_lfw(shared_data)], emb, ResizeAligner((112, 112)))
     with pytest.raises(ValueError, match="folds must be >= 2"):
         run_benchmark([_small_lfw(shared_data)], emb, folds=1)
+
+
+# --------------------------------------------------------------------------- insightface parity
+
+
+def _insightface_calculate_roc_accuracy(thresholds, dist, actual_issame, nrof_folds=10):
+    """insightface's calculate_roc accuracy search, transcribed as they wrote it (their
+    calculate_accuracy: predict_issame = dist < threshold, acc = (tp + tn) / dist.size;
+    best_threshold_index = np.argmax(acc_train); KFold(shuffle=False))."""
+    from sklearn.model_selection import KFold
+
+    def calculate_accuracy(threshold, d, same):
+        predict_issame = np.less(d, threshold)
+        tp = np.sum(np.logical_and(predict_issame, same))
+        tn = np.sum(np.logical_and(np.logical_not(predict_issame), np.logical_not(same)))
+        return float(tp + tn) / d.size
+
+    k_fold = KFold(n_splits=nrof_folds, shuffle=False)
+    accuracy = np.zeros(nrof_folds)
+    best = np.zeros(nrof_folds)
+    indices = np.arange(len(dist))
+    for fold_idx, (train_set, test_set) in enumerate(k_fold.split(indices)):
+        acc_train = np.zeros(len(thresholds))
+        for threshold_idx, threshold in enumerate(thresholds):
+            acc_train[threshold_idx] = calculate_accuracy(threshold, dist[train_set], actual_issame[train_set])
+        best_threshold_index = np.argmax(acc_train)
+        best[fold_idx] = thresholds[best_threshold_index]
+        accuracy[fold_idx] = calculate_accuracy(thresholds[best_threshold_index], dist[test_set], actual_issame[test_set])
+    return accuracy, best
+
+
+def _tie_cases():
+    from exface.evaluation.verification import INSIGHTFACE_THRESHOLDS as grid
+
+    rng = np.random.default_rng(11)
+    cases = []
+    # distances exactly on grid thresholds (where "<" and ">" disagree), few distinct values
+    for n in (60, 61, 203):
+        issame = rng.random(n) < 0.5
+        d = grid[rng.integers(80, 200, n)].astype(np.float32)
+        d[issame] -= np.float32(0.3) * (rng.random(issame.sum()) < 0.7)
+        cases.append((np.clip(d, 0, 4), issame))
+    # separable classes: a whole range of thresholds ties at 100% training accuracy
+    issame = np.arange(100) % 2 == 0
+    cases.append((np.where(issame, 0.4, 1.6).astype(np.float32), issame))
+    # one class only, and LFW-sized continuous scores
+    cases.append((rng.random(40).astype(np.float32) * 4, np.ones(40, bool)))
+    issame = np.arange(1200) % 2 == 0
+    cos = np.where(issame, rng.normal(0.55, 0.15, 1200), rng.normal(0.05, 0.12, 1200)).astype(np.float32)
+    cases.append((np.clip(2 - 2 * cos, 0, 4).astype(np.float32), issame))
+    return cases
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_kfold_accuracy_insightface_equals_their_loop_on_tie_cases(case):
+    from exface.evaluation.verification import INSIGHTFACE_THRESHOLDS, kfold_accuracy_insightface
+
+    dist, issame = _tie_cases()[case]
+    acc, thr = kfold_accuracy_insightface(dist, issame, 10)
+    ref_acc, ref_thr = _insightface_calculate_roc_accuracy(INSIGHTFACE_THRESHOLDS, dist, issame, 10)
+    np.testing.assert_array_equal(acc, ref_acc)
+    np.testing.assert_array_equal(thr, ref_thr)
+
+
+def test_score_mapping_differs_from_insightface_only_where_a_distance_is_on_the_grid():
+    """Why the option exists: score = -distance with the ">" rule breaks exact ties the other way."""
+    from exface.evaluation.verification import INSIGHTFACE_THRESHOLDS as grid, kfold_accuracy_insightface
+
+    differs = 0
+    for dist, issame in _tie_cases()[:3]:
+        folds = contiguous_folds(len(dist), 10)
+        acc_map, _ = kfold_accuracy(-dist.astype(np.float64), issame, folds, -grid[::-1].copy())
+        acc_if, _ = kfold_accuracy_insightface(dist, issame, 10)
+        differs += int(np.any(acc_map != acc_if))
+    assert differs > 0
+
+
+def test_insightface_distances_follow_their_normalization():
+    from exface.evaluation.verification import insightface_distances
+
+    rng = np.random.default_rng(12)
+    a, b = rng.standard_normal((50, 16)).astype(np.float32), rng.standard_normal((50, 16)).astype(np.float32)
+    from sklearn.preprocessing import normalize
+
+    expect = np.sum(np.square(np.subtract(normalize(a), normalize(b))), 1)
+    got = insightface_distances(a, b)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got, 2 - 2 * cosine_scores(a, b), atol=1e-5)
+
+
+def test_cosine_scores_float32_chunks_keep_accuracy_and_auc():
+    rng = np.random.default_rng(13)
+    issame = np.arange(3000) % 2 == 0
+    base = rng.standard_normal((3000, 128)).astype(np.float32)
+    other = np.where(issame[:, None], base + 0.9 * rng.standard_normal((3000, 128)), rng.standard_normal((3000, 128)))
+    other = other.astype(np.float32)
+    s32 = cosine_scores(base, other, chunk=257)
+    assert s32.dtype == np.float32
+    a64, b64 = base.astype(np.float64), other.astype(np.float64)
+    s64 = np.einsum("pd,pd->p", a64, b64) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+    np.testing.assert_allclose(s32, s64, atol=2e-6)
+    r32, r64 = evaluate_verification(s32, issame), evaluate_verification(s64, issame)
+    assert r32.accuracy == r64.accuracy
+    assert abs(r32.auc - r64.auc) < 1e-6
+    np.testing.assert_array_equal(cosine_scores(torch.from_numpy(base), torch.from_numpy(other)), cosine_scores(base, other))

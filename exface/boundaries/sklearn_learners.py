@@ -3,11 +3,16 @@
 :class:`LinearSVCBoundary` with ``minmax_scale=True, balanced_split=True`` is ExFaceGAN's
 recipe (``train_boundaries.py``): latents min-max scaled to [-1, 1] (scaler fitted on
 the whole bank), for each reference an equal number of positive and negative latents
-split 70/30 into train/validation, ``LinearSVC(dual=False)``. The difference: ExFaceGAN
-keeps the normal in the *scaled* space, which is not a direction of the raw latent
-space; here the hyperplane is folded back to raw latents before normalizing (see
-:func:`hyperplanes_to_raw`), as the :class:`~exface.boundaries.base.Boundaries`
-contract requires. :class:`LogisticBoundary` is the same loop with logistic regression.
+split 70/30 into train/validation, ``LinearSVC(dual=False)``. ExFaceGAN keeps the normal
+in the *scaled* space (``coef_ / |coef_|``) and walks raw w along it, although it is not
+the hyperplane's normal in raw space; exface folds the hyperplane back to raw latents
+before normalizing (``normal="raw"``, the default; see :func:`hyperplanes_to_raw`).
+``normal="scaled"`` reproduces theirs: the unit scaled-space coefficients are the normal
+of raw w, and the offset puts the zero of the signed distance at the fitted hyperplane's
+point closest to the origin (their code has no offset: it only walks from references).
+In a recipe: ``model: {class_path: BoundaryLearnerModule, init_args: {learner:
+{class_path: LinearSVCBoundary, init_args: {minmax_scale: true, balanced_split: true,
+normal: scaled}}}}``. :class:`LogisticBoundary` is the same loop with logistic regression.
 
 These are the reference implementations (one sklearn fit per reference, ~20-150 ms
 each); :class:`~exface.boundaries.torch_svm.TorchLinearSVM` fits all references at once.
@@ -19,6 +24,7 @@ latent split and the affine fold-back to raw space.
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Literal
 
 import numpy as np
 import torch
@@ -49,9 +55,13 @@ class _SklearnLoopBoundary(BoundaryLearner):
         max_iter: int = 1000,
         class_weight: str | None = None,
         n_jobs: int = 1,
+        normal: Literal["raw", "scaled"] = "raw",
     ) -> None:
         if C <= 0:
             raise ValueError(f"C must be > 0, got {C}")
+        if normal not in ("raw", "scaled"):
+            raise ValueError(f"normal must be 'raw' (exface's fold-back) or 'scaled' (ExFaceGAN's), got {normal!r}")
+        self.normal = normal
         self.C = C
         self.minmax_scale = minmax_scale
         self.balanced_split = balanced_split
@@ -114,6 +124,10 @@ class _SklearnLoopBoundary(BoundaryLearner):
         weights = torch.from_numpy(np.stack([f[0] for f in fits]))
         biases = torch.tensor([f[1] for f in fits], dtype=torch.float64)
         normals, offsets = hyperplanes_to_raw(weights, biases, torch.from_numpy(scale), torch.from_numpy(shift))
+        if self.normal == "scaled":  # ExFaceGAN: the scaled-space direction, applied to raw latents
+            foot = -offsets[:, None].double() * normals.double()  # the raw hyperplane's point nearest the origin
+            normals = torch.nn.functional.normalize(weights.double(), dim=1).float()
+            offsets = -(normals.double() * foot).sum(1).float()
         ba, auc = [], []
         for _, _, scores, labels in fits:
             s = torch.from_numpy(np.asarray(scores, dtype=np.float32))[None]
@@ -125,6 +139,7 @@ class _SklearnLoopBoundary(BoundaryLearner):
             "C": float(self.C),
             "minmax_scale": bool(self.minmax_scale),
             "balanced_split": bool(self.balanced_split),
+            "normal": self.normal,
             "val_fraction": float(self.val_fraction),
             "seed": int(self.seed),
         }
@@ -141,8 +156,9 @@ class LinearSVCBoundary(_SklearnLoopBoundary):
 
     def __init__(self, C: float = 1.0, minmax_scale: bool = False, balanced_split: bool = False,
                  val_fraction: float = 0.3, seed: int = 0, max_iter: int = 1000,
-                 class_weight: str | None = None, n_jobs: int = 1, dual: bool = False) -> None:
-        super().__init__(C, minmax_scale, balanced_split, val_fraction, seed, max_iter, class_weight, n_jobs)
+                 class_weight: str | None = None, n_jobs: int = 1, normal: Literal["raw", "scaled"] = "raw",
+                 dual: bool = False) -> None:
+        super().__init__(C, minmax_scale, balanced_split, val_fraction, seed, max_iter, class_weight, n_jobs, normal)
         self.dual = dual
 
     def _estimator(self):

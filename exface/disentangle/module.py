@@ -110,9 +110,13 @@ class DisentangleModule(pl.LightningModule):
         adversarial_lr_factor: the adversarial generator step's rate, times ``lr`` (0.1).
         discriminator_lr_factor: the discriminator's rate, times ``lr`` (0.4).
         adam_betas: Adam betas (Keras' defaults, as the reference).
-        eval_embedder: an identity judge other than the loss's embedder (recommended; the
-            loss's own embedder is always reported too, marked as not independent).
-        eval_aligner: its aligner (default: ``identity_aligner``'s crop, resized).
+        eval_embedder: an identity judge other than the loss's embedder (the loss's own
+            embedder is always reported too, marked as not independent). None: the default
+            independent evaluator of :mod:`exface.exfacegan.evaluator` for the loss's embedder
+            (HSEFaceRes for FaceApiResNet34), when ``auto_eval_embedder`` and it is available.
+        auto_eval_embedder: pick that default evaluator when ``eval_embedder`` is None.
+        eval_aligner: its aligner (default: ``identity_aligner``'s crop at its input size,
+            :func:`exface.exfacegan.evaluator.evaluator_aligner`).
         eval_landmarks: a landmark judge other than the loss's landmark net (e.g. DlibLandmarks).
         eval_landmark_size: images are resized to this side before ``eval_landmarks``
             (detectors need bigger faces than 64 px); None keeps them.
@@ -151,6 +155,7 @@ class DisentangleModule(pl.LightningModule):
         discriminator_lr_factor: float = 0.4,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         eval_embedder: IdentityEmbedder | None = None,
+        auto_eval_embedder: bool = True,
         eval_aligner: Aligner | None = None,
         eval_landmarks: LandmarkSource | None = None,
         eval_landmark_size: int | None = None,
@@ -174,6 +179,15 @@ class DisentangleModule(pl.LightningModule):
         if getattr(landmarks, "scheme", "ibug68") != "ibug68":
             raise ValueError(f"landmarks must give the 68-point ibug scheme, {type(landmarks).__name__} gives {landmarks.scheme}")
         self.generator, self.identity_embedder, self.identity_aligner = generator, identity_embedder, identity_aligner
+        if eval_embedder is None and auto_eval_embedder:
+            from exface.exfacegan.evaluator import default_evaluator
+
+            eval_embedder, why = default_evaluator(identity_embedder)
+            log.info("disentangle evaluation: %s", why if eval_embedder is None else f"{type(eval_embedder).__name__} ({why})")
+        if eval_embedder is not None and eval_aligner is None:
+            from exface.exfacegan.evaluator import evaluator_aligner
+
+            eval_aligner = evaluator_aligner(identity_aligner, eval_embedder)
         self.landmarks, self.attribute_encoder = landmarks, attribute_encoder
         self.eval_embedder, self.eval_aligner, self.eval_landmarks = eval_embedder, eval_aligner, eval_landmarks
         for name in FROZEN:
@@ -313,9 +327,8 @@ class DisentangleModule(pl.LightningModule):
         """The loss networks (marked dependent) and the evaluation networks given."""
         ids = [IdentityJudge(f"{type(self.identity_embedder).__name__}-loss", self.embed, False)]
         if self.eval_embedder is not None:
-            aligner = self.eval_aligner if self.eval_aligner is not None else self.identity_aligner
-            emb = self.eval_embedder
-            ids.append(IdentityJudge(type(emb).__name__, lambda x: emb(_resize_to(aligner(x), emb.input_size)), True))
+            emb, aligner = self.eval_embedder, self.eval_aligner
+            ids.append(IdentityJudge(type(emb).__name__, lambda x: emb(aligner(x)), True))
         lmks = [LandmarkJudge(f"{type(self.landmarks).__name__}-loss", self.landmarks, False)]
         if self.eval_landmarks is not None:
             src, size = self.eval_landmarks, self.eval_landmark_size
@@ -406,8 +419,3 @@ def _cli_given_hparams() -> bool:
         return False
     return _given_hyperparameters.get() is not None
 
-
-def _resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)

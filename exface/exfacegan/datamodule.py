@@ -20,6 +20,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from exface.alignment.base import Aligner
 from exface.embedders.base import IdentityEmbedder
+from exface.errors import ExfaceError
 from exface.exfacegan.labeling import label_identities
 from exface.exfacegan.latent_bank import LatentBank, references_digest
 from exface.generators.base import Generator
@@ -55,7 +56,8 @@ class IdentityBankDataModule(pl.LightningDataModule):
         bank_dir: where the bank lives (resumed when it exists with the same settings;
             an error naming the differences otherwise).
         num_latents, chunk_size: bank size and latents per chunk file.
-        num_references: R, the first R bank latents.
+        num_references: R, the first R bank latents (up to all of them: with ``leave_one_out``
+            each reference is labeled against the other latents, as ExFaceGAN does).
         space: latent space the boundaries live in: ``"w"`` or ``"z"`` (must be one of the
             generator's ``latent_spaces``; DCGAN has only z).
         label_rule, top_k, threshold, leave_one_out, balance: see ``label_identities``
@@ -99,8 +101,10 @@ class IdentityBankDataModule(pl.LightningDataModule):
                 f"{type(generator).__name__} has latent spaces {list(generator.latent_spaces)}; "
                 f"space={space!r} is not usable for boundaries; pass space= one of {usable}"
             )
-        if not 1 <= num_references < num_latents:
-            raise ValueError(f"num_references must be in [1, num_latents={num_latents}), got {num_references}")
+        if not 1 <= num_references <= num_latents:  # every latent may be a reference (ExFaceGAN: 5,000 of 5,000)
+            raise ExfaceError(f"num_references must be in 1..num_latents={num_latents}, got {num_references}",
+                              where="data.init_args.num_references",
+                              fix=f"pass num_references <= {num_latents}, or a larger num_latents")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if batch_size is not None and batch_size < 1:
@@ -115,6 +119,7 @@ class IdentityBankDataModule(pl.LightningDataModule):
         self.num_references = int(num_references)
         self.bank: LatentBank | None = None
         self.provenance: dict = {}
+        self.latents: Tensor | None = None
         self.labels: Tensor | None = None
         self._train: _IndexBatches | None = None
         self._val: _IndexBatches | None = None
@@ -141,9 +146,10 @@ class IdentityBankDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
             return
-        bank = LatentBank(self.bank_dir)
-        if not bank.is_complete:  # prepare_data was skipped (e.g. a direct setup() call)
-            bank = self.build_bank()
+        if not (self.bank_dir / "manifest.json").is_file() or not LatentBank(self.bank_dir).is_complete:
+            bank = self.build_bank()  # prepare_data was skipped (e.g. a direct setup() call)
+        else:
+            bank = LatentBank(self.bank_dir)
         self.bank = bank
         h = self.hparams
         data = bank.load((self.space, "embedding"))
@@ -162,6 +168,7 @@ class IdentityBankDataModule(pl.LightningDataModule):
         if n - n_val < 2:
             raise ValueError(f"num_latents={n} leaves fewer than 2 training latents at val_fraction={h.val_fraction}")
         val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+        self.latents = x  # [N, d], with self.labels [R, N]: what a BoundaryLearnerModule fits on
         y = self.labels.T.contiguous()  # [N, R]
         self._train = _IndexBatches(x[train_idx].contiguous(), y[train_idx])
         self._val = _IndexBatches(x[val_idx].contiguous(), y[val_idx])

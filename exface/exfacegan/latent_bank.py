@@ -14,7 +14,11 @@ GPUs, and a killed build resumes at the missing chunks. Every chunk is written a
 (temporary file + ``os.replace``): a chunk file on disk is always complete.
 
 The identity embedding of a latent is ``embedder(aligner(generator.synthesize(z)))``,
-L2-normalized; ``w = generator.to_w(z)`` with the generator's own truncation setting.
+L2-normalized. ``w`` is the mapping network's *untruncated* output, as ExFaceGAN stores it;
+the image was rendered with the generator's truncation (``truncation_psi`` on the first
+``truncation_cutoff`` w+ layers, recorded in the manifest), and
+:func:`~exface.exfacegan.samplers.render_latents` applies the same truncation to any w, so a
+stored w re-renders its embedded image (format version 2; version 1 stored truncated w).
 
 Building runs through Lightning's ``Trainer.predict`` over the missing chunk indices with a
 :class:`~lightning.pytorch.callbacks.BasePredictionWriter` writing each chunk as soon as it
@@ -52,7 +56,7 @@ from exface.tensors import to_uint8
 __all__ = ["LatentBank", "BankMismatchError", "bank_config", "part_record", "chunk_seed", "references_digest"]
 
 FORMAT = "exface-latent-bank"
-VERSION = 1
+VERSION = 2  # 2: w is stored untruncated; "truncation" records how images are rendered
 MANIFEST = "manifest.json"
 REFERENCES = "references.pt"
 
@@ -92,6 +96,7 @@ def bank_config(
     if attribute_predictors:
         stored.append("attributes")
     psi = getattr(generator, "truncation_psi", None)
+    cutoff = getattr(generator, "truncation_cutoff", None)
     parts = {
         "generator": part_fingerprint(generator),
         "embedder": part_fingerprint(embedder),
@@ -106,6 +111,8 @@ def bank_config(
         "chunk_size": int(chunk_size),
         "seed": int(seed),
         "truncation_psi": None if psi is None else float(psi),
+        "truncation_cutoff": None if cutoff is None else int(cutoff),
+        "w": "untruncated mapping output; render with exface.exfacegan.samplers.render_latents",
         "dims": {"z": int(generator.z_dim), "w": int(generator.w_dim), "embedding": int(embedder.embedding_dim)},
         "image_size": [int(generator.resolution)] * 2,
         "parts": parts,
@@ -114,7 +121,8 @@ def bank_config(
     }
 
 
-_COMPARED = ("format", "version", "num_latents", "chunk_size", "seed", "truncation_psi", "dims", "stored",
+_COMPARED = ("format", "version", "num_latents", "chunk_size", "seed", "truncation_psi", "truncation_cutoff", "dims",
+             "stored",
              "attribute_names")
 
 
@@ -180,7 +188,7 @@ def compute_chunk(
     attrs: dict[str, list[Tensor]] = {}
     for b0 in range(0, c, batch_size):
         z = z_all[b0 : b0 + batch_size].to(device)
-        w = generator.to_w(z)
+        w = generator.to_w(z, truncation_psi=1.0)  # untruncated: render_latents truncates (as the image below is)
         images = generator.synthesize(z, space="z")
         crops = aligner(images)
         emb = embedder(crops.to(embedder.device))

@@ -49,7 +49,7 @@ from exface.boundaries.base import Boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
 from exface.evaluation.verification import equal_error_rate
-from exface.exfacegan.samplers import NoiseSampler, RandomSampler, anchor_latent
+from exface.exfacegan.samplers import NoiseSampler, RandomSampler, anchor_latent, render_latents
 from exface.generators.base import Generator
 from exface.tensors import to_uint8
 
@@ -156,20 +156,27 @@ def set_metrics(emb: np.ndarray, labels: np.ndarray, images: np.ndarray | None =
 Judge = tuple[Aligner, IdentityEmbedder]
 
 
+def _stage(what: str) -> None:
+    """One progress line per report stage (the report is most of a synthesize run's time)."""
+    print(f"quality report: {what}", flush=True)
+
+
 @torch.no_grad()
 def render_set(gan: Generator, judges: list[Judge], latents: Tensor, space: str,
-               batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
+               batch_size: int = 64, truncation: tuple[float | None, int | None] = (None, None),
+               ) -> tuple[np.ndarray, list[np.ndarray]]:
     """uint8 images ``[N, 3, h, w]`` (downscaled by :func:`shrink`) and, per judge, embeddings.
 
     The embeddings are of the full-resolution uint8 images (as a dataset stores them). With
-    no judges only the images are rendered.
+    no judges only the images are rendered. ``truncation`` (psi, cutoff) is applied at
+    render time to untruncated w (:func:`~exface.exfacegan.samplers.render_latents`).
     """
     from exface.exfacegan.synthesis import embed_images
 
     imgs: list[np.ndarray] = []
     embs: list[list[np.ndarray]] = [[] for _ in judges]
     for s in range(0, len(latents), batch_size):
-        u8 = to_uint8(gan.synthesize(latents[s:s + batch_size].to(gan.device), space=space)).cpu()
+        u8 = to_uint8(render_latents(gan, latents[s:s + batch_size], space, *truncation)).cpu()
         imgs.append(shrink(u8))
         for out, (aligner, embedder) in zip(embs, judges):
             out.append(embed_images(aligner, embedder, u8).cpu().numpy())
@@ -194,7 +201,8 @@ def _embed_files(root: Path, rows: list[dict], judge: Judge, batch_size: int) ->
 
 def calibrate_sigma_to_diversity(gan: Generator, boundaries: Boundaries, references: Tensor,
                                  idents: list[tuple[int, int]], k: int, space: str, target: float,
-                                 start_sigma: float, normalize_z: bool, truncation_psi: float | None,
+                                 start_sigma: float, normalize_z: bool,
+                                 truncation: tuple[float | None, int | None],
                                  seed: int = 0, batch_size: int = 64, steps: int = 7) -> tuple[float, float]:
     """Noise sigma whose rendered images have pixel diversity ``target``, and the diversity reached.
 
@@ -207,8 +215,8 @@ def calibrate_sigma_to_diversity(gan: Generator, boundaries: Boundaries, referen
     def diversity(sigma: float) -> float:
         gen = torch.Generator().manual_seed(seed + 777)
         sam = NoiseSampler(sigma, normalize_z=normalize_z)
-        lats = torch.cat([sam.sample(boundaries, b, s, references[b], k, gen, gan, truncation_psi) for b, s in idents])
-        imgs, _ = render_set(gan, [], lats.float(), space, batch_size)
+        lats = torch.cat([sam.sample(boundaries, b, s, references[b], k, gen, gan) for b, s in idents])
+        imgs, _ = render_set(gan, [], lats.float(), space, batch_size, truncation)
         return _pixel_diversity(imgs, labels)
 
     lo, hi = 0.0, max(start_sigma, 1e-3)
@@ -343,14 +351,17 @@ def quality_report(
     labels = np.array([r["identity"] for r in rows])
     k = settings["images_per_identity"]
     space = settings["space"]
+    trunc = (settings.get("truncation_psi"), settings.get("truncation_cutoff"))  # applied when rendering latents
     ev_emb = None
+    _stage(f"reading the dataset's {len(rows)} images ({len(idents)} identities)")
     if settings.get("crop") is None or all("frame" in r for r in rows):  # the frames are on disk
         images = np.concatenate([shrink(np.asarray(Image.open(root / r.get("frame", r["file"])).convert("RGB"))
                                         .transpose(2, 0, 1)[None]) for r in rows])
         if evaluator is not None:
+            _stage(f"embedding the dataset's {len(rows)} images with the evaluator {type(evaluator).__name__}")
             ev_emb = _embed_files(root, rows, judges[1], batch_size)
     else:  # the dataset stores crops: re-render its frames, as the baselines are measured on frames
-        images, es = render_set(generator, judges[1:], lat.float(), space, batch_size)
+        images, es = render_set(generator, judges[1:], lat.float(), space, batch_size, trunc)
         ev_emb = es[0] if evaluator is not None else None
 
     sets = {"boundary": set_metrics(emb, labels, images, seed=seed, latents=lat.numpy())}
@@ -376,10 +387,10 @@ def quality_report(
         normalize_z = bool(settings["sampler"].get("normalize_z", False))
         sigma = calibrate_noise_sigma(bnd, references, [(b, s) for _, b, s in idents], spread, normalize_z, seed=seed)
         samplers = {"random": RandomSampler(), "noise": NoiseSampler(sigma, normalize_z=normalize_z)}
-        psi = settings.get("truncation_psi")
         for name, sam in samplers.items():
-            lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator, psi) for _, b, s in idents])
-            imgs, es = render_set(generator, judges, lats.float(), space, batch_size)
+            _stage(f"rendering and embedding the {name} baseline ({len(idents) * k} images)")
+            lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator) for _, b, s in idents])
+            imgs, es = render_set(generator, judges, lats.float(), space, batch_size, trunc)
             lab = np.repeat([n for n, _, _ in idents], k)
             sets[name] = set_metrics(es[0], lab, imgs, seed=seed, latents=lats.numpy())
             if evaluator is not None:
@@ -396,12 +407,14 @@ def quality_report(
         # The comparison the verdict uses: noise of the same pixel diversity as the boundary sampler.
         target = sets["boundary"]["pixel_diversity"]
         sub = [(b, s) for _, b, s in idents[:24]]
+        _stage("calibrating the noise baseline to the dataset's pixel diversity")
         sigma_div, reached = calibrate_sigma_to_diversity(
-            generator, bnd, references, sub, k, space, target, sigma, normalize_z, psi, seed=seed,
+            generator, bnd, references, sub, k, space, target, sigma, normalize_z, trunc, seed=seed,
             batch_size=batch_size)
         sam = NoiseSampler(sigma_div, normalize_z=normalize_z)
-        lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator, psi) for _, b, s in idents])
-        imgs, es = render_set(generator, judges, lats.float(), space, batch_size)
+        _stage(f"rendering and embedding the equal-diversity noise baseline ({len(idents) * k} images)")
+        lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator) for _, b, s in idents])
+        imgs, es = render_set(generator, judges, lats.float(), space, batch_size, trunc)
         lab = np.repeat([n for n, _, _ in idents], k)
         sets["noise_equal_diversity"] = set_metrics(es[0], lab, imgs, seed=seed, latents=lats.numpy())
         if evaluator is not None:

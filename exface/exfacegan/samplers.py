@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from exface.boundaries.base import Boundaries
 from exface.generators.base import Generator
+from exface.registry import Registrable
 
 __all__ = [
     "LatentSampler",
@@ -32,28 +34,49 @@ __all__ = [
     "DistanceSampler",
     "NoiseSampler",
     "RandomSampler",
-    "SAMPLERS",
-    "make_sampler",
     "random_latents",
+    "render_latents",
     "sphere_project",
 ]
 
 
-def random_latents(gan: Generator, num: int, space: str, rng: torch.Generator,
-                   truncation_psi: float | None = None) -> Tensor:
-    """``num`` random latents of ``space`` drawn from ``rng`` (z ~ N(0, I); w = mapping(z)).
+def random_latents(gan: Generator, num: int, space: str, rng: torch.Generator) -> Tensor:
+    """``num`` random latents of ``space`` drawn from ``rng``: z ~ N(0, I), or w = mapping(z) *untruncated*.
 
-    ``truncation_psi`` None uses the generator's own default (its ``truncation_psi``).
+    Latents are stored and moved untruncated, as ExFaceGAN stores them; truncation is
+    applied when they are rendered (:func:`render_latents`).
     """
     z = torch.randn(num, gan.z_dim, generator=rng)
     if space == "z":
         return z
     if space == "w":
         with torch.no_grad():
-            if truncation_psi is None:
-                return gan.to_w(z.to(gan.device)).float().cpu()
-            return gan.to_w(z.to(gan.device), truncation_psi=truncation_psi).float().cpu()
+            return gan.to_w(z.to(gan.device), truncation_psi=1.0).float().cpu()
     raise ValueError(f"sampling supports the latent spaces 'z' and 'w', not {space!r}")
+
+
+@torch.no_grad()
+def render_latents(gan: Generator, latents: Tensor, space: str, truncation_psi: float | None = None,
+                   truncation_cutoff: int | None = None) -> Tensor:
+    """Images of latents as the bank's images were made: truncation applied at render time.
+
+    ``z`` goes through the generator's own mapping and truncation. An untruncated ``w`` is
+    broadcast to the ``num_ws`` layers and the first ``truncation_cutoff`` of them (all with
+    None) are pulled toward ``w_avg`` by ``1 - truncation_psi``, exactly what the generator
+    does to ``mapping(z)`` (ExFaceGAN: psi 0.7 on the first 8 layers). So a stored latent
+    re-renders the image that was embedded.
+    """
+    latents = latents.to(gan.device)
+    if space != "w" or truncation_psi is None or float(truncation_psi) == 1.0:
+        return gan.synthesize(latents, space=space)
+    psi = float(truncation_psi)
+    w_avg = gan.w_avg.to(latents.dtype)
+    if "w+" not in gan.latent_spaces or getattr(gan, "num_ws", 1) == 1:
+        return gan.synthesize(w_avg.lerp(latents, psi), space="w")
+    ws = latents.unsqueeze(1).repeat(1, gan.num_ws, 1)
+    cut = gan.num_ws if truncation_cutoff is None else int(truncation_cutoff)
+    ws[:, :cut] = w_avg.lerp(ws[:, :cut], psi)
+    return gan.synthesize(ws, space="w+")
 
 
 def sphere_project(x: Tensor) -> Tensor:
@@ -61,10 +84,15 @@ def sphere_project(x: Tensor) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * math.sqrt(x.shape[-1])
 
 
-class LatentSampler(ABC):
-    """Draws the latents of one identity (boundary ``index``, ``side`` +1 or -1)."""
+class LatentSampler(Registrable, ABC):
+    """Draws the latents of one identity (boundary ``index``, ``side`` +1 or -1).
 
-    name: str = ""
+    A registered part (kind ``samplers``): a recipe names it as
+    ``sampler: {class_path: ExFaceGANSampler, init_args: {max_offset: 30}}``.
+    """
+
+    registry_kind: ClassVar[str] = "samplers"
+    name: ClassVar[str] = ""
 
     @abstractmethod
     def sample(
@@ -76,12 +104,13 @@ class LatentSampler(ABC):
         num: int,
         rng: torch.Generator,
         gan: Generator,
-        truncation_psi: float | None = None,
     ) -> Tensor:
-        """``[num, d]`` latents in ``boundaries.space``; ``reference`` is the boundary's reference latent ``[d]``."""
+        """``[num, d]`` untruncated latents in ``boundaries.space``; ``reference`` is the boundary's reference ``[d]``."""
 
     def describe(self) -> dict:
-        return {"sampler": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+        """What ``synthesis.json`` records: the short name, the class and the init arguments."""
+        return {"sampler": self.name, "class": type(self).__name__,
+                **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
 
 class ExFaceGANSampler(LatentSampler):
@@ -105,14 +134,14 @@ class ExFaceGANSampler(LatentSampler):
 
     name = "exfacegan"
 
-    def __init__(self, min_offset: float = 0.0, max_offset: float = 10.0, normalize_z: bool = True) -> None:
+    def __init__(self, min_offset: float = 0.0, max_offset: float = 30.0, normalize_z: bool = True) -> None:
         if not 0 <= min_offset <= max_offset:
             raise ValueError(f"need 0 <= min_offset <= max_offset, got {min_offset}, {max_offset}")
         self.min_offset = float(min_offset)
         self.max_offset = float(max_offset)
         self.normalize_z = bool(normalize_z)
 
-    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=None):
+    def sample(self, boundaries, index, side, reference, num, rng, gan):
         n = boundaries.normals[index].float()
         d = n.shape[0]
         o = self.min_offset + (self.max_offset - self.min_offset) * torch.rand(num, d, generator=rng)
@@ -140,8 +169,8 @@ class DistanceSampler(LatentSampler):
         self.distance = float(distance)
         self.jitter = float(jitter)
 
-    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=None):
-        x = random_latents(gan, num, boundaries.space, rng, truncation_psi)
+    def sample(self, boundaries, index, side, reference, num, rng, gan):
+        x = random_latents(gan, num, boundaries.space, rng)
         target = self.distance + self.jitter * torch.randn(num, generator=rng)
         target = float(side) * target
         n = boundaries.normals[index].float()
@@ -163,7 +192,7 @@ class NoiseSampler(LatentSampler):
         self.sigma = float(sigma)
         self.normalize_z = bool(normalize_z)
 
-    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=None):
+    def sample(self, boundaries, index, side, reference, num, rng, gan):
         anchor = anchor_latent(boundaries, index, side, reference)
         x = anchor.unsqueeze(0) + self.sigma * torch.randn(num, anchor.shape[0], generator=rng)
         if boundaries.space == "z" and self.normalize_z:
@@ -176,8 +205,8 @@ class RandomSampler(LatentSampler):
 
     name = "random"
 
-    def sample(self, boundaries, index, side, reference, num, rng, gan, truncation_psi=None):
-        return random_latents(gan, num, boundaries.space, rng, truncation_psi)
+    def sample(self, boundaries, index, side, reference, num, rng, gan):
+        return random_latents(gan, num, boundaries.space, rng)
 
 
 def anchor_latent(boundaries: Boundaries, index: int, side: int, reference: Tensor) -> Tensor:
@@ -192,19 +221,3 @@ def anchor_latent(boundaries: Boundaries, index: int, side: int, reference: Tens
         return reference
     s = boundaries.signed_distance(reference.unsqueeze(0), index)[0]
     return reference - 2.0 * s * boundaries.normals[index].float()
-
-
-SAMPLERS: dict[str, type[LatentSampler]] = {
-    c.name: c for c in (ExFaceGANSampler, DistanceSampler, NoiseSampler, RandomSampler)
-}
-
-
-def make_sampler(name: str, **kwargs) -> LatentSampler:
-    """The sampler called ``name`` built with the keyword arguments its ``__init__`` takes."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    cls = SAMPLERS[name]
-    import inspect
-
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    return cls(**{k: v for k, v in kwargs.items() if k in accepted})

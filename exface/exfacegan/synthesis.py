@@ -63,7 +63,7 @@ from exface.exfacegan.run_files import (
     is_primary_process,
 )
 from exface.exfacegan.crops import IMAGE_SUFFIX, ImageFormat, aligned_crops, describe_crop, encode_image
-from exface.exfacegan.samplers import LatentSampler, anchor_latent, make_sampler
+from exface.exfacegan.samplers import ExFaceGANSampler, LatentSampler, anchor_latent, render_latents
 from exface.generators.base import Generator
 from exface.tensors import to_uint8
 
@@ -277,6 +277,7 @@ class SynthesisModule(LightningModule):
         identity_filter: float | None = None,
         filter_rounds: int = 10,
         truncation_psi: float | None = None,
+        truncation_cutoff: int | None = None,
         crop_aligner: Aligner | None = None,
         face_check: float | None = 0.35,
         save_frames: bool = False,
@@ -292,11 +293,12 @@ class SynthesisModule(LightningModule):
         self.seed = seed
         self.identity_filter = identity_filter
         self.filter_rounds = max(1, int(filter_rounds))
-        self.truncation_psi = truncation_psi
+        self.truncation_psi, self.truncation_cutoff = truncation_psi, truncation_cutoff
 
     @torch.no_grad()
     def _render(self, latents: Tensor) -> tuple[Tensor, Tensor]:
-        imgs = to_uint8(self.gan.synthesize(latents.to(self.device), space=self.boundaries.space)).cpu()
+        imgs = to_uint8(render_latents(self.gan, latents, self.boundaries.space, self.truncation_psi,
+                                       self.truncation_cutoff)).cpu()
         return imgs, embed_images(self.aligner, self.embedder, imgs).cpu()
 
     @torch.no_grad()
@@ -336,7 +338,6 @@ class SynthesisModule(LightningModule):
                 n = need[j] - len(kept[j])
                 lat = self.sampler.sample(
                     self.boundaries, ident.boundary, ident.side, self.references[ident.boundary], n, rng, self.gan,
-                    self.truncation_psi,
                 ).float().cpu()
                 lats.append(lat)
                 owner += [j] * n
@@ -495,7 +496,7 @@ def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) 
 
 #: settings that decide what an image is; a resume must match them all
 _CONTENT_KEYS = ("space", "images_per_identity", "both_sides", "seed", "chunk", "sampler", "identity_filter",
-                 "filter_rounds", "truncation_psi", "bank_references_sha256", "boundaries_sha256", "crop", "face_check",
+                 "filter_rounds", "truncation_psi", "truncation_cutoff", "bank_references_sha256", "boundaries_sha256", "crop", "face_check",
                  "image_format", "save_frames")
 
 
@@ -573,6 +574,7 @@ def synthesize_dataset(
     batch_size: int = 64,
     seed: int = 0,
     truncation_psi: float | None = None,
+    truncation_cutoff: int | None = None,
     accelerator: str = "auto",
     devices: int | str = 1,
     extra_settings: dict | None = None,
@@ -607,7 +609,7 @@ def synthesize_dataset(
             f"and the bank do not belong together", where="boundaries",
             fix="pass the boundaries `exface fit` wrote for this bank",
         )
-    sampler = sampler or make_sampler("exfacegan")
+    sampler = sampler or ExFaceGANSampler()
     identities = plan_identities(len(boundaries), num_identities, both_sides)
     chunk = max(1, min(batch_size, images_per_identity))
     items = plan_work(len(identities), images_per_identity, chunk)
@@ -615,6 +617,7 @@ def synthesize_dataset(
         "format": "exface-synthetic-dataset", "version": 2, "space": space, "images_per_identity": images_per_identity,
         "both_sides": both_sides, "seed": seed, "chunk": chunk, "sampler": sampler.describe(),
         "identity_filter": identity_filter, "filter_rounds": filter_rounds, "truncation_psi": truncation_psi,
+        "truncation_cutoff": truncation_cutoff,
         "bank_references_sha256": references_digest(references),
         "boundaries_sha256": tensor_digest({"normals": boundaries.normals, "offsets": boundaries.offsets}),
         "parts": {"generator": part_fingerprint(generator), "aligner": part_fingerprint(aligner),
@@ -644,7 +647,7 @@ def synthesize_dataset(
             module = SynthesisModule(
                 generator, aligner, embedder, boundaries, references[space], references["embedding"], identities,
                 sampler, seed=seed, identity_filter=identity_filter, filter_rounds=filter_rounds,
-                truncation_psi=truncation_psi, crop_aligner=crop_aligner, face_check=face_check, save_frames=save_frames,
+                truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, crop_aligner=crop_aligner, face_check=face_check, save_frames=save_frames,
             )
             per_batch = max(1, batch_size // chunk)
             loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
@@ -672,23 +675,43 @@ def synthesize_dataset(
     return settings
 
 
+_PART_KINDS = {"generator": "generators", "aligner": "aligners", "embedder": "embedders"}
+
+
+def part_from_manifest(manifest: dict, role: str, where: object = None):
+    """Rebuild the bank's ``role`` part from its manifest record (class + recorded init arguments).
+
+    The result is then checked against the record like any given part (weights sha256), so
+    a part whose files moved or changed is refused rather than used.
+    """
+    from exface.registry import get_registry
+
+    rec = (manifest.get("parts") or {}).get(role)
+    if not isinstance(rec, dict) or "class" not in rec:
+        raise ExfaceError(f"the bank manifest records no {role}", where=where, fix=f"pass {role}: in the recipe")
+    try:
+        cls = get_registry(_PART_KINDS[role]).get(rec["class"])
+        return cls(**rec.get("args", {}))
+    except Exception as err:  # noqa: BLE001 - any failure: name the part and the way out
+        raise ExfaceError(
+            f"cannot rebuild the bank's {role} {rec['class']} from its manifest record "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})", where=where,
+            fix=f"pass {role}: (class_path and init_args) in the synthesize recipe",
+        ) from None
+
+
 @command("synthesize")
 def synthesize(
     bank: str,
     boundaries: str,
-    generator: Generator,
-    aligner: Aligner,
-    embedder: IdentityEmbedder,
     output_dir: str,
-    images_per_identity: int = 20,
+    generator: Generator | None = None,
+    aligner: Aligner | None = None,
+    embedder: IdentityEmbedder | None = None,
+    sampler: LatentSampler | None = None,
+    images_per_identity: int = 60,
     num_identities: int | None = None,
-    sampler: str = "exfacegan",
-    min_offset: float = 0.0,
-    max_offset: float = 10.0,
-    normalize_z: bool = True,
-    distance: float = 3.0,
-    jitter: float = 0.0,
-    both_sides: bool = False,
+    both_sides: bool = True,
     identity_filter: float | None = None,
     filter_rounds: int = 10,
     batch_size: int = 64,
@@ -712,15 +735,14 @@ def synthesize(
     Args:
         bank: latent bank folder (manifest.json, references.pt) the boundaries were fit on.
         boundaries: boundaries file written by the fit (Boundaries.save).
-        generator: the bank's generator. aligner / embedder: the bank's aligner and embedder.
         output_dir: dataset folder (<identity>/<k>.png, manifest.jsonl, latents.npy, embeddings.npy).
-        images_per_identity: images per identity.
+        generator, aligner, embedder: default the bank's (rebuilt from manifest.json "parts");
+            given ones must be the bank's (class, weights sha256 and arguments are checked).
+        sampler: how an identity's latents are drawn: a registered sampler part, e.g.
+            ``{class_path: ExFaceGANSampler, init_args: {max_offset: 30}}`` (the default, ExFaceGAN's
+            values) or ``DistanceSampler``; `exface plugins --kind samplers` lists them.
+        images_per_identity: images per identity (ExFaceGAN: 60 generated, 50 used for training).
         num_identities: how many boundaries to use (default all); both_sides doubles the identities.
-        sampler: 'exfacegan' (reference + U(min_offset, max_offset) per-dimension offsets along the
-            normal) or 'distance' (random latent moved to signed distance distance +- jitter).
-        min_offset: exfacegan sampler's lowest offset. max_offset: its highest offset.
-        normalize_z: exfacegan sampler rescales z latents to norm sqrt(d), as ExFaceGAN does.
-        distance: distance sampler's target signed distance. jitter: std of its target distance.
         both_sides: the negative side of each boundary is a second identity ('<id>_neg').
         identity_filter: reject images whose cosine to the identity's anchor embedding is below this.
         filter_rounds: resampling rounds for rejected images before keeping the best rejects.
@@ -743,11 +765,15 @@ def synthesize(
         save_frames: also store the native frame, as frames/<identity>/<k>.png.
     """
     t0 = time.time()
+    manifest, _ = load_bank_references(bank)
+    where = Path(bank) / "manifest.json"
+    generator = generator if generator is not None else part_from_manifest(manifest, "generator", where)
+    aligner = aligner if aligner is not None else part_from_manifest(manifest, "aligner", where)
+    embedder = embedder if embedder is not None else part_from_manifest(manifest, "embedder", where)
     manifest, refs = load_bank_references(bank, generator, embedder, aligner)
     bnd = load_boundaries(boundaries)
     check_boundaries_bank(bnd, refs, where=boundaries)
-    sam = make_sampler(sampler, min_offset=min_offset, max_offset=max_offset, normalize_z=normalize_z,
-                       distance=distance, jitter=jitter)
+    sam = sampler if sampler is not None else ExFaceGANSampler()
     for m in (generator, aligner, embedder) + ((crop_aligner,) if crop_aligner is not None else ()):
         m.eval()
         for p in m.parameters():
@@ -756,7 +782,8 @@ def synthesize(
         generator, aligner, embedder, bnd, refs, output_dir, images_per_identity=images_per_identity,
         num_identities=num_identities, sampler=sam, both_sides=both_sides, identity_filter=identity_filter,
         filter_rounds=filter_rounds, batch_size=batch_size, seed=seed,
-        truncation_psi=manifest.get("truncation_psi"), accelerator=accelerator, devices=devices,
+        truncation_psi=manifest.get("truncation_psi"), truncation_cutoff=manifest.get("truncation_cutoff"),
+        accelerator=accelerator, devices=devices,
         extra_settings={"bank": str(bank), "boundaries": str(boundaries)}, crop_aligner=crop_aligner,
         face_check=face_check, image_format=image_format, jpeg_quality=jpeg_quality, save_frames=save_frames,
     )

@@ -1,0 +1,67 @@
+"""``BoundaryLearnerModule``: any registered :class:`BoundaryLearner` as the model of ``exface fit``.
+
+:class:`~exface.boundaries.torch_svm.BoundaryFitModule` trains all boundaries as one
+batched SVM with Lightning's optimizers. This module instead hands the whole bank (every
+latent and its labels for every reference, from
+:class:`~exface.exfacegan.datamodule.IdentityBankDataModule`) to a learner part once,
+e.g. ExFaceGAN's own recipe ``LinearSVCBoundary(minmax_scale=True, balanced_split=True)``,
+which splits per reference as their code does. The learner's boundaries (with the bank's
+provenance in ``meta``) are written to ``save_path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
+
+from exface.boundaries.base import Boundaries, BoundaryLearner
+from exface.errors import ExfaceError
+
+__all__ = ["BoundaryLearnerModule"]
+
+
+class BoundaryLearnerModule(pl.LightningModule):
+    """Fits ``learner`` on the datamodule's latents and labels once (at the start of ``fit``).
+
+    Args:
+        learner: a boundary learner part (``LinearSVCBoundary``, ``LogisticBoundary``, ...).
+        save_path: where the boundaries are saved (``Boundaries.save``); None keeps them in memory.
+        space: the latent space's name; None takes the datamodule's ``space``.
+    """
+
+    def __init__(self, learner: BoundaryLearner, save_path: str | None = None, space: str | None = None) -> None:
+        super().__init__()
+        self.learner = learner
+        self.save_path = save_path
+        self.space = space
+        self.automatic_optimization = False
+        self.fitted: Boundaries | None = None
+
+    def configure_optimizers(self) -> Any:
+        return None
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        x, y = getattr(dm, "latents", None), getattr(dm, "labels", None)
+        if x is None or y is None:
+            raise ExfaceError(
+                f"{type(dm).__name__} offers no latents/labels for a boundary learner", where="data",
+                fix="use data: {class_path: IdentityBankDataModule, ...} with BoundaryLearnerModule",
+            )
+        space = self.space or getattr(dm, "space", "w")
+        rank_zero_info(f"fitting {y.shape[0]} boundaries with {type(self.learner).__name__} on {x.shape[0]} latents")
+        out = self.learner.fit(x, y, space=space)
+        out.meta.update(getattr(dm, "provenance", None) or {})
+        self.fitted = out
+        if self.save_path and self.trainer.is_global_zero:
+            path = Path(self.save_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out.save(path)
+            rank_zero_info(f"boundaries saved to {path} (validation balanced accuracy "
+                           f"{float(out.val_balanced_accuracy.nanmean()):.3f})")
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        return None  # the learner already ran in on_fit_start; the loop only walks the data once
