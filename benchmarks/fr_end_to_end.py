@@ -158,33 +158,26 @@ def make_baselines(work: Path, boundary_dir: Path, seed: int) -> dict:
 
 
 def lfw_crops(work: Path, lfw: Path):
-    """LFW fold 1 as 112x112 ArcFace crops (benchmark's default aligner for 112-px embedders), cached."""
+    """LFW fold 1 as 112x112 ArcFace crops (the benchmark's default aligner for 112-px embedders), cached."""
+    from exface.embedders.mobilefacenet import MobileFaceNetEmbedder
     from exface.evaluation import load_lfw_pairs
-    from exface.evaluation.benchmark import _image_batches, default_aligner
+    from exface.evaluation.benchmark import default_aligner
     from exface.evaluation.datasets import VerificationSet
+    from exface.fr.verification_callback import aligned_copy
 
     vs = load_lfw_pairs(lfw / "pairs.txt")
     cache = work / "lfw_fold1_arcface112.npy"
     if not cache.is_file():
-        from exface.embedders.mobilefacenet import MobileFaceNetEmbedder
-
-        aligner = default_aligner(vs, MobileFaceNetEmbedder(input_size=112)).eval()
-        crops = np.zeros((vs.num_images, 112, 112, 3), np.uint8)
-        with torch.no_grad():
-            for start, x in _image_batches(vs, 32):
-                c = ((aligner(x).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                crops[start:start + len(x)] = c.permute(0, 2, 3, 1).numpy()
-        np.save(cache, crops)
-    crops = np.load(cache)
+        np.save(cache, aligned_copy(vs, default_aligner(vs, MobileFaceNetEmbedder(input_size=112))).images)
     return VerificationSet(name=vs.name + " (ArcFace 112 crops)", pairs=vs.pairs, issame=vs.issame, folds=vs.folds,
-                           images=crops, aligned=True)
+                           images=np.load(cache), aligned=True)
 
 
 def score(vs, embedder) -> dict:
     from exface.alignment import ResizeAligner
     from exface.evaluation.benchmark import benchmark_set
 
-    r = benchmark_set(vs, embedder.eval(), ResizeAligner((112, 112)), folds=10, batch_size=100)
+    r = benchmark_set(vs, embedder.eval(), ResizeAligner((112, 112)), folds=10, batch_size=100, flip=False)[0]
     return {k: r[k] for k in ("accuracy", "accuracy_std", "auc", "eer", "score_mean_same", "score_mean_diff")}
 
 

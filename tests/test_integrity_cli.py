@@ -39,7 +39,7 @@ def test_part_constructor_failure_is_one_screen(tmp_path, capsys):
 
 def test_exface_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("EXFACE_DEBUG", "1")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(Exception, match="missing.pkl"):  # the exception itself propagates, with its traceback
         main(["synthesize", "--config", _synth_cfg(tmp_path)])
 
 
@@ -105,3 +105,40 @@ def test_pth_referencing_exec_is_reported_as_malicious(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1), "x": _Exec()}, path)
     with pytest.raises(UnsafePickleError, match="builtins.exec.*malicious"):
         load_torch_file(path)
+
+
+# ---- points 12-13: damaged inputs are named; an unwritable benchmark folder is refused before any work
+
+
+def test_truncated_bin_and_image_are_named(tmp_path):
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    from exface.evaluation.datasets import _read_rgb, load_insightface_bin
+
+    buf = __import__("io").BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="JPEG")
+    data = pickle.dumps(([buf.getvalue()] * 2, [True]), protocol=2)
+    path = tmp_path / "lfw.bin"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception, match="lfw.bin"):
+        load_insightface_bin(path)
+    jpg = tmp_path / "face.jpg"
+    jpg.write_bytes(buf.getvalue()[:40])
+    with pytest.raises(ExfaceFileError, match="face.jpg"):
+        _read_rgb(jpg)
+
+
+def test_benchmark_refuses_an_unwritable_folder_before_embedding(tmp_path, monkeypatch):
+    from exface.evaluation import benchmark as bm
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    called = []
+    monkeypatch.setattr(bm, "score_set", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(bm, "load_verification_set", lambda *a, **k: None)
+    with pytest.raises(ExfaceFileError, match="cannot write into the output_dir"):
+        bm.run_benchmark(["x.bin"], embedder=None, output_dir=blocker / "out")
+    assert not called

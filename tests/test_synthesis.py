@@ -208,4 +208,4 @@ def test_synthesize_recipes_parse(name, capsys):
         main(["synthesize", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "class_path: exface.exfacegan.samplers.ExFaceGANSampler" in out and "images_per_identity" in out
+    assert "ExFaceGANSampler" in out and "max_offset" in out and "images_per_identity" in out

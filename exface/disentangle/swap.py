@@ -102,8 +102,12 @@ def disentangle_report(checkpoint: str, output_dir: str, pairs: int = 256, devic
         pairs: held-out cross-identity pairs (as many same-image pairs are reconstructed).
         device: cpu or cuda.
     """
+    import logging
     import time
 
+    logging.getLogger("exface.disentangle").setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(message)s")
     m = load_disentangle_checkpoint(checkpoint, device)
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     t0 = time.time()

@@ -655,6 +655,10 @@ def run_benchmark(
 
         detector = create_part("detectors", detector)
     out = Path(output_dir) if output_dir is not None else None
+    if out is not None:  # before any embedding: a folder that cannot be written would lose it all
+        from exface.exfacegan.run_files import ensure_writable_dir
+
+        ensure_writable_dir(out)
     names: dict[str, int] = {}
     results = []
     for path, vs in zip(datasets, sets):
@@ -668,6 +672,9 @@ def run_benchmark(
             want_flip = paper_flip(vs) if flip is None else flip
             if saved is not None and want_flip and saved.flipped is None:
                 saved, why = None, "saved embeddings have no mirror-image embeddings"
+        if saved is None:  # one line per stage: embedding a set is most of a benchmark's time
+            print(f"benchmark: embedding {name} ({vs.num_images} images, {len(vs)} pairs) with "
+                  f"{type(embedder).__name__}", flush=True)
         r, emb, scores = score_set(
             vs, embedder, set_aligner, folds, batch_size, flip, dev, fars, saved, keep_mirror=save_embeddings
         )

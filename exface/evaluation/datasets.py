@@ -69,8 +69,14 @@ class VerificationSet:
 def _read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    from exface.errors import ExfaceFileError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated, not an image, bad header
+        raise ExfaceFileError(f"cannot decode the image ({err})", where=path,
+                              fix="replace or remove that file (re-extract the dataset)") from None
 
 
 def _decode_jpeg(data: bytes, what: str) -> np.ndarray:
@@ -228,10 +234,13 @@ def load_insightface_bin(path: str | Path, image_size: tuple[int, int] = (112, 1
     with path.open("rb") as f:
         try:
             obj = _materialize(_BinUnpickler(f, encoding="bytes").load())
-        except pickle.UnpicklingError:
-            raise
+        except pickle.UnpicklingError as err:  # refused or truncated: same type, with the file named
+            raise pickle.UnpicklingError(f"{path}: {err}") from None
         except Exception as err:  # truncated/garbled files raise all sorts of errors
-            raise ValueError(f"{path} is not a readable insightface .bin pickle: {err}") from err
+            from exface.errors import ExfaceFileError
+
+            raise ExfaceFileError(f"not a readable insightface .bin pickle ({type(err).__name__}: {err})", where=path,
+                                  fix="download or copy the .bin file again (it is truncated or damaged)") from None
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
         raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(obj).__name__}")
     bins, issame = obj

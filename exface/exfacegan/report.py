@@ -163,7 +163,7 @@ def _stage(what: str) -> None:
 
 @torch.no_grad()
 def render_set(gan: Generator, judges: list[Judge], latents: Tensor, space: str,
-               batch_size: int = 64, truncation: tuple[float | None, int | None] = (None, None),
+               batch_size: int = 64, truncation: tuple[float | None, int | None] | None = None,
                ) -> tuple[np.ndarray, list[np.ndarray]]:
     """uint8 images ``[N, 3, h, w]`` (downscaled by :func:`shrink`) and, per judge, embeddings.
 
@@ -176,7 +176,7 @@ def render_set(gan: Generator, judges: list[Judge], latents: Tensor, space: str,
     imgs: list[np.ndarray] = []
     embs: list[list[np.ndarray]] = [[] for _ in judges]
     for s in range(0, len(latents), batch_size):
-        u8 = to_uint8(render_latents(gan, latents[s:s + batch_size], space, *truncation)).cpu()
+        u8 = to_uint8(render_latents(gan, latents[s:s + batch_size], space, *(truncation or (None, None)))).cpu()
         imgs.append(shrink(u8))
         for out, (aligner, embedder) in zip(embs, judges):
             out.append(embed_images(aligner, embedder, u8).cpu().numpy())
@@ -202,12 +202,13 @@ def _embed_files(root: Path, rows: list[dict], judge: Judge, batch_size: int) ->
 def calibrate_sigma_to_diversity(gan: Generator, boundaries: Boundaries, references: Tensor,
                                  idents: list[tuple[int, int]], k: int, space: str, target: float,
                                  start_sigma: float, normalize_z: bool,
-                                 truncation: tuple[float | None, int | None],
+                                 truncation: tuple[float | None, int | None] | None,
                                  seed: int = 0, batch_size: int = 64, steps: int = 7) -> tuple[float, float]:
     """Noise sigma whose rendered images have pixel diversity ``target``, and the diversity reached.
 
     Pixel diversity grows with sigma, so it is found by geometric bisection, each step
-    rendering ``k`` images for each of ``idents`` (a subset of the identities keeps it cheap).
+    rendering ``k`` images for each of ``idents`` (a subset of the identities keeps it cheap),
+    with ``truncation`` (psi, cutoff; None: none) applied at render time.
     When even very large noise stays below ``target`` the largest sigma tried is returned.
     """
     labels = np.repeat(np.arange(len(idents)), k)

@@ -24,7 +24,7 @@ import torch
 from exface.errors import ExfaceFileError, ExfaceStateError
 
 __all__ = ["partial_name", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "clean_partials",
-           "FolderLock", "is_primary_process"]
+           "FolderLock", "is_primary_process", "ensure_writable_dir"]
 
 PARTIAL_PREFIX = ".partial-"
 
@@ -145,3 +145,17 @@ class FolderLock:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+
+def ensure_writable_dir(folder: Path, what: str = "output_dir") -> Path:
+    """Create ``folder`` and prove it takes a file, before any long computation writes there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = partial_name(folder / ".write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ExfaceFileError(f"cannot write into the {what} ({err.strerror or err})", where=folder,
+                              fix=f"pass a {what} you can write to (nothing has been computed yet)") from None
+    return folder
