@@ -42,12 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _stage(results: dict, name: str, t0: float, ran: bool = True, **extra) -> None:
-    """Record a stage's time; a stage that found its output from an earlier run keeps that run's record."""
+    """Record a stage's time (and save the results file); a stage whose output an earlier run made keeps that record."""
     if not ran and name in results["stages"]:
         print(f"{name}: done by an earlier run ({results['stages'][name]['seconds']} s)", flush=True)
         return
     results["stages"][name] = {"seconds": round(time.time() - t0, 1), "loadavg": os.getloadavg()[0],
                                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    if "path" in results:
+        Path(results["path"]).write_text(json.dumps(results, indent=1))
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {time.time() - t0:.1f} s {extra if extra else ''}", flush=True)
 
 
@@ -136,7 +138,7 @@ def make_baselines(work: Path, boundary_dir: Path, seed: int) -> dict:
     gan = DCGANDigiFace().eval()
     lat = torch.from_numpy(np.load(boundary_dir / "latents.npy"))
     labels = np.array([r["identity"] for r in rows])
-    frames, _ = render_set(gan, None, None, lat.float(), space, 100)
+    frames, _ = render_set(gan, [], lat.float(), space, 100)
     target = _pixel_diversity(frames, labels)
     pos = torch.tensor([r["side"] > 0 for r in rows])
     ref_of = references[torch.tensor([r["boundary"] for r in rows])]
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rpath = work / "results.json"
     results = json.loads(rpath.read_text()) if rpath.is_file() else {"stages": {}}
+    results["path"] = str(rpath)
     results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results["threads"], results["cpus"] = torch.get_num_threads(), os.cpu_count()
     t_all = time.time()
