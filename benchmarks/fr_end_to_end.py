@@ -179,7 +179,7 @@ def score(vs, embedder) -> dict:
     from exface.alignment import ResizeAligner
     from exface.evaluation.benchmark import benchmark_set
 
-    r = benchmark_set(vs, embedder.eval(), ResizeAligner((112, 112)), folds=10, batch_size=100, flip=False)[0]
+    r = benchmark_set(vs, embedder.eval(), ResizeAligner((112, 112)), folds=10, batch_size=100, flip=False)
     return {k: r[k] for k in ("accuracy", "accuracy_std", "auc", "eer", "score_mean_same", "score_mean_diff")}
 
 

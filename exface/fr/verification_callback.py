@@ -106,7 +106,7 @@ class VerificationCallback(pl.Callback):
         try:
             size = tuple(int(s) for s in embedder.input_size)
             return {name: benchmark_set(vs, embedder, ResizeAligner(size), self.folds, self.batch_size, flip,
-                                        embedder.device)[0]
+                                        embedder.device)
                     for name, vs, flip in zip(self.names, self._sets, self._flips)}
         finally:
             embedder.train(was_training)
