@@ -42,12 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _stage(results: dict, name: str, t0: float, ran: bool = True, **extra) -> None:
-    """Record a stage's time; a stage that found its output from an earlier run keeps that run's record."""
+    """Record a stage's time (and save the results file); a stage whose output an earlier run made keeps that record."""
     if not ran and name in results["stages"]:
         print(f"{name}: done by an earlier run ({results['stages'][name]['seconds']} s)", flush=True)
         return
     results["stages"][name] = {"seconds": round(time.time() - t0, 1), "loadavg": os.getloadavg()[0],
                                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    if "path" in results:
+        Path(results["path"]).write_text(json.dumps(results, indent=1))
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {time.time() - t0:.1f} s {extra if extra else ''}", flush=True)
 
 
@@ -136,7 +138,7 @@ def make_baselines(work: Path, boundary_dir: Path, seed: int) -> dict:
     gan = DCGANDigiFace().eval()
     lat = torch.from_numpy(np.load(boundary_dir / "latents.npy"))
     labels = np.array([r["identity"] for r in rows])
-    frames, _ = render_set(gan, None, None, lat.float(), space, 100)
+    frames, _ = render_set(gan, [], lat.float(), space, 100)
     target = _pixel_diversity(frames, labels)
     pos = torch.tensor([r["side"] > 0 for r in rows])
     ref_of = references[torch.tensor([r["boundary"] for r in rows])]
@@ -158,33 +160,26 @@ def make_baselines(work: Path, boundary_dir: Path, seed: int) -> dict:
 
 
 def lfw_crops(work: Path, lfw: Path):
-    """LFW fold 1 as 112x112 ArcFace crops (benchmark's default aligner for 112-px embedders), cached."""
+    """LFW fold 1 as 112x112 ArcFace crops (the benchmark's default aligner for 112-px embedders), cached."""
+    from exface.embedders.mobilefacenet import MobileFaceNetEmbedder
     from exface.evaluation import load_lfw_pairs
-    from exface.evaluation.benchmark import _image_batches, default_aligner
+    from exface.evaluation.benchmark import default_aligner
     from exface.evaluation.datasets import VerificationSet
+    from exface.fr.verification_callback import aligned_copy
 
     vs = load_lfw_pairs(lfw / "pairs.txt")
     cache = work / "lfw_fold1_arcface112.npy"
     if not cache.is_file():
-        from exface.embedders.mobilefacenet import MobileFaceNetEmbedder
-
-        aligner = default_aligner(vs, MobileFaceNetEmbedder(input_size=112)).eval()
-        crops = np.zeros((vs.num_images, 112, 112, 3), np.uint8)
-        with torch.no_grad():
-            for start, x in _image_batches(vs, 32):
-                c = ((aligner(x).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                crops[start:start + len(x)] = c.permute(0, 2, 3, 1).numpy()
-        np.save(cache, crops)
-    crops = np.load(cache)
+        np.save(cache, aligned_copy(vs, default_aligner(vs, MobileFaceNetEmbedder(input_size=112))).images)
     return VerificationSet(name=vs.name + " (ArcFace 112 crops)", pairs=vs.pairs, issame=vs.issame, folds=vs.folds,
-                           images=crops, aligned=True)
+                           images=np.load(cache), aligned=True)
 
 
 def score(vs, embedder) -> dict:
     from exface.alignment import ResizeAligner
     from exface.evaluation.benchmark import benchmark_set
 
-    r = benchmark_set(vs, embedder.eval(), ResizeAligner((112, 112)), folds=10, batch_size=100)
+    r = benchmark_set(vs, embedder.eval(), ResizeAligner((112, 112)), folds=10, batch_size=100, flip=False)[0]
     return {k: r[k] for k in ("accuracy", "accuracy_std", "auc", "eer", "score_mean_same", "score_mean_diff")}
 
 
@@ -282,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rpath = work / "results.json"
     results = json.loads(rpath.read_text()) if rpath.is_file() else {"stages": {}}
+    results["path"] = str(rpath)
     results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results["threads"], results["cpus"] = torch.get_num_threads(), os.cpu_count()
     t_all = time.time()

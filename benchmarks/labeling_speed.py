@@ -1,117 +1,162 @@
-"""Speed of ExFaceGAN identity labelling: exface's chunked GEMM + selection vs the numpy loop.
+"""Speed of ExFaceGAN identity labelling against the similarity GEMM it cannot beat.
 
-The baseline is ExFaceGAN's per-reference loop in its vectorized numpy form
-(``sims = bank @ ref; med = np.median(sims); labels = sims > med``), which is already
-far faster than their literal code (per-pair ``scipy.spatial.distance.cosine`` after
-``np.delete``); that literal path is timed on a few references for context.
+R references x N bank embeddings (default R = N = 20000, 128-D, random unit vectors; the
+references are the bank, as in ExFaceGAN). Sides, alternated in one process, each
+repeated ``--repeats`` times (medians of process and wall time):
 
-Both labelings are produced in the same process and compared element by element. Any
-disagreement can only come from float32 rounding (BLAS GEMM vs GEMV summation order)
-for a similarity within an ulp or so of its row's median; the script prints how many and
-how close they were.
+- ``GEMM alone``: the ``[R, N]`` similarity matrix in cache-sized tiles and discarded
+  (exface's own tiling) and as plain 256-row ``torch.mm`` chunks. The faster is the bound:
+  no labelling can be cheaper than computing the similarities once.
+- ``exface median / top-k / threshold``: :func:`label_identities` (CPU path: sampled
+  bracket + fused per-tile pass for median and top-k, fused compare for threshold).
+- ``numpy chunked median``: the strongest plain baseline for the median rule: BLAS GEMM in
+  256-row chunks + ``np.partition`` + compare (what a competent user writes).
+- ``FAISS top-k``: ``IndexFlatIP.search`` (exact) + scatter into the dense labels.
+- ``FAISS threshold``: ``IndexFlatIP.range_search`` + scatter.
+- ``--loop``: ExFaceGAN's per-reference numpy loop (one GEMV + ``np.median`` each).
 
-Both sides run on ``--threads`` CPU threads (default 1: numpy's BLAS through
-threadpoolctl, torch and the selection workers alike), which compares per core and keeps
-the numbers stable on a shared machine, where 2-thread BLAS/OpenMP runs stall on
-oversubscribed cores.
+Labels are compared between exface and each baseline (differences can only come from
+float32 rounding of similarities within an ulp of a cut, or FAISS's tie order).
 
-Run: ``.venv/bin/python benchmarks/labeling_speed.py`` (R = N = 20000, dim 128, random
-unit embeddings; ``--help`` for sizes).
+All sides run on ``--threads`` threads (default 1: torch, BLAS via threadpoolctl, FAISS's
+OpenMP, exface's workers).
+
+Run: ``python benchmarks/labeling_speed.py`` (``--n 5000`` for a quick look).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from exface.exfacegan.labeling import label_identities, numpy_median_labels
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import alternate, machine_line, table  # noqa: E402
+
+from exface.exfacegan.labeling import _gemm_tiles, label_identities, numpy_median_labels  # noqa: E402
 
 
-def _literal_exfacegan(bank: np.ndarray, i: int) -> np.ndarray:
-    """ExFaceGAN's create_id_svm_data for reference ``i`` (their labels: 1 = dissimilar)."""
-    from scipy.spatial.distance import cosine
+def numpy_chunked_median(bank: np.ndarray, refs: np.ndarray, rows: int = 256) -> np.ndarray:
+    n = len(bank)
+    out = np.empty((len(refs), n), np.int8)
+    for s in range(0, len(refs), rows):
+        sims = refs[s : s + rows] @ bank.T
+        part = np.partition(sims, [(n - 1) // 2, n // 2], axis=1)
+        med = (part[:, (n - 1) // 2] + part[:, n // 2]) / np.float32(2)
+        np.greater(sims, med[:, None], out=out[s : s + rows].view(np.bool_))
+    return out
 
-    probes = np.delete(bank, i, axis=0)
-    ref = np.repeat(bank[i][None], len(probes), axis=0)
-    sims = np.array([1 - cosine(a, b) for a, b in zip(ref, probes)])
-    thr = np.sort(sims)[len(sims) // 2]
-    return (sims < thr).astype(int)
+
+def faiss_topk(bank: np.ndarray, refs: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+
+    index = faiss.IndexFlatIP(bank.shape[1])
+    index.add(bank)
+    _, idx = index.search(refs, k)
+    out = np.zeros((len(refs), len(bank)), np.int8)
+    np.put_along_axis(out, idx, 1, axis=1)
+    return out
+
+
+def faiss_threshold(bank: np.ndarray, refs: np.ndarray, thr: float) -> np.ndarray:
+    import faiss
+
+    index = faiss.IndexFlatIP(bank.shape[1])
+    index.add(bank)
+    lims, _, idx = index.range_search(refs, thr)  # inner product > thr
+    out = np.zeros((len(refs), len(bank)), np.int8)
+    rows = np.repeat(np.arange(len(refs)), np.diff(lims.astype(np.int64)))
+    out[rows, idx] = 1
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="bank size N (= number of references R)")
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--baseline-refs", type=int, default=0,
-                    help="time the numpy loop on only this many references and extrapolate (0 = all)")
-    ap.add_argument("--literal-refs", type=int, default=2,
-                    help="references for the literal ExFaceGAN path (0 skips it)")
+    ap.add_argument("--k", type=int, default=200, help="positives per reference for the top-k rule")
+    ap.add_argument("--threshold", type=float, default=0.2, help="cosine cut for the threshold rule")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--loop", action="store_true", help="also time ExFaceGAN's per-reference numpy loop")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads for both sides")
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+    except ImportError:
+        faiss = None
     with threadpool_limits(limits=args.threads):
-        _run(args)
+        run(args, faiss is not None)
 
 
-def _run(args) -> None:
-
+def run(args, have_faiss: bool) -> None:
     rng = np.random.default_rng(args.seed)
     bank = rng.standard_normal((args.n, args.dim)).astype(np.float32)
     bank /= np.linalg.norm(bank, axis=1, keepdims=True)
-    refs = bank  # ExFaceGAN: every bank latent is also a reference
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"R = N = {args.n}, dim = {args.dim}, threads = {args.threads} (both sides), device = CPU"
-          f"{' (CUDA available, not used)' if torch.cuda.is_available() else ''}, "
-          f"1-min load average at start = {load:.2f}")
+    refs = bank
+    bt = torch.from_numpy(bank)
+    bank_t = bt.T.contiguous()
+    flop = 2.0 * args.n * args.n * args.dim
+    print(f"R = N = {args.n}, dim = {args.dim}, k = {args.k}, threshold = {args.threshold}; "
+          f"{machine_line(args.threads)}; GEMM = {flop:.3g} FLOP")
 
-    label_identities(bank[:256], refs[:64], use_gpu=False)  # warm-up (thread pool, BLAS)
-    t = time.perf_counter()
-    fast = label_identities(bank, refs, use_gpu=False, num_threads=args.threads).numpy()
-    t_fast = time.perf_counter() - t
-    print(f"exface label_identities (median rule):        {t_fast:8.3f} s")
+    def gemm_tiles():
+        for _ in _gemm_tiles(bt, bank_t, 256):
+            pass
 
-    n_base = args.baseline_refs or args.n
-    t = time.perf_counter()
-    base = numpy_median_labels(bank, refs[:n_base])
-    t_base_part = time.perf_counter() - t
-    t_base = t_base_part * args.n / n_base
-    extrap = "" if n_base == args.n else f"  (timed {n_base} refs: {t_base_part:.3f} s, extrapolated linearly)"
-    print(f"numpy per-reference loop (np.median):         {t_base:8.3f} s{extrap}")
-    print(f"speed ratio: {t_base / t_fast:.1f}x")
+    def gemm_rows():
+        buf = torch.empty(256, args.n)
+        for s in range(0, args.n, 256):
+            c = min(256, args.n - s)
+            torch.mm(bt[s : s + c], bt.T, out=buf[:c])
 
-    diff = np.argwhere(fast[:n_base] != base)
-    print(f"labels compared on {n_base} x {args.n}: {len(diff)} differ")
-    if len(diff):
-        b64 = bank.astype(np.float64)
-        gaps = []
-        for r, j in diff[:1000]:
-            sims = b64 @ b64[r]
-            gaps.append(abs(sims[j] - np.median(sims)))
-        print(f"  largest |similarity - median| among them (float64): {max(gaps):.2e} "
-              f"(float32 rounding ties)")
+    t = args.threads
 
-    t = time.perf_counter()
-    loo = label_identities(bank, refs, self_indices=np.arange(args.n), use_gpu=False, num_threads=args.threads)
-    print(f"exface with leave-one-out (self_indices):    {time.perf_counter() - t:8.3f} s "
-          f"(-1 on the diagonal: {bool((loo.diagonal() == -1).all())})")
+    def dropped(fn):  # time the side, keep no 400 MB result (memory on a shared machine)
+        return lambda: (fn(), None)[1]
 
-    if args.literal_refs:
-        t = time.perf_counter()
-        for i in range(args.literal_refs):
-            lit = _literal_exfacegan(bank, i)
-            ours = np.delete(loo[i].numpy(), i)
-            agree = np.mean((1 - lit) == ours)
-        t_lit = (time.perf_counter() - t) / args.literal_refs * args.n
-        print(f"ExFaceGAN literal code path (scipy per pair): {t_lit:8.1f} s "
-              f"(timed {args.literal_refs} refs, extrapolated; ratio {t_lit / t_fast:.0f}x; "
-              f"label agreement with exface leave-one-out {agree:.5f})")
+    sides = {
+        "GEMM alone (tiles)": gemm_tiles,
+        "GEMM alone (256-row mm)": gemm_rows,
+        "exface median": lambda: label_identities(bank, refs, use_gpu=False, num_threads=t).numpy(),
+        "numpy chunked median": lambda: numpy_chunked_median(bank, refs),
+        "exface top-k": lambda: label_identities(bank, refs, rule="topk", k=args.k, use_gpu=False, num_threads=t).numpy(),
+        "exface threshold": lambda: label_identities(bank, refs, rule="threshold", threshold=args.threshold,
+                                                     use_gpu=False, num_threads=t).numpy(),
+    }
+    if have_faiss:
+        sides["FAISS top-k (IndexFlatIP)"] = lambda: faiss_topk(bank, refs, args.k)
+        sides["FAISS threshold (range_search)"] = lambda: faiss_threshold(bank, refs, args.threshold)
+    if args.loop:
+        sides["ExFaceGAN numpy loop median"] = lambda: numpy_median_labels(bank, refs)
+    # warm-up on a small problem (numba cache load, thread pools, BLAS)
+    label_identities(bank[:3000], refs[:300], use_gpu=False)
+    label_identities(bank[:3000], refs[:300], rule="topk", k=10, use_gpu=False)
+    timings = alternate({k: dropped(v) for k, v in sides.items()}, repeats=args.repeats, warmup=False)
+    bound = min(("GEMM alone (tiles)", "GEMM alone (256-row mm)"), key=lambda n: timings[n].process_median)
+    print(f"\nmedians over {args.repeats} alternated repetitions; bound = {bound} "
+          f"({flop / timings[bound].process_median / 1e9:.1f} GFLOP/s of process time); {machine_line(args.threads)}")
+    table(timings, bound=bound)
+
+    # exactness, one pair of label matrices at a time
+    med = sides["exface median"]()
+    for name in ("numpy chunked median", "ExFaceGAN numpy loop median"):
+        if name in sides:
+            print(f"labels differing, exface median vs {name}: {int((sides[name]() != med).sum())} of {med.size}")
+    print(f"positives per reference: median rule {med.sum(1).mean():.1f}")
+    del med
+    if have_faiss:
+        top = sides["exface top-k"]()
+        print(f"labels differing, exface top-k vs FAISS: {int((sides['FAISS top-k (IndexFlatIP)']() != top).sum())} "
+              f"(positives per reference {top.sum(1).mean():.1f})")
 
 
 if __name__ == "__main__":

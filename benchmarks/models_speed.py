@@ -3,8 +3,10 @@
 Each model is built through its registered part, so this times exactly what a recipe
 runs. Default models (DCGAN-DigiFace, the face-api nets) use their real weights from
 the zoo; StyleGAN2/3 and the IResNets use random weights of the published sizes
-(speed does not depend on the values). One warm-up batch, then the best of
-``--repeats`` timed batches.
+(speed does not depend on the values). On CPU each model runs at 1 thread and at all
+threads, alternated batch by batch after one warm-up batch per setting; the figures are
+medians over ``--repeats`` timed batches (images/s from wall time, and process time per
+batch), with the load average printed beside them.
 
     python benchmarks/models_speed.py                       # everything but StyleGAN3 (slow on CPU)
     python benchmarks/models_speed.py --only '*faceapi*' --batch 64
@@ -66,48 +68,65 @@ def _models(stylegan3: bool) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
     return models
 
 
-def images_per_second(kind: str, model: nn.Module, batch: int, repeats: int, device: torch.device) -> float:
+def _runner(kind: str, model: nn.Module, batch: int, device: torch.device):
     model = model.to(device).eval()
     if kind == "generator":
-        x = model.sample_z(batch, seed=0, device=device)
-        run = model.synthesize
-    else:
-        size = tuple(getattr(model, "input_size", (112, 112)))
-        x = torch.rand(batch, 3, *size, device=device) * 2 - 1
-        run = model
-    best = float("inf")
+        return model.synthesize, model.sample_z(batch, seed=0, device=device)
+    size = tuple(getattr(model, "input_size", (112, 112)))
+    return model, torch.rand(batch, 3, *size, device=device) * 2 - 1
+
+
+def throughput(kind: str, model: nn.Module, batch: int, repeats: int, device: torch.device,
+               thread_settings: list[int]) -> dict[int, tuple[float, float]]:
+    """``{threads: (images/s from the median wall time, median process seconds per batch)}``."""
+    import statistics
+
+    run, x = _runner(kind, model, batch, device)
+    wall = {t: [] for t in thread_settings}
+    proc = {t: [] for t in thread_settings}
     with torch.inference_mode():
-        run(x[:2])
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+        for t in thread_settings:  # warm-up per setting (thread pool, allocator, first-call costs)
+            torch.set_num_threads(t)
             run(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-    return batch / best
+        for _ in range(repeats):
+            for t in thread_settings:
+                torch.set_num_threads(t)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                p0, w0 = time.process_time(), time.perf_counter()
+                run(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                wall[t].append(time.perf_counter() - w0)
+                proc[t].append(time.process_time() - p0)
+    return {t: (batch / statistics.median(wall[t]), statistics.median(proc[t])) for t in thread_settings}
 
 
 def main() -> None:
+    import os
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=1, help="timed batches per model (the best is reported)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed batches per model and thread setting")
+    parser.add_argument("--threads", type=int, default=None, help="'all threads' setting (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", default="*", help="wildcard on the model names")
     parser.add_argument("--stylegan3", action="store_true", help="also time a 256-px StyleGAN3-T")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    all_threads = args.threads or torch.get_num_threads()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads, batch {args.batch}")
-    print(f"{'model':44s} {'kind':10s} {'images/s':>9s}")
+    settings = [1, all_threads] if device.type == "cpu" and all_threads > 1 else [all_threads]
+    load = os.getloadavg()
+    print(f"torch {torch.__version__}, device {device}, thread settings {settings}, batch {args.batch}, "
+          f"{args.repeats} timed batches each (medians), load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
+    cols = "".join(f" {f'img/s @{t}':>11s} {f'CPU s @{t}':>10s}" for t in settings)
+    print(f"{'model':44s} {'kind':10s}{cols}")
     for name, (kind, build) in _models(args.stylegan3).items():
         if not fnmatch.fnmatch(name.lower(), args.only.lower()):
             continue
-        rate = images_per_second(kind, build(), args.batch, args.repeats, device)
-        print(f"{name:44s} {kind:10s} {rate:9.1f}", flush=True)
+        res = throughput(kind, build(), args.batch, args.repeats, device, settings)
+        row = "".join(f" {res[t][0]:11.1f} {res[t][1]:10.2f}" for t in settings)
+        print(f"{name:44s} {kind:10s}{row}  (load {os.getloadavg()[0]:.1f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -157,30 +157,14 @@ def test_vector_env_api():
 
 
 def _tiny_overrides(tmp_path: Path) -> list[str]:
-    e = "--model.init_args.env.init_args"
-    return [
-        f"{e}.generator=exface.testing.tiny.TinyGenerator", f"{e}.generator.init_args.resolution=16",
-        f"{e}.embedder=exface.testing.tiny.TinyEmbedder",
-        f"{e}.age_predictor=exface.testing.tiny_age.TinyAgePredictor",
-        f"{e}.aligner=ResizeAligner", f"{e}.aligner.init_args.output_size=[16,16]",
-        f"{e}.space=z", f"{e}.prior_samples=200", f"{e}.max_steps=3",
-        "--model.init_args.num_envs=6", "--model.init_args.minibatch_size=8", "--model.init_args.ppo_epochs=2",
-        f"--model.init_args.save_path={tmp_path / 'policy.pt'}",
-        "--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
-    ]
+    from exface.testing.tiny_age import age_rl_recipe_overrides
 
-
-def test_recipe_fast_dev_run(tmp_path):
-    from exface.cli import main
-
-    main(["fit", "--config", str(RECIPE), "--trainer.fast_dev_run=true", *_tiny_overrides(tmp_path)])
-    rec = torch.load(tmp_path / "policy.pt", weights_only=True)
-    assert rec["format"] == "exface-age-policy" and rec["env"]["identity_bound"] == 0.95
+    return [*age_rl_recipe_overrides(tmp_path), "--trainer.accelerator=cpu", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]
 
 
 def test_recipe_resumes_from_last_checkpoint_and_policy_runs_as_an_editor(tmp_path):
+    """(The recipe's fast_dev_run is tests/test_recipes.py's, with the same tiny overrides.)"""
     from exface.cli import main
 
     main(["fit", "--config", str(RECIPE), "--trainer.max_epochs=1", *_tiny_overrides(tmp_path)])

@@ -205,3 +205,25 @@ def test_threshold_rule_fused_into_tiles_matches_plain_compare():
     s = refs @ bank.T
     near = np.abs(s - 0.25) < 1e-6
     np.testing.assert_array_equal(got[~near], expect[~near])
+
+
+def test_faiss_is_optional_with_a_clear_error(monkeypatch):
+    import builtins
+
+    from exface.exfacegan import labeling as lab
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    rng = np.random.default_rng(14)
+    bank, refs = _unit(rng, 50, 8), _unit(rng, 3, 8)
+    # every CPU rule works without FAISS
+    assert label_identities(bank, refs, rule="topk", k=5, use_gpu=False).numpy().sum() == 15
+    with pytest.raises(ImportError, match=r"exface\[faiss\]"):
+        lab._faiss_index(torch.from_numpy(bank), torch.device("cpu"))
+    assert lab._faiss_index(torch.from_numpy(bank), torch.device("cuda")) is None  # CUDA: torch path instead

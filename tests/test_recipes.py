@@ -160,12 +160,19 @@ def _stylegan2_arcface_disentangle(tmp_path: Path) -> list[str]:
     ]
 
 
+def _dcgan_faceapi_age_rl(tmp_path: Path) -> list[str]:
+    from exface.testing.tiny_age import age_rl_recipe_overrides
+
+    return age_rl_recipe_overrides(tmp_path)
+
+
 SETUPS = {"stylegan2_arcface": _stylegan2_arcface, "dcgan_faceapi": _dcgan_faceapi,
           "fr_arcface_synthetic": _fr_arcface_synthetic, "fr_exfacegan_iresnet50": _fr_exfacegan_iresnet50,
           "fr_mobilefacenet_dcgan": _fr_mobilefacenet_dcgan,
           "exfacegan_paper_stylegan2": _exfacegan_paper(2), "exfacegan_paper_stylegan3": _exfacegan_paper(3),
           "dcgan_faceapi_disentangle": _dcgan_faceapi_disentangle,
-          "stylegan2_arcface_disentangle": _stylegan2_arcface_disentangle}
+          "stylegan2_arcface_disentangle": _stylegan2_arcface_disentangle,
+          "dcgan_faceapi_age_rl": _dcgan_faceapi_age_rl}
 
 
 def test_every_recipe_has_a_check():

@@ -359,10 +359,15 @@ def test_kfold_accuracy_insightface_equals_their_loop_on_tie_cases(case):
     from exface.evaluation.verification import INSIGHTFACE_THRESHOLDS, kfold_accuracy_insightface
 
     dist, issame = _tie_cases()[case]
+    from exface.evaluation.verification import kfold_accuracy_insightface_loop
+
     acc, thr = kfold_accuracy_insightface(dist, issame, 10)
     ref_acc, ref_thr = _insightface_calculate_roc_accuracy(INSIGHTFACE_THRESHOLDS, dist, issame, 10)
     np.testing.assert_array_equal(acc, ref_acc)
     np.testing.assert_array_equal(thr, ref_thr)
+    loop_acc, loop_thr = kfold_accuracy_insightface_loop(dist, issame, 10)  # the benchmark's baseline
+    np.testing.assert_array_equal(loop_acc, ref_acc)
+    np.testing.assert_array_equal(loop_thr, ref_thr)
 
 
 def test_score_mapping_differs_from_insightface_only_where_a_distance_is_on_the_grid():

@@ -48,7 +48,7 @@ def test_callback_on_small_bin(tmp_path, shared_data):
     assert best.is_file() and cb.best == max(h["mean"] for h in cb.history)
     # the same numbers as `exface benchmark`'s per-set function on the saved model
     emb = FRCheckpointEmbedder(best)
-    direct = benchmark_set(load_verification_set(small), emb, ResizeAligner((112, 112)), folds=2, batch_size=10)
+    direct, _, _ = benchmark_set(load_verification_set(small), emb, ResizeAligner((112, 112)), folds=2, batch_size=10)
     assert direct["accuracy"] == pytest.approx(cb.evaluate(emb)["small_lfw"]["accuracy"])
     model.backbone.train()
     cb.evaluate(model.backbone)

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from exface.alignment.base import Aligner
 from exface.alignment.crops import _check_size
-from exface.alignment.geometry import warp_affine
+from exface.alignment.faces import FaceTally, detect_faces
+from exface.alignment.geometry import float_dtype, warp_affine
 from exface.alignment.landmarks import resolve_box
 from exface.detectors.base import FaceChoice, FaceDetector, select_faces
 
@@ -80,11 +81,15 @@ class DetectorCropAligner(Aligner):
         self.antialias = bool(antialias)
         #: After each call: ``[N]`` bool, whether a face was found per image.
         self.last_found: Tensor | None = None
+        #: How many faces the detector found in each image so far (reports count them).
+        self.tally = FaceTally()
 
     def face_boxes(self, images: Tensor) -> Tensor:
         """``[N, 4]`` pixel boxes that are cropped (margin, square and clip applied)."""
         n, _, h, w = images.shape
-        picked, found = select_faces(self.detector(images), (h, w), self.choose, self.expected_box)
+        detections = detect_faces(self.detector, images)  # on a copy of at most 1024 px
+        self.tally.add([len(d) for d in detections])
+        picked, found = select_faces(detections, (h, w), self.choose, self.expected_box)
         boxes = resolve_box(self.fallback_box, n, h, w).to(torch.float64)
         boxes[found] = picked.to(boxes)[found]
         self.last_found = found
@@ -102,4 +107,4 @@ class DetectorCropAligner(Aligner):
 
     def forward(self, images: Tensor) -> Tensor:
         a = box_crop_matrices(self.face_boxes(images).to(images.device), self.output_size)
-        return warp_affine(images, a.to(images.dtype), self.output_size, self.antialias)
+        return warp_affine(images, a.to(float_dtype(images)), self.output_size, self.antialias)

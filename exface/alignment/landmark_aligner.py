@@ -60,7 +60,7 @@ class LandmarkAligner(Aligner):
         source: a registered landmark source name (``FaceApiLandmarks``, ``DlibLandmarks``,
             ``MTCNNLandmarks``) or an instance.
         source_args: keyword arguments of the source, e.g. ``{"box": "lfw_deepfunneled"}``.
-        antialias: pre-shrink with a Gaussian pyramid when crops shrink more than 2x.
+        antialias: prefilter the region a crop covers when it shrinks more than 2x (see warp_affine).
         detach_landmarks: block gradients through the landmark estimate (the crop stays
             differentiable with respect to the pixels it samples).
         detector: a registered face detector name (``SSDMobileNetV1``) or instance; None

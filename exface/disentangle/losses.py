@@ -26,7 +26,7 @@ options), not here.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +99,7 @@ class PixelLoss(nn.Module):
     """
 
     def __init__(self, fraction_ms_ssim: float = 0.84, betas: Sequence[float] = MS_SSIM_BETAS_5,
-                 kernel_size: int = 11, sigma: float = 1.5, mask: str = "gaussian") -> None:
+                 kernel_size: int = 11, sigma: float = 1.5, mask: Literal["gaussian", "uniform"] = "gaussian") -> None:
         super().__init__()
         if not 0.0 <= fraction_ms_ssim <= 1.0:
             raise ValueError(f"fraction_ms_ssim must be in [0, 1], got {fraction_ms_ssim}")

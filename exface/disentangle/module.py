@@ -33,8 +33,9 @@ rebuilt from the recipe (they are dropped on save and taken from the live module
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -133,7 +134,7 @@ class DisentangleModule(pl.LightningModule):
         identity_aligner: Aligner,
         attribute_encoder: AttributeEncoder,
         landmarks: LandmarkSource,
-        space: str = "w",
+        space: Literal["z", "w"] = "w",
         mapper_hidden: Sequence[int] = (2048, 1024, 512),
         discriminator_hidden: Sequence[int] = (256, 128, 64),
         id_weight: float = 1.0,
@@ -144,7 +145,7 @@ class DisentangleModule(pl.LightningModule):
         ms_ssim_fraction: float = 0.84,
         ms_ssim_betas: Sequence[float] = MS_SSIM_BETAS_5,
         ms_ssim_kernel: int = 11,
-        pixel_mask: str = "gaussian",
+        pixel_mask: Literal["gaussian", "uniform"] = "gaussian",
         adversarial_weight: float = 1.0,
         r1_gamma: float = 10.0,
         latent_weight: float = 0.0,
@@ -282,6 +283,7 @@ class DisentangleModule(pl.LightningModule):
         return terms, fake, cross
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         opt_g, opt_g_adv, opt_d = self.optimizers()
         k = int(batch["index"])
         adversarial = self.w["adversarial"] > 0 and k % self.adversarial_every == 0
@@ -321,6 +323,9 @@ class DisentangleModule(pl.LightningModule):
         kind = "cross" if cross else "same"
         self.log_dict({f"train/{kind}_{name}": v.detach() for name, v in terms.items()}, batch_size=n)
         self.log(f"train/{kind}_total", total.detach(), prog_bar=True, batch_size=n)
+        # time per batch (process CPU time counts every thread): what "fits in N minutes" is measured by
+        self.log_dict({"train/batch_wall_s": time.perf_counter() - wall0, "train/batch_cpu_s": time.process_time() - cpu0,
+                       "train/batch_index": float(k)}, batch_size=n)
 
     # ---------------------------------------------------------------- evaluation
     def judges(self) -> tuple[list[IdentityJudge], list[LandmarkJudge]]:
@@ -373,9 +378,12 @@ class DisentangleModule(pl.LightningModule):
         pairs = self.report_pairs if pairs is None else int(pairs)
         id_s, attr_s = held_out_seeds(pairs)
         per: dict[str, list[Tensor]] = {}
+        t0 = time.perf_counter()
         for i in range(0, pairs, self.eval_batch_size):
             for k, v in self.evaluate_seeds(id_s[i:i + self.eval_batch_size], attr_s[i:i + self.eval_batch_size]).items():
                 per.setdefault(k, []).append(v.cpu())
+            log.info("disentangle report: %d/%d pairs evaluated (%.0f s)", min(pairs, i + self.eval_batch_size), pairs,
+                     time.perf_counter() - t0)
         g = self.grid_size
         gid, gattr = held_out_seeds(g, offset=pairs)
         id_img, attr_img = self.render(self.latents(gid)), self.render(self.latents(gattr))

@@ -93,18 +93,26 @@ def swap(checkpoint: str, output: str = "swap_grid.png", id_seeds: list[int] | N
 
 
 @command("disentangle-report")
-def disentangle_report(checkpoint: str, output_dir: str, pairs: int = 256, device: str = "cpu") -> None:
+def disentangle_report(checkpoint: str, output_dir: str, pairs: int = 256, batch_size: int | None = None,
+                       device: str = "cpu") -> None:
     """Evaluate a disentanglement checkpoint on held-out pairs and write report.md/json and swap_grid.png.
 
     Args:
         checkpoint: a checkpoint of `exface fit --config recipes/*_disentangle.yaml`.
         output_dir: folder for report.md, report.json, per_pair.npz, swap_grid.png.
         pairs: held-out cross-identity pairs (as many same-image pairs are reconstructed).
+        batch_size: pairs per evaluation batch (default: the recipe's eval_batch_size; smaller uses less memory).
         device: cpu or cuda.
     """
+    import logging
     import time
 
+    logging.getLogger("exface.disentangle").setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(message)s")
     m = load_disentangle_checkpoint(checkpoint, device)
+    if batch_size is not None:
+        m.eval_batch_size = int(batch_size)
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     t0 = time.time()
     result = m.report(output_dir, pairs=pairs, settings={

@@ -53,6 +53,7 @@ __all__ = [
     "INSIGHTFACE_THRESHOLDS",
     "insightface_distances",
     "kfold_accuracy_insightface",
+    "kfold_accuracy_insightface_loop",
     "roc_curve",
     "roc_auc",
     "equal_error_rate",
@@ -295,6 +296,38 @@ def kfold_accuracy_insightface(
     return correct[np.arange(k), best] / n_f, thr[best].astype(np.float64)
 
 
+def _insightface_accuracy(threshold: float, dist: np.ndarray, same: np.ndarray) -> float:
+    predict = np.less(dist, threshold)
+    tp = np.sum(np.logical_and(predict, same))
+    tn = np.sum(np.logical_and(np.logical_not(predict), np.logical_not(same)))
+    return float(tp + tn) / dist.size
+
+
+def kfold_accuracy_insightface_loop(
+    distances: np.ndarray, issame: np.ndarray, num_folds: int = 10, thresholds: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """insightface's ``calculate_roc`` accuracy search as they wrote it: for each fold, for
+    each threshold, their ``calculate_accuracy`` (``np.less(dist, threshold)``, TP and TN by
+    ``np.sum(np.logical_and(...))``, ``(tp + tn) / n``) on the training pairs; ``np.argmax``.
+    (Their function also computes TPR/FPR of every threshold on the test fold for the ROC;
+    that part is left out.) The reference and benchmark baseline of
+    :func:`kfold_accuracy_insightface`."""
+    dist = np.asarray(distances).ravel()
+    _, issame, _ = _check(dist.astype(np.float64), issame)
+    thr = INSIGHTFACE_THRESHOLDS if thresholds is None else np.asarray(thresholds)
+    folds = contiguous_folds(len(dist), num_folds)
+    accs, chosen = np.zeros(num_folds), np.zeros(num_folds)
+    for f in range(num_folds):
+        train, test = folds != f, folds == f
+        acc_train = np.zeros(len(thr))
+        for j, t in enumerate(thr):
+            acc_train[j] = _insightface_accuracy(t, dist[train], issame[train])
+        best = int(np.argmax(acc_train))
+        chosen[f] = thr[best]
+        accs[f] = _insightface_accuracy(thr[best], dist[test], issame[test])
+    return accs, chosen
+
+
 # --------------------------------------------------------------------------- threshold-free
 
 
@@ -362,10 +395,10 @@ def tar_at_far(scores: np.ndarray, issame: np.ndarray, fars: tuple[float, ...] =
 def cosine_scores(a: np.ndarray, b: np.ndarray, chunk: int = 16384) -> np.ndarray:
     """Row-wise cosine similarity ``float32 [P]`` of two ``[P, D]`` embedding arrays (numpy or torch).
 
-    Float32 in chunks of ``chunk`` pairs (the embeddings are float32 already; float64 over
-    whole arrays costs two full-size copies and ~10x the time), normalizing each row
-    before the dot product, so every cosine is within a few float32 ulps of the float64
-    value.
+    Float32 in chunks of ``chunk`` pairs: the embeddings are float32 already, float64
+    over whole arrays costs two full-size copies and several times the time, and chunks
+    bound the float32 copies of float64 or torch inputs. Every cosine is within a few
+    float32 ulps of the float64 value.
     """
     a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
     b = b.detach().cpu().numpy() if hasattr(b, "detach") else np.asarray(b)
@@ -375,11 +408,11 @@ def cosine_scores(a: np.ndarray, b: np.ndarray, chunk: int = 16384) -> np.ndarra
     for s in range(0, a.shape[0], chunk):
         ca = np.asarray(a[s : s + chunk], dtype=np.float32)
         cb = np.asarray(b[s : s + chunk], dtype=np.float32)
-        na = np.sqrt(np.einsum("pd,pd->p", ca, ca))
-        nb = np.sqrt(np.einsum("pd,pd->p", cb, cb))
-        if np.any(na == 0) or np.any(nb == 0) or not (np.isfinite(na).all() and np.isfinite(nb).all()):
+        na2 = np.einsum("pd,pd->p", ca, ca)
+        nb2 = np.einsum("pd,pd->p", cb, cb)
+        if np.any(na2 == 0) or np.any(nb2 == 0) or not (np.isfinite(na2).all() and np.isfinite(nb2).all()):
             raise ValueError("a zero embedding (or a non-finite one) has no cosine similarity")
-        out[s : s + chunk] = np.einsum("pd,pd->p", ca / na[:, None], cb / nb[:, None])
+        np.divide(np.einsum("pd,pd->p", ca, cb), np.sqrt(na2) * np.sqrt(nb2), out=out[s : s + chunk])
     return out
 
 

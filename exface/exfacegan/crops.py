@@ -42,7 +42,9 @@ def encode_image(image_chw_u8: Tensor, image_format: ImageFormat = "png", jpeg_q
     buf = io.BytesIO()
     img = Image.fromarray(image_chw_u8.permute(1, 2, 0).contiguous().numpy())
     if image_format == "png":
-        img.save(buf, format="PNG")
+        # zlib level 1: 0.96 ms per 112-px crop vs 4.5 ms at PIL's default 6 (more than the DCGAN
+        # generator's 3.9 ms per image), files 14% larger; lossless either way
+        img.save(buf, format="PNG", compress_level=1)
     elif image_format == "jpeg":
         img.save(buf, format="JPEG", quality=int(jpeg_quality), subsampling=0)
     else:

@@ -8,18 +8,28 @@ SVM per reference then separates the two in latent space, and its normal is that
 identity's boundary. Their code loops over references in numpy (one GEMV and one median
 per reference); here all references are labelled at once, in reference chunks:
 
-- ``rule="median"``: one BLAS GEMM per chunk of references (exact float32 inner products
-  of L2-normalized vectors; on CPU ``torch.mm`` is ~12x faster than
-  ``faiss.pairwise_distances`` for this all-pairs case, so it is used), then an exact
-  per-row selection (``numpy.partition`` on worker threads on CPU, ``torch.kthvalue`` on
-  CUDA). The median follows ``numpy.median`` (mean of the two middle values for an even
-  count) and labels are ``similarity > median``, so results equal the numpy loop's.
-- ``rule="topk"``: FAISS exact inner-product search (``IndexFlatIP``; a GPU index when
-  FAISS has GPUs): the ``k`` most similar latents are 1, the rest 0.
-- ``rule="threshold"``: ``similarity > threshold`` is 1, the rest 0.
+Which rule uses what (figures: ``benchmarks/labeling_speed.py``):
 
-Memory is bounded by the output (``int8 [R, N]``: 10 GB for R = N = 100k) plus two
-``float32 [chunk, N]`` buffers (~256 MB by default).
+- ``rule="median"`` and ``rule="topk"`` on CPU: the similarities are computed once, as
+  float32 GEMM tiles (``torch.mm``, row chunks x 1024 bank columns, in cache), and each
+  tile is consumed at once by the fused kernels of :mod:`exface.exfacegan.rank_select`:
+  a bracket per row from a 1024-column seeded sample, one pass writing provisional labels
+  and keeping only the entries inside the bracket, re-bracketing from the scanned columns,
+  then an exact selection inside the bracket (rows whose bracket missed are redone
+  exactly). The median follows ``numpy.median`` (mean of the two middle values for an
+  even count) and labels are ``similarity > median``; top-k labels exactly ``k`` entries,
+  ties at the k-th similarity going to the lowest bank indices. No FAISS: its exact
+  ``IndexFlatIP`` search (GEMM + heaps) is slower here than the fused pass.
+- ``rule="threshold"`` on CPU: ``similarity > threshold`` fused into the same GEMM tiles.
+- On CUDA: the GEMM per reference chunk on the GPU, ``torch.kthvalue`` for the same
+  order statistics, and the same cut and tie rule (identical labels); top-k uses a FAISS
+  GPU index (``IndexFlatIP``) when FAISS with GPUs is installed (``exface[gpu]``; FAISS's
+  own tie order), else the torch path. FAISS is an optional extra (``exface[faiss]``):
+  no default path needs it.
+
+Memory is bounded by the output (``int8 [R, N]``: 10 GB for R = N = 100k) plus one GEMM
+tile, the sample and the band buffers per chunk (a few MB) on CPU, or ``float32 [chunk, N]``
+buffers (~256 MB by default) on CUDA.
 
 Sign convention: exface's label 1 is *similar*. ExFaceGAN's own code stores label 1 for
 *dissimilar* (``cos_sims < threshold``), so its saved boundaries point away from the
@@ -148,9 +158,9 @@ def label_identities(
             smaller one (seeded by ``seed``), marking the dropped latents -1.
         use_gpu: CUDA for the GEMM and selection (and a FAISS GPU index for ``topk``
             when FAISS has GPUs); ``None`` = use one if torch sees it.
-        chunk_size: references per chunk; default keeps each ``float32 [chunk, N]``
-            buffer at 128 MiB.
-        num_threads: CPU worker threads for the median selection (default: torch's).
+        chunk_size: references per chunk; default 256 on CPU (GEMM tiles that stay in
+            cache), on CUDA enough to keep each ``float32 [chunk, N]`` buffer at 128 MiB.
+        num_threads: CPU worker threads for the fused selection kernels (default: torch's).
     """
     bank_t = _normalize(_as_float_matrix(bank, "bank"), "bank")
     refs_t = _normalize(_as_float_matrix(references, "references"), "references")
@@ -435,11 +445,18 @@ def _topk_labels_faiss(bank, refs, self_idx, out, k, device) -> None:
 def _faiss_index(bank: Tensor, device: torch.device):
     """An exact inner-product FAISS index over ``bank``: on GPU when asked and available.
 
-    Returns None when a CUDA device was asked for but FAISS is a CPU build, so that the
-    caller can use torch on the GPU instead of a slower CPU search.
+    Returns None when a CUDA device was asked for but FAISS is missing or a CPU build, so
+    that the caller can use torch on the GPU instead of a slower CPU search.
     """
-    import faiss
-
+    try:
+        import faiss
+    except ImportError:
+        if device.type == "cuda":
+            return None  # the torch path on the GPU gives the same labels
+        raise ImportError(
+            "the FAISS top-k search needs FAISS: pip install 'exface[faiss]' (CPU) or 'exface[gpu]'; "
+            "label_identities' CPU paths do not need it"
+        ) from None
     index = faiss.IndexFlatIP(bank.shape[1])
     index.add(bank.numpy())
     if device.type == "cuda":

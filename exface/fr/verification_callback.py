@@ -60,13 +60,15 @@ class VerificationCallback(pl.Callback):
         every_n_epochs: evaluate after every n-th training epoch.
         folds: k of the k-fold protocol (10: the standard).
         batch_size: images per forward pass.
-        flip: add the mirror image's embedding (insightface's test-time flip).
+        flip: add the mirror image's embedding (insightface's test-time flip); None: each set's
+            published protocol (:func:`~exface.evaluation.benchmark.paper_flip`: ``.bin`` sets
+            yes, LFW ``pairs.txt`` no), as ``exface benchmark`` does.
         save_best: save ``<dirpath>/best_verification.ckpt`` when the mean accuracy improves.
         dirpath: where that checkpoint goes (default: ``<trainer.default_root_dir>/checkpoints``).
     """
 
     def __init__(self, sets: list[str], every_n_epochs: int = 1, folds: int = 10, batch_size: int = 64,
-                 flip: bool = False, save_best: bool = True, dirpath: str | None = None) -> None:
+                 flip: bool | None = None, save_best: bool = True, dirpath: str | None = None) -> None:
         super().__init__()
         if not sets:
             raise ValueError("VerificationCallback needs at least one set (.bin or LFW pairs.txt)")
@@ -81,13 +83,15 @@ class VerificationCallback(pl.Callback):
         self.best = -math.inf
         self.history: list[dict] = []
         self._sets: list[VerificationSet] | None = None
+        self._flips: list[bool] = []
 
     def _load(self, embedder: IdentityEmbedder) -> list[VerificationSet]:
-        from exface.evaluation.benchmark import default_aligner
+        from exface.evaluation.benchmark import default_aligner, paper_flip
 
-        out = []
+        out, self._flips = [], []
         for path in self.paths:
             vs = load_verification_set(path)
+            self._flips.append(paper_flip(vs) if self.flip is None else bool(self.flip))  # of the set as published
             out.append(vs if vs.aligned else aligned_copy(vs, default_aligner(vs, embedder), self.batch_size))
         return out
 
@@ -101,9 +105,9 @@ class VerificationCallback(pl.Callback):
         was_training = embedder.training
         try:
             size = tuple(int(s) for s in embedder.input_size)
-            return {name: benchmark_set(vs, embedder, ResizeAligner(size), self.folds, self.batch_size, self.flip,
-                                        embedder.device)
-                    for name, vs in zip(self.names, self._sets)}
+            return {name: benchmark_set(vs, embedder, ResizeAligner(size), self.folds, self.batch_size, flip,
+                                        embedder.device)[0]
+                    for name, vs, flip in zip(self.names, self._sets, self._flips)}
         finally:
             embedder.train(was_training)
 

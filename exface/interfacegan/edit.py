@@ -30,13 +30,32 @@ from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
+from exface.exfacegan.samplers import render_latents
 from exface.generators.base import Generator
 from exface.interfacegan.directions import EditDirection, check_applicable, load_boundaries, select_direction
 from exface.interfacegan.manipulation import distance_steps, linear_interpolate
 from exface.interfacegan.scores import score_images
 from exface.tensors import to_uint8
 
-__all__ = ["FaceEvaluator", "edit_latents", "load_edit_latents", "edit"]
+__all__ = ["render_edit_latents", "FaceEvaluator", "edit_latents", "load_edit_latents", "edit"]
+
+
+def render_edit_latents(generator: Generator, latents: Tensor, space: str) -> Tensor:
+    """Images of (edited) latents rendered as the bank renders its own: truncation at render time.
+
+    Banks store *untruncated* w (:mod:`exface.exfacegan.latent_bank`), so boundaries in w and
+    w+ live in untruncated w; the generator's ``truncation_psi`` (on its first
+    ``truncation_cutoff`` layers) is applied here, as :func:`~exface.exfacegan.samplers.render_latents`
+    does for w. z goes through the generator's own mapping and truncation.
+    """
+    psi = getattr(generator, "truncation_psi", None)
+    cutoff = getattr(generator, "truncation_cutoff", None)
+    if space != "w+" or psi is None or float(psi) == 1.0:
+        return render_latents(generator, latents, space, psi, cutoff)
+    ws = latents.to(generator.device).clone()
+    cut = ws.shape[1] if cutoff is None else int(cutoff)
+    ws[:, :cut] = generator.w_avg.to(ws.dtype).lerp(ws[:, :cut], float(psi))
+    return generator.synthesize(ws, space="w+")
 
 
 class FaceEvaluator:
@@ -61,7 +80,7 @@ class FaceEvaluator:
         embs, imgs = [], []
         for b0 in range(0, len(latents), self.batch_size):
             lat = latents[b0 : b0 + self.batch_size].to(self.generator.device)
-            images = self.generator.synthesize(lat, space=self.space)
+            images = render_edit_latents(self.generator, lat, self.space)
             embs.append(self.embedder(self.aligner(images).to(self.embedder.device)).float().cpu())
             for name, v in score_images(images, self.attribute_aligner, self.predictors).items():
                 scores.setdefault(name, []).append(v)
@@ -124,7 +143,7 @@ def load_edit_latents(generator: Generator, space: str, bank_dir: str | None, in
     elif seeds:
         z = torch.cat([generator.sample_z(1, seed=int(s), device="cpu") for s in seeds])
         with torch.inference_mode():
-            x = z if space == "z" else generator.to_w(z.to(generator.device)).float().cpu()
+            x = z if space == "z" else generator.to_w(z.to(generator.device), truncation_psi=1.0).float().cpu()
         labels = [f"seed {s}" for s in seeds]
     else:
         path = Path(latents)

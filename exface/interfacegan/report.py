@@ -69,12 +69,12 @@ def monotonic_fraction(scores: Tensor) -> float:
 
 
 def held_out_latents(generator: Generator, space: str, num_latents: int, seed: int) -> Tensor:
-    """Fresh latents of ``space`` drawn from ``seed`` (w+ is w repeated per layer)."""
+    """Fresh latents of ``space`` drawn from ``seed``: z, or untruncated w as banks store it (w+: w per layer)."""
     z = generator.sample_z(num_latents, seed=seed, device="cpu")
     if space == "z":
         return z
     with torch.inference_mode():
-        w = torch.cat([generator.to_w(z[i : i + 256].to(generator.device)).float().cpu() for i in range(0, len(z), 256)])
+        w = torch.cat([generator.to_w(z[i : i + 256].to(generator.device), truncation_psi=1.0).float().cpu() for i in range(0, len(z), 256)])
     return w[:, None].expand(-1, generator.num_ws, -1).contiguous() if space == "w+" else w
 
 

@@ -142,6 +142,16 @@ class TFJSGraph(nn.Module):
             t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
             self.params[_key(name)] = nn.Parameter(t, requires_grad=False)
         self._nodes = {n: nodes[n] for n in self._program}
+        # Free each intermediate after its last reader: a graph's activations would otherwise
+        # all stay alive until the end of forward (GBs for a 224-px MobileNet batch of 64).
+        last_use: dict[str, int] = {}
+        for i, name in enumerate(self._program):
+            for inp in nodes[name].get("input", []):
+                last_use[inp.split(":")[0].lstrip("^")] = i
+        self._free_after: list[list[str]] = [[] for _ in self._program]
+        for name, i in last_use.items():
+            if name not in self.outputs and nodes[name]["op"] not in ("Const",):
+                self._free_after[i].append(name)
         for name, node in self._nodes.items():
             op = node["op"]
             if op not in _ELEMENTWISE and op not in _UNARY and op not in self._OPS:
@@ -257,7 +267,7 @@ class TFJSGraph(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Evaluate the graph on its NHWC input ``x``; ``{output name: tensor}``."""
         values: dict[str, object] = {self.input_name: x}
-        for name, node in self._nodes.items():
+        for step, (name, node) in enumerate(self._nodes.items()):
             op = node["op"]
             if op == "Placeholder":
                 continue
@@ -272,4 +282,7 @@ class TFJSGraph(nn.Module):
                 values[name] = _UNARY[op](args[0])
             else:
                 values[name] = self._OPS[op](self, node, args)
+            del args
+            for done in self._free_after[step]:
+                values.pop(done, None)
         return {o: values[o] for o in self.outputs}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pathlib import Path
+
 from torch import Tensor, nn
 
 from exface.attributes.base import AttributePredictor
 from exface.testing.tiny import _seeded_init
 
-__all__ = ["TinyAgePredictor"]
+__all__ = ["TinyAgePredictor", "age_rl_recipe_overrides"]
 
 
 class TinyAgePredictor(AttributePredictor):
@@ -28,3 +30,20 @@ class TinyAgePredictor(AttributePredictor):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         x = F.adaptive_avg_pool2d(torch.tanh(self.conv(images)), 4).flatten(1)
         return {"age": 40.0 + 30.0 * torch.tanh(3.0 * self.fc(x)[:, 0])}
+
+
+def age_rl_recipe_overrides(tmp_path: str | Path) -> list[str]:
+    """CLI overrides that run ``recipes/dcgan_faceapi_age_rl.yaml`` on tiny parts under ``tmp_path``."""
+    tmp_path = Path(tmp_path)
+    e = "--model.init_args.env.init_args"
+    return [
+        f"{e}.generator=exface.testing.tiny.TinyGenerator", f"{e}.generator.init_args.resolution=16",
+        f"{e}.embedder=exface.testing.tiny.TinyEmbedder",
+        f"{e}.age_predictor=exface.testing.tiny_age.TinyAgePredictor",
+        f"{e}.aligner=ResizeAligner", f"{e}.aligner.init_args.output_size=[16,16]",
+        f"{e}.attribute_aligner=ResizeAligner", f"{e}.attribute_aligner.init_args.output_size=[16,16]",
+        f"{e}.space=z", f"{e}.prior_samples=200", f"{e}.max_steps=3",
+        "--model.init_args.num_envs=6", "--model.init_args.minibatch_size=8", "--model.init_args.ppo_epochs=2",
+        f"--model.init_args.save_path={tmp_path / 'policy.pt'}",
+        "--trainer.callbacks.init_args.dirpath=" + str(tmp_path / "ckpt"),
+    ]
