@@ -32,8 +32,9 @@ def test_build_contents(tmp_path, parts):
     d = bank.load(("z", "w", "embedding"))
     assert d["z"].shape == (50, 8) and d["w"].shape == (50, 8) and d["embedding"].shape == (50, 8)
     assert torch.allclose(d["embedding"].norm(dim=1), torch.ones(50), atol=1e-5)
-    # w is the generator's truncated mapping of z, the embedding that of the aligned image
-    assert torch.allclose(d["w"], g.to_w(d["z"]), atol=1e-6)
+    # w is the generator's untruncated mapping of z (bank format 2, as ExFaceGAN stores it:
+    # truncation is applied at render time), the embedding that of the aligned truncated image
+    assert torch.allclose(d["w"], g.to_w(d["z"], truncation_psi=1.0), atol=1e-6)
     with torch.no_grad():
         emb = e(a(g.synthesize(d["z"][:5])))
     assert torch.allclose(d["embedding"][:5], emb, atol=1e-5)
