@@ -18,11 +18,10 @@ import torch
 
 from exface.detectors.base import Detections, select_faces
 from exface.models.faceapi_ssd import ssd_input, ssd_nms
+from tests.conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
-ORIG = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw-fold1" / "lfw-original-150"
-if not ORIG.is_dir():
-    ORIG = Path("/work/shared/data/lfw-fold1/lfw-original-150")
+ORIG = SHARED_DATA / "lfw-fold1" / "lfw-original-150"
 TFJS_DIR = REPO / "tests" / "tfjs_reference"
 
 
