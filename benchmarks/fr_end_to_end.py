@@ -13,7 +13,8 @@
 4. The same small backbone (MobileFaceNet, ``--net_size`` px) trained on each dataset with
    the same loss, optimizer, schedule, seed and number of steps (``FaceRecognitionModule``
    + ``IdentityFolderDataModule``, the recipes' code path). The step count is the budget:
-   given (``--steps``) or sized from a timing probe to fit ``--train_minutes``.
+   given (``--steps``) or sized from a timing probe to fit what the data stages leave of
+   ``--total_minutes`` (45 by default; or ``--train_minutes`` for the three trainings).
 5. LFW fold 1 (../shared/data/lfw-fold1; 600 pairs, 10 stratified folds, exface.evaluation's
    protocol via ``benchmark_set``) for each trained model, loaded back from its checkpoint
    with ``FRCheckpointEmbedder``, and for the same backbone untrained.
@@ -265,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--s", type=float, default=64.0, help="CosFace scale")
     ap.add_argument("--m", type=float, default=0.35, help="CosFace margin")
     ap.add_argument("--steps", type=int, default=None, help="training steps per model (default: fit --train_minutes)")
-    ap.add_argument("--train_minutes", type=float, default=24.0, help="time for the three trainings together")
+    ap.add_argument("--train_minutes", type=float, default=None,
+                    help="time for the three trainings together (default: what --total_minutes leaves)")
+    ap.add_argument("--total_minutes", type=float, default=45.0,
+                    help="budget of the whole chain: the trainings get what the data stages leave of it")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -300,8 +304,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     step_s = probe_step_seconds(args, bdir)
-    steps = args.steps or max(10, int(args.train_minutes * 60 / 3 / step_s))
-    _stage(results, "probe", t0, step_seconds=step_s, steps=steps)
+    spent = sum(s["seconds"] for s in results["stages"].values())
+    # the LFW scoring of four models and Lightning's per-step overhead (~10% measured) come out of the budget
+    train_s = args.train_minutes * 60 if args.train_minutes else (args.total_minutes * 60 - spent - 60) / 1.1
+    steps = args.steps or max(10, int(train_s / 3 / step_s))
+    _stage(results, "probe", t0, step_seconds=step_s, steps=steps, data_stages_seconds=round(spent, 1))
     results["budget"] = {"steps": steps, "batch": args.batch, "images_seen": steps * args.batch,
                          "epochs_of_boundary_set": steps * args.batch / results["datasets"]["boundary"]["images"]}
     from exface.fr.checkpoint_embedder import FRCheckpointEmbedder

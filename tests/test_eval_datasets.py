@@ -123,7 +123,7 @@ def test_damaged_bins_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="3 images for 1 pairs"):
         load_insightface_bin(path)
     path.write_bytes(pickle.dumps(([b"not a jpeg", _jpeg(1)], [True]), protocol=2))
-    with pytest.raises(ValueError, match="image 0 is not a decodable image"):
+    with pytest.raises(FileNotFoundError, match=r"image 0 \(pair 0\) is not a decodable image"):
         load_insightface_bin(path)
     path.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
     with pytest.raises(ValueError, match=r"\(bins, issame_list\)"):

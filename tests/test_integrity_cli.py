@@ -131,6 +131,45 @@ def test_truncated_bin_and_image_are_named(tmp_path):
         _read_rgb(jpg)
 
 
+def test_bit_flipped_jpeg_inside_a_bin_is_named(tmp_path):
+    """Point 12: a flipped bit that libjpeg reports (corrupt entropy data) names the file and image;
+    OpenCV alone decodes the same bytes to damaged pixels without a word."""
+    import pickle
+
+    import cv2
+    import numpy as np
+
+    from exface.evaluation.datasets import load_insightface_bin
+
+    rng = np.random.default_rng(0)
+    face = cv2.GaussianBlur((rng.random((112, 112, 3)) * 255).astype(np.uint8), (7, 7), 3)
+    good = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    path = tmp_path / "agedb_30.bin"
+    import simplejpeg
+
+    def reported(data: bytes) -> bool:
+        try:
+            simplejpeg.decode_jpeg(data, strict=True)
+        except ValueError:
+            return True
+        return False
+
+    for pos in range(len(good) // 2, len(good) - 2):  # the first flip in the scan data that libjpeg reports
+        bad = bytearray(good)
+        bad[pos] ^= 0x08
+        if reported(bytes(bad)):
+            break
+    else:
+        pytest.fail("no reported flip found")
+    assert cv2.imdecode(np.frombuffer(bytes(bad), np.uint8), cv2.IMREAD_COLOR) is not None  # what ran silently
+    path.write_bytes(pickle.dumps(([good, good, good, bytes(bad)], [True, False]), protocol=2))
+    with pytest.raises(ExfaceFileError, match=r"image 3 \(pair 1\) is a damaged JPEG") as exc:
+        load_insightface_bin(path)
+    assert "agedb_30.bin" in str(exc.value)
+    path.write_bytes(pickle.dumps(([good] * 4, [True, False]), protocol=2))
+    assert load_insightface_bin(path).images.shape == (4, 112, 112, 3)
+
+
 def test_benchmark_refuses_an_unwritable_folder_before_embedding(tmp_path, monkeypatch):
     from exface.evaluation import benchmark as bm
 

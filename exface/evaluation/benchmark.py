@@ -680,6 +680,10 @@ def run_benchmark(
         )
         r["dataset"] = name
         r["path"] = str(path)
+        if Path(path).is_file():  # what was scored, byte for byte (JPEG in a .bin has no checksum of its own)
+            from exface.zoo import sha256_of
+
+            r["sha256"] = sha256_of(Path(path))
         if save_embeddings:
             if r["embedded"]:
                 save_embeddings_files(out, name, key, emb, scores)

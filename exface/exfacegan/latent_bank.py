@@ -51,6 +51,7 @@ from exface.errors import ExfaceError, ExfaceFileError, ExfaceStateError
 from exface.exfacegan.provenance import part_differences, part_fingerprint, part_record, tensor_digest
 from exface.exfacegan.run_files import atomic_torch_save, atomic_write_bytes, atomic_write_json, clean_partials
 from exface.generators.base import Generator
+from exface.progress import stage_callbacks
 from exface.tensors import to_uint8
 
 __all__ = ["LatentBank", "BankMismatchError", "bank_config", "part_record", "chunk_seed", "references_digest"]
@@ -536,7 +537,9 @@ class LatentBank:
                                     seed, batch_size, store_images)
         writer = _ChunkWriter(bank.root)
         kwargs = dict(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=enable_progress_bar, enable_model_summary=False, callbacks=[writer])
+                      enable_progress_bar=enable_progress_bar, enable_model_summary=False,
+                      callbacks=[writer, *stage_callbacks(f"embedding {len(missing)} bank chunks of {chunk_size} latents",
+                                                          enable_progress_bar)])
         trainer = pl.Trainer(strategy=strategy, **kwargs)
         if strategy == "auto" and trainer.world_size > 1:
             trainer = pl.Trainer(strategy="ddp_spawn", **kwargs)

@@ -65,6 +65,7 @@ from exface.exfacegan.run_files import (
 from exface.exfacegan.crops import IMAGE_SUFFIX, ImageFormat, aligned_crops, describe_crop, encode_image
 from exface.exfacegan.samplers import ExFaceGANSampler, LatentSampler, anchor_latent, render_latents
 from exface.generators.base import Generator
+from exface.progress import stage_callbacks
 from exface.tensors import to_uint8
 
 __all__ = [
@@ -653,7 +654,9 @@ def synthesize_dataset(
             loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
             trainer = Trainer(
                 accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
-                enable_model_summary=False, enable_progress_bar=progress, callbacks=[DatasetImageWriter(root, image_format, jpeg_quality, key)],
+                enable_model_summary=False, enable_progress_bar=progress,
+                callbacks=[DatasetImageWriter(root, image_format, jpeg_quality, key),
+                           *stage_callbacks(f"synthesizing {len(todo)} work items ({chunk} images each)", progress)],
             )
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*does not have many workers.*")

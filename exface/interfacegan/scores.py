@@ -33,6 +33,7 @@ from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
 from exface.errors import ExfaceError
 from exface.exfacegan.latent_bank import LatentBank, _ChunkIndices
+from exface.progress import stage_callbacks
 from exface.exfacegan.provenance import part_record
 from exface.exfacegan.run_files import atomic_torch_save, atomic_write_json
 from exface.generators.base import Generator
@@ -240,7 +241,9 @@ class BankScores:
         module = _ScoreChunks(self.bank, generator, aligner, preds, todo, batch_size)
         trainer = pl.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
                              enable_progress_bar=enable_progress_bar, enable_model_summary=False,
-                             callbacks=[_ScoreWriter(self.root)])
+                             callbacks=[_ScoreWriter(self.root),
+                                        *stage_callbacks(f"scoring {len(chunks)} bank chunks with {', '.join(preds)}",
+                                                         enable_progress_bar)])
         loader = torch.utils.data.DataLoader(_ChunkIndices(chunks), batch_size=None, shuffle=False)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
