@@ -423,17 +423,54 @@ class DatasetImageWriter(BasePredictionWriter):
     Images are always (re)written: a record must describe the image files beside it, so a
     redone item never keeps an image of an earlier attempt. The record carries the run's
     ``settings_key``, which ties it to ``synthesis.json``.
+
+    Encoding and writing run on one background thread (zlib and libjpeg release the GIL), so
+    they overlap the next batch's forward pass instead of adding to it; batches are written in
+    order, at most ``max_pending`` behind the forward pass, and ``on_predict_end`` waits for the
+    last one. A kill loses only items whose record was not yet written, which a resume redoes.
     """
 
     def __init__(self, root: str | Path, image_format: ImageFormat = "png", jpeg_quality: int = 95,
-                 settings_key: str | None = None) -> None:
+                 settings_key: str | None = None, max_pending: int = 2) -> None:
         super().__init__(write_interval="batch")
         self.root = Path(root)
         self.image_format, self.jpeg_quality = image_format, int(jpeg_quality)
         self.suffix = IMAGE_SUFFIX[image_format]
         self.settings_key = settings_key
+        self.max_pending = int(max_pending)
+        self._pool = None
+        self._pending: list = []
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exface-writer")
+        self._pending.append(self._pool.submit(self._write_items, prediction))
+        while len(self._pending) > self.max_pending or (self._pending and self._pending[0].done()):
+            self._pending.pop(0).result()  # re-raises a failed write here, in the main thread
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.flush()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Finish what is queued before the run's error propagates (and its folder lock is released)."""
+        try:
+            self.flush()
+        except Exception:  # the run's own error is the one to report
+            pass
+
+    def flush(self) -> None:
+        """Wait for every queued write (re-raising the first failure), and stop the thread."""
+        try:
+            while self._pending:
+                self._pending.pop(0).result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _write_items(self, prediction) -> None:
         for res in prediction:
             d = self.root / res["identity"]
             d.mkdir(parents=True, exist_ok=True)
