@@ -111,6 +111,7 @@ def interfacegan_fit(
     batch_size: int = 64,
     accelerator: str = "auto",
     devices: int | str = 1,
+    progress: bool = True,
 ) -> None:
     """Learn InterFaceGAN attribute boundaries from a latent bank's attribute scores.
 
@@ -127,14 +128,17 @@ def interfacegan_fit(
         chosen_num_or_ratio: positives (and negatives) per attribute: a fraction of N in (0, 1] or a count.
         split_ratio: train share of each side. invalid_value: scores equal to it are dropped (NaN always is).
         C: the SVM's C. batch_size: images per forward pass. accelerator, devices: Lightning's.
+        progress: progress bars for the bank and scoring stages (named by stage).
     """
     t0 = time.time()
     learner = InterFaceGANBoundary(chosen_num_or_ratio, split_ratio, invalid_value, C, seed)
     generator.check_space(space)
     bank = LatentBank.build(bank_dir, generator, aligner, embedder, num_latents=num_latents, chunk_size=chunk_size,
-                            seed=seed, batch_size=batch_size, accelerator=accelerator, devices=devices)
+                            seed=seed, batch_size=batch_size, accelerator=accelerator, devices=devices,
+                            enable_progress_bar=progress)
     done = BankScores(bank).score(generator, attribute_aligner or aligner, attribute_predictors,
-                                  batch_size=batch_size, accelerator=accelerator, devices=devices)
+                                  batch_size=batch_size, accelerator=accelerator, devices=devices,
+                                  enable_progress_bar=progress)
     b = fit_attribute_boundaries(bank, generator, learner, attributes, space, per_layer)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
