@@ -212,3 +212,22 @@ def test_age_report_files_and_merge(tmp_path):
         age_report(env, [Stay()], output_dir=str(tmp_path / "bad"), merge=parts, **{**kw, "num_starts": 3})
     with pytest.raises(ValueError, match="lack targets"):
         age_report(env, [Stay()], output_dir=str(tmp_path / "bad"), merge=parts[:1], **kw)
+
+
+def test_report_verdict_weighs_the_difference_against_its_noise():
+    from exface.agerl.report import _age_agreement, _verdict
+
+    def rates(*ps, ev=None):
+        return {f"{t:+g}": {"success_rate": p, "mean_age_change": 10.0 * (i + 1),
+                            **({"mean_age_change_evaluator": ev * 10.0 * (i + 1)} if ev is not None else {})}
+                for i, (t, p) in enumerate(zip((-15, 15, 30), ps))}
+
+    res = {"Policy": rates(0.5, 0.9, 0.22, ev=0.1), "Walk": rates(0.53, 0.82, 0.25, ev=0.5)}
+    mean = {k: sum(r["success_rate"] for r in v.values()) / 3 for k, v in res.items()}
+    assert "does not win beyond noise" in _verdict(mean, "Policy", res, 200)   # +0.010 at n = 200
+    big = {"Policy": rates(0.9, 0.95, 0.8), "Walk": rates(0.5, 0.5, 0.2)}
+    mean = {k: sum(r["success_rate"] for r in v.values()) / 3 for k, v in big.items()}
+    assert " wins " in _verdict(mean, "Policy", big, 200)
+    assert "does NOT win" in _verdict({"Policy": 0.2, "Walk": 0.8}, "Policy", {"Policy": rates(0.2, 0.2, 0.2), "Walk": rates(0.8, 0.8, 0.8)}, 200)
+    line = _age_agreement(res, "HSEAgeGender")
+    assert "Policy 0.10" in line and "Walk 0.50" in line

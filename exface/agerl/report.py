@@ -26,6 +26,7 @@ similarity along the steps, per editor and target) and ``grid_<editor>_<target>.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -189,15 +190,25 @@ def _markdown(report: dict) -> str:
                 f"{r['mean_age_change']:+.2f} | {eva} | {r['bound_held_rate']:.3f} | {r['mean_similarity_reward_embedder']:.3f} | "
                 f"{evs} | {r['mean_steps_used']:.2f} |"
             )
+    agree = _age_agreement(report["results"], report["age_evaluator"]) if report["age_evaluator"] != "none" else ""
     lines += ["", f"Mean success over targets: " + ", ".join(
-        f"{n} {v:.3f}" for n, v in report["mean_success"].items()), "",
+        f"{n} {v:.3f}" for n, v in report["mean_success"].items()), "", *([agree, ""] if agree else []),
         f"Files: curves.png (age change vs identity similarity per step), grid_<editor>_<target>.png "
         f"(rows: the first {s['grid_starts']} starts; columns: steps 0..{s['max_steps']}). "
         f"Time: {report['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
-def _verdict(mean_success: dict[str, float], policy: str | None) -> str:
+def _success_se(per_target: dict[str, dict], n: int) -> float:
+    """Binomial standard error of an editor's mean success rate over targets (``n`` starts each)."""
+    rates = [float(r["success_rate"]) for r in per_target.values()]
+    return math.sqrt(sum(p * (1.0 - p) / max(1, n) for p in rates)) / max(1, len(rates))
+
+
+def _verdict(mean_success: dict[str, float], policy: str | None, results: dict[str, dict] | None = None,
+             n: int = 0) -> str:
+    """The report's first line: does the policy beat the best baseline by more than twice the
+    standard error of the difference (binomial, unpaired: conservative for these paired starts)?"""
     if not mean_success:
         return "No editors were run."
     if policy is None or policy not in mean_success:
@@ -208,10 +219,32 @@ def _verdict(mean_success: dict[str, float], policy: str | None) -> str:
         return f"{policy}: mean success {mean_success[policy]:.3f} (no baseline run)."
     best = max(others, key=others.get)
     diff = mean_success[policy] - others[best]
-    word = "wins" if diff > 0 else ("ties" if diff == 0 else "does NOT win")
+    se = math.hypot(_success_se(results[policy], n), _success_se(results[best], n)) if results and n else 0.0
+    if se and abs(diff) <= 2 * se:
+        word = "does not win beyond noise"
+    else:
+        word = "wins" if diff > 0 else ("ties" if diff == 0 else "does NOT win")
+    noise = f" (standard error of the difference {se:.3f})" if se else ""
     return (f"The RL policy ({policy}) {word} on mean success rate at equal identity bound: "
             f"{mean_success[policy]:.3f} vs {others[best]:.3f} for the best baseline ({best}), "
-            f"a difference of {diff:+.3f}.")
+            f"a difference of {diff:+.3f}{noise}.")
+
+
+def _age_agreement(results: dict[str, dict], age_evaluator: str) -> str:
+    """How much of each editor's age change the independent age evaluator sees (slope of its
+    change on the steered predictor's, over targets): near 1, real aging; near 0, an edit that
+    moves the steered net's output more than the face."""
+    parts = []
+    for name, rs in results.items():
+        rows = [(r["mean_age_change"], r["mean_age_change_evaluator"]) for r in rs.values()
+                if "mean_age_change_evaluator" in r]
+        den = sum(a * a for a, _ in rows)
+        if rows and den > 0:
+            parts.append(f"{name} {sum(a * b for a, b in rows) / den:.2f}")
+    if not parts:
+        return ""
+    return (f"Age change seen by {age_evaluator} per year of the steered predictor's change (1 = the "
+            f"same aging; near 0 = the edit mostly moves the steered net): " + ", ".join(parts) + ".")
 
 
 def _load_mergeable(path: Path, env: AgeEditEnv, targets: list[float], num_starts: int, start_seed: int) -> tuple[Path, dict]:
@@ -330,7 +363,7 @@ def age_report(
     mean_success = {n: sum(r["success_rate"] for r in rs.values()) / len(rs) for n, rs in results.items()}
     policy = next((n for n, d in descriptions.items() if d["class"] == "AgePolicyEditor"), None)
     report = {
-        "verdict": _verdict(mean_success, policy),
+        "verdict": _verdict(mean_success, policy, results, int(num_starts)),
         "mean_success": mean_success,
         "results": results,
         "settings": {"num_starts": int(num_starts), "start_seed": int(start_seed), "targets": [float(t) for t in all_targets],
