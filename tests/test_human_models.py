@@ -255,3 +255,38 @@ def test_mobileface_matches_tfjs(tmp_path):
     with torch.no_grad():
         got = emb.embed_raw(net_in)[0].numpy()
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_conv_tails_are_fused_only_through_single_readers(tmp_path):
+    """conv -> Mul -> Add -> Relu/Minimum/Maximum folds into one conv; a second reader stops it."""
+    rng = np.random.default_rng(1)
+    consts = {"w": rng.normal(size=(3, 3, 3, 4)).astype(np.float32), "s": rng.normal(size=(4,)).astype(np.float32),
+              "b": rng.normal(size=(4,)).astype(np.float32), "six": np.array(6.0, np.float32),
+              "zero": np.array(0.0, np.float32), "axes": np.array([1, 2], dtype=np.int32)}
+    chain = [
+        {"name": "c", "op": "Conv2D", "input": ["x", "w"], "attr": _conv_attrs(1, "SAME")},
+        {"name": "m", "op": "Mul", "input": ["c", "s"]},
+        {"name": "a", "op": "Add", "input": ["m", "b"]},
+        {"name": "r", "op": "Relu", "input": ["a"]},
+        {"name": "lo", "op": "Minimum", "input": ["r", "six"]},
+        {"name": "hi", "op": "Maximum", "input": ["lo", "zero"]},
+        {"name": "out", "op": "Mean", "input": ["hi", "axes"], "attr": {"keep_dims": {"b": False}}},
+    ]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    x = torch.randn(2, 7, 7, 3)
+    c = {k: torch.from_numpy(v.astype(np.float16).astype(np.float32)) for k, v in consts.items() if k != "axes"}
+    y = F.conv2d(F.pad(x.permute(0, 3, 1, 2), (1, 1, 1, 1)), c["w"].permute(3, 2, 0, 1))
+    want = (y * c["s"].view(1, -1, 1, 1) + c["b"].view(1, -1, 1, 1)).clamp(0.0, 6.0).mean((2, 3))
+    g = TFJSGraph(_write_graph(tmp_path / "a", consts, chain, ["out"]))
+    assert [n["op"] for n in g._nodes.values() if n["op"] not in ("Const", "Placeholder")] == ["_FusedConv", "Mean"]
+    torch.testing.assert_close(g(x)["out"], want, atol=1e-5, rtol=1e-5)
+    # a second reader of the Add's output: only conv -> Mul -> Add is fused, the rest runs as given
+    branch = chain + [{"name": "out2", "op": "Mean", "input": ["a", "axes"], "attr": {"keep_dims": {"b": False}}}]
+    g2 = TFJSGraph(_write_graph(tmp_path / "b", consts, branch, ["out", "out2"]))
+    ops = [n["op"] for n in g2._nodes.values() if n["op"] not in ("Const", "Placeholder")]
+    assert ops.count("_FusedConv") == 1 and "Relu" in ops and "Minimum" in ops
+    res = g2(x)
+    torch.testing.assert_close(res["out"], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(res["out2"], (y * c["s"].view(1, -1, 1, 1) + c["b"].view(1, -1, 1, 1)).mean((2, 3)),
+                               atol=1e-5, rtol=1e-5)
