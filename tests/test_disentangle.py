@@ -318,3 +318,28 @@ def test_fit_report_swap_and_report_command_from_a_cli_checkpoint(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["swap", "--checkpoint", str(tmp_path / "missing.ckpt"), "--id_seeds", "[1]", "--attr_seeds", "[3]"])
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_identity_center_uses_the_generators_mean_embedding_and_checkpoints_it():
+    m = _tiny_module(identity_center=32)
+    x = m.render(m.latents(torch.arange(3)))
+    plain = m.identity_embedder(m.identity_aligner(x))
+    assert torch.equal(m.identity_mean, torch.zeros_like(m.identity_mean))
+    m.fit_identity_mean()
+    seeds = torch.arange(2**30, 2**30 + 32)
+    mean = m.identity_embedder(m.identity_aligner(m.render(m.latents(seeds)))).mean(0)
+    torch.testing.assert_close(m.identity_mean, mean)
+    torch.testing.assert_close(m.embed(x), F.normalize(plain - mean, dim=-1))
+    ckpt = {"state_dict": m.state_dict(), "hyper_parameters": {}}
+    m.on_save_checkpoint(ckpt)
+    m2 = _tiny_module(identity_center=32)
+    m2.on_load_checkpoint(ckpt)
+    m2.load_state_dict(ckpt["state_dict"])
+    torch.testing.assert_close(m2.identity_mean, mean)
+    m2.fit_identity_mean()  # already set: kept
+    torch.testing.assert_close(m2.identity_mean, mean)
+    old = {"state_dict": {k: v for k, v in ckpt["state_dict"].items() if k != "identity_mean"}}
+    m3 = _tiny_module()
+    m3.on_load_checkpoint(old)
+    m3.load_state_dict(old["state_dict"])  # a checkpoint from before the option still loads
+    assert torch.equal(m3.embed(x), plain)
