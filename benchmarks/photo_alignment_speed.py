@@ -6,7 +6,7 @@ crop are comparable. Two measurements, each side alternated in one process, repe
 
 A. exface's default alignment for a 150x150 embedder (face-api 68 landmarks started on the
    LFW box and refined once, then a dlib chip), from the decoded uint8 photo, at 250 px and at
-   12 Mpx.
+   12 Mpx; and from the 12-Mpx photo's JPEG file (q95), decoded as ``exface benchmark`` reads photos.
 B. The chip warp alone, given the same 5 points, on the 12-Mpx photo:
    - ``exface``: :func:`exface.alignment.geometry.warp_affine` (prefilter only the region the
      crop covers, shrunk once to the output's scale);
@@ -93,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"photo: {args.image.name} upscaled to {big.shape[1]}x{big.shape[0]} ({big.shape[0] * big.shape[1] / 1e6:.1f} Mpx); "
           f"threads {torch.get_num_threads()}; load average before {os.getloadavg()[0]:.2f}")
 
-    sides_a = {"250 px": lambda: aligner(xs), "12 Mpx": lambda: aligner(xb)}
+    import tempfile
+
+    from exface.evaluation.datasets import _read_rgb
+
+    jpg = Path(tempfile.mkdtemp()) / "photo_12mpx.jpg"
+    Image.fromarray(big).save(jpg, quality=95)
+    sides_a = {"250 px": lambda: aligner(xs), "12 Mpx": lambda: aligner(xb),
+               "12 Mpx JPEG": lambda: aligner(to_t(_read_rgb(jpg)))}  # decoded as the benchmark reads photos
     with torch.no_grad():
         kp = aligner.keypoints(xb)
         a = aligner.template.crop_to_image(kp)
@@ -131,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
                 proc = statistics.median(x[1] for x in v)
                 print(f"  {k:12s} wall {1000 * wall:8.1f} ms   process {1000 * proc:8.1f} ms")
             if sides is sides_a:
-                big_wall = statistics.median(x[0] for x in res["12 Mpx"])
+                big_wall = statistics.median(x[0] for x in res["12 Mpx JPEG"])
                 ok = big_wall < 0.3
     # How close the new crop is to the old one (same filter family, different prefilter).
     with torch.no_grad():
         diff = (warp_affine(xb, a, (150, 150)) - old_pyramid_warp(xb, a, (150, 150))).abs().mean().item() * 127.5
     print(f"mean |new - old| chip difference: {diff:.2f} / 255")
-    print(f"load average after {os.getloadavg()[0]:.2f}; 12-Mpx alignment {'meets' if ok else 'MISSES'} the 0.3 s target (wall)")
+    print(f"load average after {os.getloadavg()[0]:.2f}; 12-Mpx photo from its JPEG, decoded and aligned, {'meets' if ok else 'MISSES'} the 0.3 s target (wall)")
     return 0
 
 
