@@ -325,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         secs = results["stages"][f"train_{name}"]["seconds"] if secs is None else secs
         t0 = time.time()
         results["lfw"][name] = {**score(vs, FRCheckpointEmbedder(ckpt)), "train_seconds": secs}
-        _stage(results, f"lfw_{name}", t0)
-        rpath.write_text(json.dumps(results, indent=1))
+        _stage(results, f"lfw_{name}", t0)  # saves the results file
     results["total_seconds_this_invocation"] = round(time.time() - t_all, 1)
     results["total_seconds_all_stages"] = round(sum(s["seconds"] for s in results["stages"].values()), 1)
     rpath.write_text(json.dumps(results, indent=1))

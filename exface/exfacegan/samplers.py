@@ -61,20 +61,20 @@ def render_latents(gan: Generator, latents: Tensor, space: str, truncation_psi: 
     """Images of latents as the bank's images were made: truncation applied at render time.
 
     ``z`` goes through the generator's own mapping and truncation. An untruncated ``w`` is
-    broadcast to the ``num_ws`` layers and the first ``truncation_cutoff`` of them (all with
-    None) are pulled toward ``w_avg`` by ``1 - truncation_psi``, exactly what the generator
-    does to ``mapping(z)`` (ExFaceGAN: psi 0.7 on the first 8 layers). So a stored latent
-    re-renders the image that was embedded.
+    broadcast to the ``num_ws`` layers (a ``w+`` latent already has them) and the first
+    ``truncation_cutoff`` of them (all with None) are pulled toward ``w_avg`` by
+    ``1 - truncation_psi``, exactly what the generator does to ``mapping(z)`` (ExFaceGAN: psi
+    0.7 on the first 8 layers). So a stored latent re-renders the image that was embedded.
     """
     latents = latents.to(gan.device)
-    if space != "w" or truncation_psi is None or float(truncation_psi) == 1.0:
+    if space not in ("w", "w+") or truncation_psi is None or float(truncation_psi) == 1.0:
         return gan.synthesize(latents, space=space)
     psi = float(truncation_psi)
     w_avg = gan.w_avg.to(latents.dtype)
-    if "w+" not in gan.latent_spaces or getattr(gan, "num_ws", 1) == 1:
+    if space == "w" and ("w+" not in gan.latent_spaces or getattr(gan, "num_ws", 1) == 1):
         return gan.synthesize(w_avg.lerp(latents, psi), space="w")
-    ws = latents.unsqueeze(1).repeat(1, gan.num_ws, 1)
-    cut = gan.num_ws if truncation_cutoff is None else int(truncation_cutoff)
+    ws = latents.clone() if space == "w+" else latents.unsqueeze(1).repeat(1, gan.num_ws, 1)
+    cut = ws.shape[1] if truncation_cutoff is None else int(truncation_cutoff)
     ws[:, :cut] = w_avg.lerp(ws[:, :cut], psi)
     return gan.synthesize(ws, space="w+")
 

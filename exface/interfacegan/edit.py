@@ -41,21 +41,12 @@ __all__ = ["render_edit_latents", "FaceEvaluator", "edit_latents", "load_edit_la
 
 
 def render_edit_latents(generator: Generator, latents: Tensor, space: str) -> Tensor:
-    """Images of (edited) latents rendered as the bank renders its own: truncation at render time.
-
-    Banks store *untruncated* w (:mod:`exface.exfacegan.latent_bank`), so boundaries in w and
-    w+ live in untruncated w; the generator's ``truncation_psi`` (on its first
-    ``truncation_cutoff`` layers) is applied here, as :func:`~exface.exfacegan.samplers.render_latents`
-    does for w. z goes through the generator's own mapping and truncation.
-    """
-    psi = getattr(generator, "truncation_psi", None)
-    cutoff = getattr(generator, "truncation_cutoff", None)
-    if space != "w+" or psi is None or float(psi) == 1.0:
-        return render_latents(generator, latents, space, psi, cutoff)
-    ws = latents.to(generator.device).clone()
-    cut = ws.shape[1] if cutoff is None else int(cutoff)
-    ws[:, :cut] = generator.w_avg.to(ws.dtype).lerp(ws[:, :cut], float(psi))
-    return generator.synthesize(ws, space="w+")
+    """Images of (edited) latents rendered as the bank renders its own: banks store untruncated
+    w, so boundaries in w and w+ live there, and the generator's ``truncation_psi`` (on its first
+    ``truncation_cutoff`` layers) is applied at render time by
+    :func:`~exface.exfacegan.samplers.render_latents`."""
+    return render_latents(generator, latents, space, getattr(generator, "truncation_psi", None),
+                          getattr(generator, "truncation_cutoff", None))
 
 
 class FaceEvaluator:

@@ -33,10 +33,10 @@ from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
 from exface.errors import ExfaceError
 from exface.exfacegan.latent_bank import LatentBank, _ChunkIndices
-from exface.progress import stage_callbacks
 from exface.exfacegan.provenance import part_record
 from exface.exfacegan.run_files import atomic_torch_save, atomic_write_json
 from exface.generators.base import Generator
+from exface.progress import stage_callbacks
 
 __all__ = ["BankScores", "SCORES_DIR"]
 

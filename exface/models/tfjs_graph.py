@@ -196,29 +196,27 @@ class TFJSGraph(nn.Module):
         state dict is the graph's. A chain is fused only through nodes with one reader that are
         not outputs; anything else is left as it is."""
         readers: dict[str, int] = {}
-        for node in self._nodes.values():
+        by_input: dict[str, str] = {}  # node -> its (first) reader; the only one where readers == 1
+        for name, node in self._nodes.items():
             for inp in node.get("input", []):
                 src = inp.split(":")[0].lstrip("^")
                 readers[src] = readers.get(src, 0) + 1
+                by_input.setdefault(src, name)
+
+        def const(name: str) -> Tensor | None:
+            name = name.split(":")[0]
+            key = _key(name)
+            return self.params[key] if self._nodes.get(name, {}).get("op") == "Const" and key in self.params else None
 
         def const_vec(name: str, channels: int) -> str | None:
-            key = _key(name.split(":")[0])
-            if self._nodes.get(name.split(":")[0], {}).get("op") != "Const" or key not in self.params:
-                return None
-            t = self.params[key]
-            return key if t.numel() in (1, channels) and (t.dim() <= 1 or all(d == 1 for d in t.shape[:-1])) else None
+            t = const(name)
+            ok = t is not None and t.numel() in (1, channels) and (t.dim() <= 1 or all(d == 1 for d in t.shape[:-1]))
+            return _key(name.split(":")[0]) if ok else None
 
         def const_scalar(name: str) -> float | None:
-            key = _key(name.split(":")[0])
-            if self._nodes.get(name.split(":")[0], {}).get("op") != "Const" or key not in self.params:
-                return None
-            t = self.params[key]
-            return float(t.reshape(-1)[0]) if t.numel() == 1 else None
+            t = const(name)
+            return float(t.reshape(-1)[0]) if t is not None and t.numel() == 1 else None
 
-        by_input: dict[str, str] = {}  # a single-reader node -> its reader
-        for name, node in self._nodes.items():
-            for inp in node.get("input", []):
-                by_input.setdefault(inp.split(":")[0].lstrip("^"), name)
         removed: set[str] = set()
         renamed: dict[str, dict] = {}
         for name, node in list(self._nodes.items()):
@@ -228,7 +226,7 @@ class TFJSGraph(nn.Module):
             if w is None:
                 continue
             channels = w.shape[0]
-            fused = {"name": name, "op": "_FusedConv", "input": node["input"][:2], "attr": node.get("attr", {}),
+            fused = {"op": "_FusedConv", "input": node["input"][:2], "attr": node.get("attr", {}),
                      "conv_op": node["op"], "scale": None, "bias": None, "clamp": None}
             lo, hi, cur, chain = -math.inf, math.inf, name, []
             stage = 0  # 0: scale allowed, 1: bias allowed, 2: clamps only

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from exface.attributes.base import AttributePredictor
