@@ -211,7 +211,7 @@ def train(args, data_dir: Path, out_dir: Path, steps: int, log_every: int = 10):
         return last, None
     pl.seed_everything(args.seed, workers=True)
     dm = IdentityFolderDataModule(str(data_dir), (112, 112), batch_size=args.batch, num_workers=0, flip=True,
-                                  in_memory=True, seed=args.seed)
+                                  randaugment=args.randaugment, in_memory=True, seed=args.seed)
     dm.setup("fit")
     per_epoch = max(1, len(dm.train_dataloader()))
     model = FaceRecognitionModule(make_backbone(args), make_loss(args), lr=args.lr, weight_decay=5e-4,
@@ -228,19 +228,23 @@ def train(args, data_dir: Path, out_dir: Path, steps: int, log_every: int = 10):
 
 
 def probe_step_seconds(args, data_dir: Path, n: int = 4) -> float:
-    """Median seconds of one training step (backbone + loss + SGD) on real batches of the boundary set."""
-    from exface.fr.datamodule import IdentityFolderDataset, list_identity_folder
+    """Median seconds of one training step on real images of the boundary set: the batch's
+    augmentation (flip, RandAugment when asked; images already decoded, as the in-memory
+    training reads them) + backbone + loss + SGD."""
+    from exface.fr.datamodule import Augmentation, IdentityFolderDataset, list_identity_folder
 
     paths, labels, names = list_identity_folder(data_dir)
-    ds = IdentityFolderDataset(paths, labels, (112, 112))
+    idx_all = [i % len(paths) for i in range(n * args.batch)]
+    ds = IdentityFolderDataset([paths[i] for i in idx_all], [labels[i] for i in idx_all], (112, 112),
+                               Augmentation(True, args.randaugment), in_memory=True)
     net, loss = make_backbone(args), make_loss(args)(args.embedding_dim, len(names))
     opt = torch.optim.SGD(list(net.parameters()) + list(loss.parameters()), lr=0.01, momentum=0.9)
     times = []
     for b in range(n):
-        idx = [i % len(ds) for i in range(b * args.batch, (b + 1) * args.batch)]
-        xs = torch.stack([ds[i][0] for i in idx])
-        ys = torch.tensor([labels[i] for i in idx])
         t = time.time()
+        batch = [ds[i] for i in range(b * args.batch, (b + 1) * args.batch)]
+        xs = torch.stack([x for x, _ in batch])
+        ys = torch.tensor([y for _, y in batch])
         out = loss(net.embed_raw(xs), ys)
         opt.zero_grad()
         out.backward()
@@ -270,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="time for the three trainings together (default: what --total_minutes leaves)")
     ap.add_argument("--total_minutes", type=float, default=45.0,
                     help="budget of the whole chain: the trainings get what the data stages leave of it")
+    ap.add_argument("--randaugment", type=int, nargs=2, default=None, metavar=("NUM_OPS", "MAGNITUDE"),
+                    help="torchvision RandAugment in training, besides the flip (ExFaceGAN: 4 16); default off")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -331,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     rpath.write_text(json.dumps(results, indent=1))
 
     ds = results["datasets"]
+    aug = f"flip + RandAugment{tuple(args.randaugment)}" if args.randaugment else "flip"
     print(f"\nMobileFaceNet (width {args.width}, {args.net_size} px, {args.embedding_dim}-d), CosFace s={args.s} "
-          f"m={args.m}, SGD lr {args.lr}, batch {args.batch}, {steps} steps "
+          f"m={args.m}, SGD lr {args.lr}, batch {args.batch}, {aug}, {steps} steps "
           f"({results['budget']['epochs_of_boundary_set']:.2f} epochs), {torch.get_num_threads()} threads")
     print(f"{'training data':<24} {'ids x imgs':>11} {'pix div':>8} {'LFW acc':>13} {'AUC':>6} {'train s':>8}")
     for name, r in results["lfw"].items():
