@@ -232,7 +232,7 @@ _TILE_COLS = 1024  # bank columns per GEMM tile: a [256, 1024] float32 tile (1 M
 _SAMPLE_COLUMNS = 1024  # m, bank columns of the bracketing sample (m / N of the GEMM)
 _BRACKET_Z = 3.0  # bracket half-width in binomial standard deviations (~0.3% rows redone)
 _REFINE_Z = 3.5  # the same for each re-bracketing from scanned columns (~0.05% each)
-_REFINE_AT_TILES = (4,)  # re-bracket after this many scanned tiles
+_REFINE_AT_TILES = (3, 9)  # re-bracket after this many scanned tiles
 
 
 def _gemm_tiles(refs: Tensor, bank_t: Tensor, rows: int, tile_cols: int = _TILE_COLS):
