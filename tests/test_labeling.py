@@ -227,3 +227,55 @@ def test_faiss_is_optional_with_a_clear_error(monkeypatch):
     with pytest.raises(ImportError, match=r"exface\[faiss\]"):
         lab._faiss_index(torch.from_numpy(bank), torch.device("cpu"))
     assert lab._faiss_index(torch.from_numpy(bank), torch.device("cuda")) is None  # CUDA: torch path instead
+
+
+@pytest.mark.parametrize("cols, cap", [(1024, 4096), (1003, 4096), (1003, 40), (5, 3)])
+def test_scan_tile_matches_a_direct_transcription(cols, cap):
+    """The two-kernel scan (label/flag pass, word-skipping compaction) against the rule written
+    out plainly: labels ``x > lo``, counts ``x <= lo``, band ``lo < x <= hi`` in column order,
+    counts past a full buffer; NaN (a left-out latent) is neither counted nor stored."""
+    from exface.exfacegan.rank_select import scan_tile
+
+    rng = np.random.default_rng(cols + cap)
+    rows, c0 = 7, 11
+    tile = rng.standard_normal((rows, cols)).astype(np.float32)
+    tile[2, min(3, cols - 1)] = np.nan
+    lo = np.float32(-0.3) + rng.standard_normal(rows).astype(np.float32) * 0.1
+    hi = lo + np.float32(0.4)
+    out = np.full((rows, c0 + cols), 7, np.int8)
+    n_le = np.full(rows, 2, np.int64)
+    band_v = np.zeros((rows, cap), np.float32)
+    band_i = np.zeros((rows, cap), np.int32)
+    band_n = np.zeros(rows, np.int64)
+    scan_tile(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n)
+    for i in range(rows):
+        t = tile[i]
+        np.testing.assert_array_equal(out[i, c0:], (t > lo[i]).astype(np.int8))
+        assert (out[i, :c0] == 7).all()
+        assert n_le[i] == 2 + int((t <= lo[i]).sum())
+        cols_in = np.flatnonzero((t > lo[i]) & (t <= hi[i]))
+        assert band_n[i] == len(cols_in)
+        kept = min(len(cols_in), cap)
+        np.testing.assert_array_equal(band_i[i, :kept], c0 + cols_in[:kept])
+        np.testing.assert_array_equal(band_v[i, :kept], t[cols_in[:kept]])
+
+
+def test_huge_page_label_matrix_gives_the_same_labels(monkeypatch):
+    """The label matrix mapped with transparent huge pages (forced here for a small problem)
+    is an ordinary writable int8 tensor: the labels equal numpy's and survive torch.save."""
+    import io
+
+    from exface.exfacegan import labeling as lab
+
+    rng = np.random.default_rng(3)
+    bank = _unit(rng, 3000, 16)
+    refs = bank[:40]
+    expect = numpy_median_labels(bank, refs)
+    monkeypatch.setattr(lab, "_HUGE_PAGE_BYTES", 1)
+    got = label_identities(bank, refs, use_gpu=False)
+    assert got.dtype == torch.int8 and got.shape == (40, 3000)
+    np.testing.assert_array_equal(got.numpy(), expect)
+    buf = io.BytesIO()
+    torch.save(got, buf)
+    buf.seek(0)
+    np.testing.assert_array_equal(torch.load(buf).numpy(), expect)
