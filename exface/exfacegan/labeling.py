@@ -280,7 +280,7 @@ def _rank_labels_cpu(bank, refs, self_idx, out, rows, num_threads, k: int | None
     workers = max(1, num_threads or torch.get_num_threads())
     out_np = out.numpy()
     lo_r, hi_r = int(rank_lo.min()), int(rank_hi.max())
-    # re-bracket as the scanned columns grow (3 and 9 tiles): later tiles store less
+    # re-bracket as the scanned columns grow (_REFINE_AT_TILES): later tiles store less
     refine_at = {c * _TILE_COLS for c in _REFINE_AT_TILES if c * _TILE_COLS < n_bank - _TILE_COLS}
     cap = _band_capacity(lo_r, hi_r, n_bank, m)
     band_all_v = np.empty((min(rows, n_refs), cap), np.float32)

@@ -16,7 +16,8 @@ dilation 1, NHWC), ``_FusedMatMul`` (``BiasAdd`` then optionally ``Relu``/``Relu
 
 Layout: values stay in TensorFlow's logical NHWC order (so ``Mean`` axes, ``Pad`` pairs and
 ``Reshape`` flattening mean what the graph says), in NHWC-contiguous memory: 1x1
-convolutions are GEMMs over the pixels, the others run on channels_last views (no copies). Filters are converted to OIHW once, at load time.
+convolutions are GEMMs over the pixels, the others run on channels_last views (no copies).
+Filters are converted to OIHW once, at load time.
 """
 
 from __future__ import annotations
@@ -366,7 +367,8 @@ class TFJSGraph(nn.Module):
     }
 
     #: On CPU, batches larger than this run in slices of it: a 224-px MobileNet's activations
-    #: then stay in cache: HSEFaceRes measured 14.2 ms per image at 8, 14.5 at 16, 22.1 at 64 (2 threads, idle).
+    #: then stay in cache (HSEFaceRes, 2 threads, idle: 14.2 ms per image at 8, 14.5 at 16,
+    #: 22.1 at 64).
     #: Outputs are per image, so the result is the same; None runs every batch whole.
     cpu_micro_batch: int | None = 8
 
