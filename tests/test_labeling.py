@@ -260,8 +260,8 @@ def test_scan_tile_matches_a_direct_transcription(cols, cap):
         np.testing.assert_array_equal(band_v[i, :kept], t[cols_in[:kept]])
 
 
-def test_huge_page_label_matrix_gives_the_same_labels(monkeypatch):
-    """The label matrix mapped with transparent huge pages (forced here for a small problem)
+def test_populated_label_matrix_gives_the_same_labels(monkeypatch):
+    """The label matrix mapped with its pages populated (forced here for a small problem)
     is an ordinary writable int8 tensor: the labels equal numpy's and survive torch.save."""
     import io
 
@@ -271,7 +271,7 @@ def test_huge_page_label_matrix_gives_the_same_labels(monkeypatch):
     bank = _unit(rng, 3000, 16)
     refs = bank[:40]
     expect = numpy_median_labels(bank, refs)
-    monkeypatch.setattr(lab, "_HUGE_PAGE_BYTES", 1)
+    monkeypatch.setattr(lab, "_POPULATE_BYTES", 1)
     got = label_identities(bank, refs, use_gpu=False)
     assert got.dtype == torch.int8 and got.shape == (40, 3000)
     np.testing.assert_array_equal(got.numpy(), expect)

@@ -98,7 +98,9 @@ def _two_order_stats(v: np.ndarray, a: int, b: int, counts: np.ndarray, small: n
     Quickselect's comparisons are unpredictable branches (~13 ns per entry on this data);
     a histogram over ``[min, max]`` is branch-free: count up to ``_BINS`` equal-width bins (~4 entries each), find
     the bins holding ranks ``a`` and ``b`` from the prefix counts, and select inside those
-    few entries only. The bin of ``x`` is monotone in ``x``, so ranks are preserved.
+    few entries only (one gather for near ranks, one per bin for a bracket's distant two:
+    selecting among all the entries between them cost the re-bracketing half its time).
+    The bin of ``x`` is monotone in ``x``, so ranks are preserved.
     ``counts`` (``_BINS`` int64) and ``small`` (``len(v)`` float32) are scratch space.
     """
     n = v.shape[0]
@@ -127,15 +129,27 @@ def _two_order_stats(v: np.ndarray, a: int, b: int, counts: np.ndarray, small: n
             bin_b, below_b = k, below
             break
         below += c
+    if bin_b - bin_a <= 1:  # the entries of bins bin_a..bin_b, with ranks below_a.. in v
+        m = _gather_bins(v, vmin, scale, nbins, bin_a, bin_b, small)
+        return _small_two_order_stats(small[:m], a - below_a, b - below_a)
+    # distant ranks (a bracket's two ends): each from its own bin, not from all between
+    m = _gather_bins(v, vmin, scale, nbins, bin_a, bin_a, small)
+    va, _ = _small_two_order_stats(small[:m], a - below_a, a - below_a)
+    m = _gather_bins(v, vmin, scale, nbins, bin_b, bin_b, small)
+    vb, _ = _small_two_order_stats(small[:m], b - below_b, b - below_b)
+    return va, vb
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather_bins(v, vmin, scale, nbins, bin_a, bin_b, small) -> int:
+    """Copy the entries of ``v`` in histogram bins ``bin_a..bin_b`` to ``small``; their count."""
     m = 0
-    for t in range(n):
+    for t in range(v.shape[0]):
         x = v[t]
         k = min(int((np.float64(x) - vmin) * scale), nbins - 1)
         small[m] = x
         m += (k >= bin_a) & (k <= bin_b)
-    # the entries of bins bin_a..bin_b, with ranks below_a.. in v
-    va, vb = _small_two_order_stats(small[:m], a - below_a, b - below_a)
-    return va, vb
+    return m
 
 
 @numba.njit(nogil=True, cache=True)
