@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -91,7 +90,7 @@ def crop_aligner_of_recipe():
 def render_noise_set(out: Path, gan, crop, bnd, references, idents, k: int, sigma: float, normalize_z: bool,
                      seed: int, batch: int = 100) -> dict:
     """A baseline dataset: per identity, k anchor + N(0, sigma^2) latents, rendered and cropped like the boundary set."""
-    from exface.exfacegan.crops import aligned_crops, encode_image
+    from exface.exfacegan.crops import aligned_crops, encode_images
     from exface.exfacegan.report import _pixel_diversity, shrink
     from exface.exfacegan.samplers import NoiseSampler
     from exface.tensors import to_uint8
@@ -108,11 +107,11 @@ def render_noise_set(out: Path, gan, crop, bnd, references, idents, k: int, sigm
         if done.is_file():
             continue
         crops, _ = aligned_crops(crop, frames, None)
-        for q, img in enumerate(crops):
+        for q, data in enumerate(encode_images(crops)):
             i = s0 + q
             name, kk = labels[i], i % k
             (out / name).mkdir(parents=True, exist_ok=True)
-            (out / name / f"{kk}.png").write_bytes(encode_image(img))
+            (out / name / f"{kk}.png").write_bytes(data)
             rows.append(json.dumps({"identity": str(name), "file": f"{name}/{kk}.png", "k": kk}))
     if not done.is_file():
         tmp = out / ".manifest.tmp"

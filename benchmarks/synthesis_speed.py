@@ -12,8 +12,9 @@ Sides, alternated in one process, ``--repeats`` times (medians of process and wa
 - ``bare forward``: the same number of images through generator -> uint8 -> embedder
   (its aligner) and the crop aligner, in the same batch size, nothing written: what any
   implementation must compute.
-- ``bare forward + PNG encode``: the same plus encoding every crop as PNG in memory with
-  the writer's :func:`encode_image` (the writer's unavoidable work).
+- ``bare forward + PNG encode``: the same plus encoding every batch of crops as PNG in
+  memory with the writer's :func:`encode_images`, on ``--threads`` threads (the writer's
+  unavoidable work).
 
 Target: synthesize within 10% of the bare forward's images/s.
 
@@ -23,6 +24,7 @@ Run: ``python benchmarks/synthesis_speed.py`` (``--identities 8 --images 32``).
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import shutil
 import sys
 import tempfile
@@ -47,7 +49,7 @@ def main() -> None:
     from exface.alignment.crops import FixedCropAligner
     from exface.boundaries.base import Boundaries
     from exface.embedders import FaceApiResNet34
-    from exface.exfacegan.crops import aligned_crops, encode_image
+    from exface.exfacegan.crops import aligned_crops, encode_images
     from exface.exfacegan.samplers import ExFaceGANSampler
     from exface.exfacegan.synthesis import embed_images, synthesize_dataset
     from exface.generators import DCGANDigiFace
@@ -78,6 +80,8 @@ def main() -> None:
                            crop_aligner=crop)
         return len(list(out.glob("*/*.png")))
 
+    pool = ThreadPoolExecutor(args.threads)
+
     def bare(encode: bool):
         n = 0
         with torch.no_grad():
@@ -86,8 +90,7 @@ def main() -> None:
                 embed_images(aligner, embedder, imgs)
                 crops, _ = aligned_crops(crop, imgs, None)
                 if encode:
-                    for c in crops:
-                        encode_image(c, "png")
+                    encode_images(crops, "png", map_fn=pool.map, parts=args.threads)
                 n += len(imgs)
         return n
 

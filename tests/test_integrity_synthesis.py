@@ -285,3 +285,33 @@ def test_progress_names_the_stage_not_the_dataloader(tiny, capfd):
     err = cap.out + cap.err  # Lightning's tqdm bars write to stdout
     assert "synthesizing 2 work items" in err, err[-800:]
     assert "Predicting" not in err and "DataLoader 0" not in err
+
+
+@pytest.mark.parametrize("have_syncfs", [True, False])
+def test_files_are_synced_before_their_records(tiny, monkeypatch, have_syncfs):
+    """Each batch's images are made durable (syncfs, or a fsync each where there is none)
+    before any record that vouches for them is written."""
+    import exface.exfacegan.run_files as rf
+    import exface.exfacegan.synthesis as synthesis
+
+    root, gan, aligner, emb, bnd, refs = tiny
+    events = []
+    real_sync, real_save, real_fsync = rf.sync_files, synthesis.atomic_torch_save, rf.os.fsync
+    if not have_syncfs:
+        monkeypatch.setattr(rf, "_syncfs", None)
+        monkeypatch.setattr(rf.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+
+    def sync(root_, paths):
+        assert all(p.is_file() for p in paths)
+        events.append(("sync", len(paths)))
+        real_sync(root_, paths)
+
+    monkeypatch.setattr(synthesis, "sync_files", sync)
+    monkeypatch.setattr(synthesis, "atomic_torch_save", lambda obj, path: events.append("record") or real_save(obj, path))
+    _run(root, gan, aligner, emb, bnd, refs, num_identities=2)
+    syncs = [e for e in events if isinstance(e, tuple)]
+    assert sum(n for _, n in syncs) == 8  # every image, once
+    first_record = events.index("record")
+    assert isinstance(events[first_record - 1], tuple) or events[first_record - 1] == "fsync"
+    if not have_syncfs:
+        assert events.count("fsync") >= 8

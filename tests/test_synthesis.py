@@ -152,6 +152,30 @@ def test_results_do_not_depend_on_batching(tiny):
     assert np.array_equal(a, np.load(b_root / "ds" / "latents.npy"))
 
 
+@pytest.mark.parametrize("cores", [1, 64])
+def test_files_do_not_depend_on_where_encoding_runs(tiny, monkeypatch, cores):
+    """No spare core: batches are encoded in the main thread; a spare one: in the writer thread."""
+    import exface.exfacegan.synthesis as synthesis
+
+    root, gan, aligner, emb, bnd, refs = tiny
+    _run(root, gan, aligner, emb, bnd, refs, num_identities=2, both_sides=True)
+    before = {f.relative_to(root / "ds"): f.read_bytes() for f in (root / "ds").glob("*/*.png")}
+    used = []
+    real_encoded = synthesis.DatasetImageWriter._encoded
+    monkeypatch.setattr(synthesis.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(synthesis.DatasetImageWriter, "_encoded",
+                        lambda self, pred, map_fn=map, parts=1: used.append(map_fn is map)
+                        or real_encoded(self, pred, map_fn, parts))
+    other = root / "other"
+    other.mkdir()
+    synthesize_dataset(gan, aligner, emb, bnd, refs, other / "ds", images_per_identity=5, num_identities=2,
+                       both_sides=True, batch_size=4, accelerator="cpu", progress=False,
+                       sampler=ExFaceGANSampler(0.0, 2.0))
+    assert used and all(u == (cores > torch.get_num_threads()) for u in used)
+    assert {f.relative_to(other / "ds"): f.read_bytes() for f in (other / "ds").glob("*/*.png")} == before
+    assert (other / "ds" / "manifest.jsonl").read_text() == (root / "ds" / "manifest.jsonl").read_text()
+
+
 def test_identity_filter_rejects_and_reports_acceptance(tiny):
     root, gan, aligner, emb, bnd, refs = tiny
     free = _run(root, gan, aligner, emb, bnd, refs, num_identities=2, sampler=ExFaceGANSampler(0.0, 6.0))

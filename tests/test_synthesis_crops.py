@@ -93,3 +93,23 @@ def test_report_measures_frames_of_a_crop_dataset(tmp_path):
     # the same latents: the crop dataset's pixel diversity is that of its (re-rendered) frames
     assert abs(res["sets"]["boundary"]["pixel_diversity"] - res2["sets"]["boundary"]["pixel_diversity"]) < 2e-3
     assert res["face_check"]["crop"]["output_size"] == [32, 32]
+
+
+def test_encode_images_is_lossless_png_and_independent_of_parts():
+    """PNG files decode to the input pixels; splitting a batch over encoders changes no byte."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from exface.exfacegan.crops import encode_image, encode_images
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (5, 3, 12, 9), dtype=torch.uint8, generator=g)
+    one = encode_images(imgs, "png")
+    with ThreadPoolExecutor(2) as pool:
+        assert encode_images(imgs, "png", map_fn=pool.map, parts=2) == one
+    assert [encode_image(im) for im in imgs] == one
+    for im, data in zip(imgs, one):
+        back = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert np.array_equal(back, im.permute(1, 2, 0).numpy())
+    jpgs = encode_images(imgs, "jpeg", 90)
+    assert len(jpgs) == 5 and all(d[:2] == b"\xff\xd8" for d in jpgs)
