@@ -21,6 +21,11 @@ float32 rounding of similarities within an ulp of a cut, or FAISS's tie order).
 All sides run on ``--threads`` threads (default 1: torch, BLAS via threadpoolctl, FAISS's
 OpenMP, exface's workers).
 
+``--first_call``: instead, each exface rule once in a fresh process (after a small warm-up
+call), beside the GEMM in the same process: what one labelling stage costs. Alternated
+repetitions in one process measure the label matrix's allocation in whatever state the
+sides before left the memory in (a 400 MB matrix freed just before is cheap to map again).
+
 Run: ``python benchmarks/labeling_speed.py`` (``--n 5000`` for a quick look).
 """
 
@@ -83,8 +88,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--loop", action="store_true", help="also time ExFaceGAN's per-reference numpy loop")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--first_call", action="store_true", help="each rule's first call, in a fresh process each")
+    ap.add_argument("--rule", default=None, help=argparse.SUPPRESS)  # the child of --first_call
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits
+
+    if args.first_call and args.rule is None:
+        import subprocess
+
+        for rule in ("median", "topk", "threshold"):
+            for _ in range(args.repeats):
+                subprocess.run([sys.executable, __file__, *sys.argv[1:], "--rule", rule], check=True)
+        return
 
     torch.set_num_threads(args.threads)
     try:
@@ -94,7 +109,32 @@ def main() -> None:
     except ImportError:
         faiss = None
     with threadpool_limits(limits=args.threads):
-        run(args, faiss is not None)
+        if args.rule is not None:
+            first_call(args)
+        else:
+            run(args, faiss is not None)
+
+
+def first_call(args) -> None:
+    import time
+
+    rng = np.random.default_rng(args.seed)
+    bank = rng.standard_normal((args.n, args.dim)).astype(np.float32)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    kw = {"rule": args.rule, "use_gpu": False, "num_threads": args.threads}
+    kw.update({"topk": {"k": args.k}, "threshold": {"threshold": args.threshold}}.get(args.rule, {}))
+    label_identities(bank[:3000], bank[:300], **{**kw, **({"k": 10} if args.rule == "topk" else {})})
+    bt = torch.from_numpy(bank)
+    bank_t = bt.T.contiguous()
+    t = time.process_time()
+    for _ in _gemm_tiles(bt, bank_t, 256):
+        pass
+    gemm = time.process_time() - t
+    t = time.process_time()
+    label_identities(bank, bank, **kw)
+    took = time.process_time() - t
+    print(f"first call in a fresh process, {args.rule:9s}: {took:.3f} s, GEMM alone {gemm:.3f} s: {took / gemm:.2f}x "
+          f"(process time; {machine_line(args.threads)})")
 
 
 def run(args, have_faiss: bool) -> None:
