@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from exface.alignment.crops import ResizeAligner
 from exface.disentangle.datamodule import HELD_OUT_SEED, GeneratorPairDataModule, SeedPairStream, held_out_seeds
-from exface.disentangle.encoders import TimmAttributeEncoder
+from exface.disentangle.encoders import LandmarkAttributeEncoder, TimmAttributeEncoder
 from exface.disentangle.losses import (
     MS_SSIM_BETAS_3,
     PixelLoss,
@@ -121,6 +121,25 @@ def test_timm_attribute_encoder():
     assert enc(torch.rand(2, 3, 16, 16) * 2 - 1).shape == (2, enc.out_dim)
     with pytest.raises(ValueError, match="timm has no model"):
         TimmAttributeEncoder("resnet_does_not_exist")
+
+
+def test_landmark_attribute_encoder_trains_only_its_head():
+    lm = TinyLandmarks()
+    enc = LandmarkAttributeEncoder(lm, hidden=16, backbone=TimmAttributeEncoder("test_resnet", input_size=16))
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    code = enc.train()(x)
+    assert code.shape == (3, 16 + enc.backbone.out_dim) == (3, enc.out_dim)
+    assert not lm.training and not any(p.requires_grad for p in lm.parameters())
+    code.sum().backward()
+    assert all(p.grad is None for p in lm.parameters())
+    assert all(p.grad is not None for p in enc.mlp.parameters())
+    # the code is a function of the points: the same points give the same code
+    enc.backbone = None
+    pts = lm(x)
+    want = enc.mlp((pts / 16.0 * 2 - 1).flatten(1))
+    torch.testing.assert_close(enc(x), want)
+    with pytest.raises(ValueError, match="gave 68 points"):
+        LandmarkAttributeEncoder(lm, points=5)(x)
 
 
 # ----------------------------------------------------------------------------- data

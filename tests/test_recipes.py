@@ -196,3 +196,17 @@ def test_recipe_fast_dev_run(recipe: Path, tmp_path: Path):
         dim = bank.manifest["dims"][cfg["space"]]
         assert b.normals.shape[1] == dim and torch.allclose(b.normals.norm(dim=1), torch.ones(len(b)), atol=1e-5)
         assert bank.references()["indices"].tolist() == list(range(len(b)))
+
+
+def test_disentangle_landmark_encoder_variant_fast_dev_run(tmp_path: Path):
+    """The variant recipe layered on the default disentanglement recipe (LightningCLI: later configs win)."""
+    from exface.disentangle.encoders import LandmarkAttributeEncoder
+
+    overrides = _dcgan_faceapi_disentangle(tmp_path)
+    calls = []
+    real_forward = LandmarkAttributeEncoder.forward
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LandmarkAttributeEncoder, "forward", lambda self, x: calls.append(len(x)) or real_forward(self, x))
+        _fit(RECIPES / "dcgan_faceapi_disentangle.yaml", tmp_path, "--config",
+             str(RECIPES / "dcgan_faceapi_disentangle_landmark_encoder.yaml"), *overrides)
+    assert calls  # the variant's encoder made the attribute codes

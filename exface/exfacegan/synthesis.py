@@ -448,6 +448,7 @@ class DatasetImageWriter(BasePredictionWriter):
         self.max_pending = int(max_pending)
         self._pool = None
         self._encoders = None  # a thread pool when encoding runs in the main thread
+        self._encoder_threads = 1
         self._pending: list = []
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
