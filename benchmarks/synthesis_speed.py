@@ -24,10 +24,10 @@ Run: ``python benchmarks/synthesis_speed.py`` (``--identities 8 --images 32``).
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch

@@ -27,7 +27,7 @@ from exface.alignment.geometry import apply_affine, similarity_lstsq
 from exface.alignment.landmark_aligner import LandmarkAligner
 from exface.tensors import to_uint8
 
-__all__ = ["MAX_ROLL_DEG", "ImageFormat", "IMAGE_SUFFIX", "encode_image", "encode_images", "plausible_faces", "aligned_crops", "describe_crop"]
+__all__ = ["MAX_ROLL_DEG", "ImageFormat", "IMAGE_SUFFIX", "encode_image", "encode_images", "split_parts", "plausible_faces", "aligned_crops", "describe_crop"]
 
 ImageFormat = Literal["png", "jpeg"]
 #: faces rolled further than this (degrees) from the template fail the face check
@@ -61,11 +61,14 @@ def encode_images(images_u8: Tensor, image_format: ImageFormat = "png", jpeg_qua
     if image_format == "png":
         hwc = hwc.flip(-1)  # OpenCV wants BGR
     hwc = np.ascontiguousarray(hwc.cpu().numpy())
-    n = len(hwc)
-    step = max(1, -(-n // max(1, parts)))
-    slices = [hwc[i : i + step] for i in range(0, n, step)]
     encode = _encode_png if image_format == "png" else (lambda a: _encode_jpeg(a, int(jpeg_quality)))
-    return [data for part in map_fn(lambda arr: [encode(a) for a in arr], slices) for data in part]
+    return [data for part in map_fn(lambda arr: [encode(a) for a in arr], split_parts(hwc, parts)) for data in part]
+
+
+def split_parts(seq, parts: int) -> list:
+    """``seq`` in at most ``parts`` consecutive slices of near-equal length (for a pool's ``map``)."""
+    step = max(1, -(-len(seq) // max(1, parts)))
+    return [seq[i : i + step] for i in range(0, len(seq), step)]
 
 
 _PNG_PARAMS = None

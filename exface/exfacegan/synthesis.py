@@ -59,11 +59,11 @@ from exface.exfacegan.run_files import (
     FolderLock,
     atomic_torch_save,
     atomic_write_bytes,
-    sync_files,
     clean_partials,
     is_primary_process,
+    sync_files,
 )
-from exface.exfacegan.crops import IMAGE_SUFFIX, ImageFormat, aligned_crops, describe_crop, encode_images
+from exface.exfacegan.crops import IMAGE_SUFFIX, ImageFormat, aligned_crops, describe_crop, encode_images, split_parts
 from exface.exfacegan.samplers import ExFaceGANSampler, LatentSampler, anchor_latent, render_latents
 from exface.generators.base import Generator
 from exface.progress import stage_callbacks
@@ -522,9 +522,7 @@ class DatasetImageWriter(BasePredictionWriter):
             rec["frames"] = frames
             rec["settings_key"] = self.settings_key
             records.append(rec)
-        step = max(1, -(-len(jobs) // max(1, parts)))
-        for _ in map_fn(lambda part: [atomic_write_bytes(p, b, sync=False) for p, b in part],
-                        [jobs[i : i + step] for i in range(0, len(jobs), step)]):
+        for _ in map_fn(lambda part: [atomic_write_bytes(p, b, sync=False) for p, b in part], split_parts(jobs, parts)):
             pass
         return records, [p for p, _ in jobs]
 
