@@ -279,3 +279,31 @@ def test_populated_label_matrix_gives_the_same_labels(monkeypatch):
     torch.save(got, buf)
     buf.seek(0)
     np.testing.assert_array_equal(torch.load(buf).numpy(), expect)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "tiny_range", "huge_range", "short"])
+def test_histogram_order_statistics_equal_partition(kind):
+    """The histogram selection behind bracketing, re-bracketing and band selection gives
+    ``np.partition``'s exact values for near and distant rank pairs, on ties, on ranges
+    near the float32 limits (its bin arithmetic is float64), and on rows shorter than a bin."""
+    from exface.exfacegan.rank_select import _BINS, _two_order_stats
+
+    rng = np.random.default_rng(len(kind))
+    n = 5 if kind == "short" else 1500
+    v = rng.standard_normal(n)
+    if kind == "ties":
+        v = np.round(v * 4) / 4
+    elif kind == "tiny_range":
+        v = 1.0 + v * 1e-7  # a few float32 ulps apart: many exact ties
+    elif kind == "huge_range":
+        v = v * 1e37
+    v = v.astype(np.float32)
+    before = v.copy()
+    counts = np.empty(_BINS, np.int32)
+    small = np.empty(n, np.float32)
+    bins = np.empty(n, np.int32)
+    for a, b in [(0, n - 1), (n // 2 - 1, n // 2), (n // 3, n // 3), (1, n - 2), (n // 5, 4 * n // 5)]:
+        want = np.partition(v, [a, b])
+        got = _two_order_stats(v, a, b, counts, small, bins)
+        assert got == (want[a], want[b]), (a, b)
+    np.testing.assert_array_equal(v, before)  # left unchanged

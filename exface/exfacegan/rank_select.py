@@ -92,32 +92,30 @@ _BINS = 1024
 
 
 @numba.njit(nogil=True, cache=True)
-def _two_order_stats(v: np.ndarray, a: int, b: int, counts: np.ndarray, small: np.ndarray) -> tuple[float, float]:
+def _two_order_stats(v: np.ndarray, a: int, b: int, counts: np.ndarray, small: np.ndarray,
+                     bins: np.ndarray) -> tuple[float, float]:
     """Values of ascending ranks ``a <= b`` of ``v`` (left unchanged), by histogram.
 
     Quickselect's comparisons are unpredictable branches (~13 ns per entry on this data);
-    a histogram over ``[min, max]`` is branch-free: count up to ``_BINS`` equal-width bins (~4 entries each), find
-    the bins holding ranks ``a`` and ``b`` from the prefix counts, and select inside those
-    few entries only (one gather for near ranks, one per bin for a bracket's distant two:
+    a histogram over ``[min, max]`` is nearly branch-free: each entry's bin (up to ``_BINS``
+    equal-width bins, ~4 entries each) in one vectorized pass, a count per bin, the bins
+    holding ranks ``a`` and ``b`` from the prefix counts, and a selection inside those few
+    entries only (one gather for near ranks, one per bin for a bracket's distant two:
     selecting among all the entries between them cost the re-bracketing half its time).
-    The bin of ``x`` is monotone in ``x``, so ranks are preserved.
-    ``counts`` (``_BINS`` int64) and ``small`` (``len(v)`` float32) are scratch space.
+    The bin of ``x`` is monotone in ``x`` (rounding is), so ranks are preserved.
+    Scratch space: ``counts`` (``_BINS`` int32), ``small`` (``len(v)`` float32) and
+    ``bins`` (``len(v)`` int32).
     """
     n = v.shape[0]
-    vmin = v[0]
-    vmax = v[0]
-    for t in range(n):
-        x = v[t]
-        vmin = min(vmin, x)
-        vmax = max(vmax, x)
+    vmin, vmax = _min_max(v)
     if vmin == vmax:
         return vmin, vmin
     nbins = min(counts.shape[0], max(16, n // 4))  # ~4 entries per bin
-    scale = nbins / (np.float64(vmax) - np.float64(vmin))
+    bin_of = bins[:n]
+    _bin_index(v, np.float64(vmin), nbins / (np.float64(vmax) - np.float64(vmin)), np.int32(nbins - 1), bin_of)
     counts[:nbins] = 0
     for t in range(n):
-        k = int((np.float64(v[t]) - vmin) * scale)
-        counts[min(k, nbins - 1)] += 1
+        counts[bin_of[t]] += 1
     below = 0
     bin_a = bin_b = -1
     below_a = below_b = 0
@@ -130,24 +128,40 @@ def _two_order_stats(v: np.ndarray, a: int, b: int, counts: np.ndarray, small: n
             break
         below += c
     if bin_b - bin_a <= 1:  # the entries of bins bin_a..bin_b, with ranks below_a.. in v
-        m = _gather_bins(v, vmin, scale, nbins, bin_a, bin_b, small)
+        m = _gather_bins(v, bin_of, bin_a, bin_b, small)
         return _small_two_order_stats(small[:m], a - below_a, b - below_a)
     # distant ranks (a bracket's two ends): each from its own bin, not from all between
-    m = _gather_bins(v, vmin, scale, nbins, bin_a, bin_a, small)
+    m = _gather_bins(v, bin_of, bin_a, bin_a, small)
     va, _ = _small_two_order_stats(small[:m], a - below_a, a - below_a)
-    m = _gather_bins(v, vmin, scale, nbins, bin_b, bin_b, small)
+    m = _gather_bins(v, bin_of, bin_b, bin_b, small)
     vb, _ = _small_two_order_stats(small[:m], b - below_b, b - below_b)
     return va, vb
 
 
 @numba.njit(nogil=True, cache=True)
-def _gather_bins(v, vmin, scale, nbins, bin_a, bin_b, small) -> int:
+def _min_max(v: np.ndarray) -> tuple[float, float]:
+    vmin = v[0]
+    vmax = v[0]
+    for t in range(v.shape[0]):
+        vmin = min(vmin, v[t])
+        vmax = max(vmax, v[t])
+    return vmin, vmax
+
+
+@numba.njit(nogil=True, cache=True)
+def _bin_index(v, vmin, scale, top, bin_of) -> None:
+    """``bin_of[t]``: the histogram bin of ``v[t]`` (float64 arithmetic: no overflow for any range)."""
+    for t in range(v.shape[0]):
+        bin_of[t] = min(np.int32((np.float64(v[t]) - vmin) * scale), top)
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather_bins(v, bin_of, bin_a, bin_b, small) -> int:
     """Copy the entries of ``v`` in histogram bins ``bin_a..bin_b`` to ``small``; their count."""
     m = 0
     for t in range(v.shape[0]):
-        x = v[t]
-        k = min(int((np.float64(x) - vmin) * scale), nbins - 1)
-        small[m] = x
+        k = bin_of[t]
+        small[m] = v[t]
         m += (k >= bin_a) & (k <= bin_b)
     return m
 
@@ -155,12 +169,13 @@ def _gather_bins(v, vmin, scale, nbins, bin_a, bin_b, small) -> int:
 @numba.njit(nogil=True, cache=True)
 def _bracket_rows(sample: np.ndarray, a: int, b: int, lo: np.ndarray, hi: np.ndarray) -> None:
     m = sample.shape[1]
-    counts = np.empty(_BINS, np.int64)
+    counts = np.empty(_BINS, np.int32)
     small = np.empty(m, np.float32)
+    bins = np.empty(m, np.int32)
     for i in range(sample.shape[0]):
         row = sample[i]
         a_i, b_i = max(a, 0), min(b, m - 1)
-        va, vb = _two_order_stats(row, a_i, b_i, counts, small)
+        va, vb = _two_order_stats(row, a_i, b_i, counts, small, bins)
         lo[i] = va if a >= 0 else -np.inf
         hi[i] = vb if b < m else np.inf
 
@@ -281,8 +296,9 @@ def refine(band_v, band_n, n_le, seen, rank_lo, rank_hi, n, z, lo, hi) -> None:
     checks that).
     """
     cap = band_v.shape[1]
-    counts = np.empty(_BINS, np.int64)
+    counts = np.empty(_BINS, np.int32)
     small = np.empty(cap, np.float32)
+    bins = np.empty(cap, np.int32)
     for i in range(band_n.shape[0]):
         nb = band_n[i]
         if nb > cap:
@@ -293,7 +309,7 @@ def refine(band_v, band_n, n_le, seen, rank_lo, rank_hi, n, z, lo, hi) -> None:
         b = int(np.ceil(seen * p_hi + z * np.sqrt(seen * p_hi * (1 - p_hi)))) + 1 - n_le[i]
         if a < 0 or b >= nb:
             continue
-        va, vb = _two_order_stats(band_v[i, :nb], a, b, counts, small)
+        va, vb = _two_order_stats(band_v[i, :nb], a, b, counts, small, bins)
         lo[i] = max(lo[i], va)
         hi[i] = min(hi[i], vb)
 
@@ -308,8 +324,9 @@ def select_band(band_v, band_n, n_le, rank_lo, rank_hi, lo, hi, lower, upper, ok
     ``ok[i] = False`` and the row must be redone.
     """
     cap = band_v.shape[1]
-    counts = np.empty(_BINS, np.int64)
+    counts = np.empty(_BINS, np.int32)
     small = np.empty(cap, np.float32)
+    bins = np.empty(cap, np.int32)
     for i in range(band_n.shape[0]):
         nb = band_n[i]
         a = rank_lo[i] - n_le[i]
@@ -317,7 +334,7 @@ def select_band(band_v, band_n, n_le, rank_lo, rank_hi, lo, hi, lower, upper, ok
         if nb > cap or a < 0 or b >= nb:
             ok[i] = False
             continue
-        va, vb = _two_order_stats(band_v[i, :nb], a, b, counts, small)
+        va, vb = _two_order_stats(band_v[i, :nb], a, b, counts, small, bins)
         lower[i] = va
         upper[i] = vb
         ok[i] = (va > lo[i]) & (vb <= hi[i])
