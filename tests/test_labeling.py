@@ -286,7 +286,7 @@ def test_histogram_order_statistics_equal_partition(kind):
     """The histogram selection behind bracketing, re-bracketing and band selection gives
     ``np.partition``'s exact values for near and distant rank pairs, on ties, on ranges
     near the float32 limits (its bin arithmetic is float64), and on rows shorter than a bin."""
-    from exface.exfacegan.rank_select import _BINS, _two_order_stats
+    from exface.exfacegan.rank_select import _order_stat_scratch, _two_order_stats
 
     rng = np.random.default_rng(len(kind))
     n = 5 if kind == "short" else 1500
@@ -299,9 +299,7 @@ def test_histogram_order_statistics_equal_partition(kind):
         v = v * 1e37
     v = v.astype(np.float32)
     before = v.copy()
-    counts = np.empty(_BINS, np.int32)
-    small = np.empty(n, np.float32)
-    bins = np.empty(n, np.int32)
+    counts, small, bins = _order_stat_scratch(n)
     for a, b in [(0, n - 1), (n // 2 - 1, n // 2), (n // 3, n // 3), (1, n - 2), (n // 5, 4 * n // 5)]:
         want = np.partition(v, [a, b])
         got = _two_order_stats(v, a, b, counts, small, bins)

@@ -139,7 +139,15 @@ def _two_order_stats(v: np.ndarray, a: int, b: int, counts: np.ndarray, small: n
 
 
 @numba.njit(nogil=True, cache=True)
+def _order_stat_scratch(n: int):
+    """Scratch space of :func:`_two_order_stats` for rows of up to ``n`` entries:
+    ``(counts, small, bins)``."""
+    return np.empty(_BINS, np.int32), np.empty(n, np.float32), np.empty(n, np.int32)
+
+
+@numba.njit(nogil=True, cache=True)
 def _min_max(v: np.ndarray) -> tuple[float, float]:
+    """The smallest and largest entry of ``v`` (one vectorizable pass)."""
     vmin = v[0]
     vmax = v[0]
     for t in range(v.shape[0]):
@@ -169,9 +177,7 @@ def _gather_bins(v, bin_of, bin_a, bin_b, small) -> int:
 @numba.njit(nogil=True, cache=True)
 def _bracket_rows(sample: np.ndarray, a: int, b: int, lo: np.ndarray, hi: np.ndarray) -> None:
     m = sample.shape[1]
-    counts = np.empty(_BINS, np.int32)
-    small = np.empty(m, np.float32)
-    bins = np.empty(m, np.int32)
+    counts, small, bins = _order_stat_scratch(m)
     for i in range(sample.shape[0]):
         row = sample[i]
         a_i, b_i = max(a, 0), min(b, m - 1)
@@ -296,9 +302,7 @@ def refine(band_v, band_n, n_le, seen, rank_lo, rank_hi, n, z, lo, hi) -> None:
     checks that).
     """
     cap = band_v.shape[1]
-    counts = np.empty(_BINS, np.int32)
-    small = np.empty(cap, np.float32)
-    bins = np.empty(cap, np.int32)
+    counts, small, bins = _order_stat_scratch(cap)
     for i in range(band_n.shape[0]):
         nb = band_n[i]
         if nb > cap:
@@ -324,9 +328,7 @@ def select_band(band_v, band_n, n_le, rank_lo, rank_hi, lo, hi, lower, upper, ok
     ``ok[i] = False`` and the row must be redone.
     """
     cap = band_v.shape[1]
-    counts = np.empty(_BINS, np.int32)
-    small = np.empty(cap, np.float32)
-    bins = np.empty(cap, np.int32)
+    counts, small, bins = _order_stat_scratch(cap)
     for i in range(band_n.shape[0]):
         nb = band_n[i]
         a = rank_lo[i] - n_le[i]
