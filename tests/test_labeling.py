@@ -229,24 +229,32 @@ def test_faiss_is_optional_with_a_clear_error(monkeypatch):
     assert lab._faiss_index(torch.from_numpy(bank), torch.device("cuda")) is None  # CUDA: torch path instead
 
 
-@pytest.mark.parametrize("cols, cap", [(1024, 4096), (1003, 4096), (1003, 40), (5, 3)])
-def test_scan_tile_matches_a_direct_transcription(cols, cap):
-    """The two-kernel scan (label/flag pass, word-skipping compaction) against the rule written
-    out plainly: labels ``x > lo``, counts ``x <= lo``, band ``lo < x <= hi`` in column order,
-    counts past a full buffer; NaN (a left-out latent) is neither counted nor stored."""
+@pytest.mark.parametrize("cols, cap, width, ties, filled", [
+    (1024, 4096, 0.4, False, 0), (1003, 4096, 0.4, True, 5), (1003, 40, 0.4, False, 0),
+    (5, 3, 0.4, False, 0), (1003, 600, np.inf, True, 17), (250, 4096, 0.0, True, 0)])
+def test_scan_tile_matches_a_direct_transcription(cols, cap, width, ties, filled):
+    """The 16-wide register scan (compress into the band buffer while it has room for 16,
+    entry by entry near its end and for the last ``cols % 16``) against the rule written
+    out plainly: labels ``x > lo``, counts ``x <= lo``, band ``lo < x <= hi`` appended in
+    column order after what the buffer held, counts past a full buffer; NaN (a left-out
+    latent) is neither counted nor stored. Ties, an empty band, the whole row as the band."""
     from exface.exfacegan.rank_select import scan_tile
 
     rng = np.random.default_rng(cols + cap)
     rows, c0 = 7, 11
     tile = rng.standard_normal((rows, cols)).astype(np.float32)
+    if ties:
+        tile = np.round(tile * 4) / 4
     tile[2, min(3, cols - 1)] = np.nan
-    lo = np.float32(-0.3) + rng.standard_normal(rows).astype(np.float32) * 0.1
-    hi = lo + np.float32(0.4)
+    tile[4, rng.random(cols) < 0.1] = np.nan
+    lo = np.float32(-0.25) + (np.round(rng.standard_normal(rows) * 4) / 40).astype(np.float32)
+    hi = (lo + np.float32(width)).astype(np.float32)
     out = np.full((rows, c0 + cols), 7, np.int8)
     n_le = np.full(rows, 2, np.int64)
     band_v = np.zeros((rows, cap), np.float32)
     band_i = np.zeros((rows, cap), np.int32)
-    band_n = np.zeros(rows, np.int64)
+    band_n = np.full(rows, min(filled, cap), np.int64)
+    band_v[:, :filled] = -5.0
     scan_tile(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n)
     for i in range(rows):
         t = tile[i]
@@ -254,10 +262,22 @@ def test_scan_tile_matches_a_direct_transcription(cols, cap):
         assert (out[i, :c0] == 7).all()
         assert n_le[i] == 2 + int((t <= lo[i]).sum())
         cols_in = np.flatnonzero((t > lo[i]) & (t <= hi[i]))
-        assert band_n[i] == len(cols_in)
-        kept = min(len(cols_in), cap)
-        np.testing.assert_array_equal(band_i[i, :kept], c0 + cols_in[:kept])
-        np.testing.assert_array_equal(band_v[i, :kept], t[cols_in[:kept]])
+        f = min(filled, cap)
+        assert band_n[i] == f + len(cols_in)
+        kept = max(0, min(len(cols_in), cap - f))
+        assert (band_v[i, :f] == -5.0).all()
+        np.testing.assert_array_equal(band_i[i, f:f + kept], c0 + cols_in[:kept])
+        np.testing.assert_array_equal(band_v[i, f:f + kept], t[cols_in[:kept]])
+
+
+def test_scan_tile_refuses_strided_rows():
+    from exface.exfacegan.rank_select import scan_tile
+
+    tile = np.zeros((2, 64), np.float32)[:, ::2]
+    lo = np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match="unit stride"):
+        scan_tile(tile, 0, lo, lo, np.zeros((2, 32), np.int8), np.zeros(2, np.int64),
+                  np.zeros((2, 64), np.float32), np.zeros((2, 64), np.int32), np.zeros(2, np.int64))
 
 
 def test_populated_label_matrix_gives_the_same_labels(monkeypatch):

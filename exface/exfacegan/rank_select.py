@@ -38,6 +38,10 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 __all__ = ["bracket", "scan_tile", "refine", "select_band", "fix_band"]
 
@@ -208,68 +212,60 @@ def bracket(sample: np.ndarray, rank_lo: int, rank_hi: int, n: int, z: float = 3
     return lo, hi
 
 
-@numba.njit(nogil=True, cache=True)
-def _label_and_flag(tile, c0, lo, hi, out, n_le, flags) -> None:
-    """The vectorized half of :func:`scan_tile`: labels, counts ``<= lo`` and band flags."""
-    rows, cols = tile.shape
-    for i in range(rows):
-        lo_i = lo[i]
-        hi_i = hi[i]
-        t = tile[i]
-        o = out[i, c0 : c0 + cols]
-        f = flags[i]
-        cnt = 0
-        for j in range(cols):
-            x = t[j]
-            above = np.uint8(x > lo_i)
-            o[j] = above
-            cnt += x <= lo_i
-            f[j] = above & np.uint8(x <= hi_i)
-        n_le[i] += cnt
+@intrinsic
+def _scan16(typingctx, t, j, lo, hi, o, oj, bv, bi, nb, col):
+    """The scan of 16 entries ``t[j : j + 16]`` in registers (one AVX-512 vector).
 
-
-@numba.njit(nogil=True, cache=True)
-def _compact_band(tile, c0, flags, band_v, band_i, band_n) -> None:
-    """The other half: append the flagged entries of each row to its band buffer.
-
-    The flags are read 8 at a time as one ``uint64``: with a few percent of entries in the
-    band most words are zero and are skipped; a non-zero word is compacted branch-free
-    (every entry written, the count advanced by its flag) while the buffer has room for 8,
-    entry by entry near its end (counts keep growing past the capacity).
+    Writes the labels ``t > lo`` to ``o[oj : oj + 16]``, compresses the band entries
+    (``lo < t <= hi``) and their columns ``col + 0..15`` to the front of one vector each and
+    stores all 16 lanes at ``bv[nb:]`` / ``bi[nb:]`` (the caller guarantees room for 16;
+    only the first ``nband`` are kept, the rest is overwritten later). Returns
+    ``nband << 32 | n_le`` from the popcounts of the two masks. NaN compares false: it is
+    labelled 0, neither counted nor stored. ``llvm.experimental.vector.compress`` is
+    one ``vcompressps``/``vpcompressd`` on AVX-512 and a generic expansion elsewhere.
     """
-    rows, cols = tile.shape
-    cap = band_v.shape[1]
-    nw = cols // 8
-    for i in range(rows):
-        t = tile[i]
-        f = flags[i]
-        words = f.view(np.uint64)
-        nb = band_n[i]
-        bv = band_v[i]
-        bi = band_i[i]
-        for w in range(nw):
-            if words[w]:
-                if nb + 8 <= cap:
-                    for j in range(8 * w, 8 * w + 8):
-                        bv[nb] = t[j]
-                        bi[nb] = c0 + j
-                        nb += f[j]
-                else:
-                    nb = _append_flagged(t, f, 8 * w, 8 * w + 8, c0, bv, bi, nb)
-        nb = _append_flagged(t, f, 8 * nw, cols, c0, bv, bi, nb)
-        band_n[i] = nb
+    if not (t.dtype == types.float32 and bv.dtype == types.float32 and bi.dtype == types.int32
+            and o.dtype in (types.int8, types.uint8)):
+        return None
+    sig = types.int64(t, j, lo, hi, o, oj, bv, bi, nb, col)
 
+    def codegen(context, builder, signature, args):
+        ta, j, lo, hi, oa, oj, bva, bia, nb, col = args
+        ty = signature.args
+        f32, i32, i16, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(16), ir.IntType(64)
+        v16f, v16i = ir.VectorType(f32, 16), ir.VectorType(i32, 16)
+        v16m, v16b = ir.VectorType(ir.IntType(1), 16), ir.VectorType(ir.IntType(8), 16)
 
-@numba.njit(nogil=True, cache=True)
-def _append_flagged(t, f, j0, j1, c0, bv, bi, nb) -> int:
-    cap = bv.shape[0]
-    for j in range(j0, j1):
-        if f[j]:
-            if nb < cap:
-                bv[nb] = t[j]
-                bi[nb] = c0 + j
-            nb += 1
-    return nb
+        def at(k, val, idx, vec):
+            data = context.make_array(ty[k])(context, builder, val).data
+            return builder.bitcast(builder.gep(data, [idx]), vec.as_pointer())
+
+        def splat(k, val, nbty, vec):
+            s = context.cast(builder, val, ty[k], nbty)
+            v = builder.insert_element(ir.Constant(vec, ir.Undefined), s, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), ir.Constant(v16i, [0] * 16))
+
+        def fn(name, ret, *argt):
+            return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, list(argt)), name)
+
+        x = builder.load(at(0, ta, j, v16f), align=4)
+        lov, hiv = splat(2, lo, types.float32, v16f), splat(3, hi, types.float32, v16f)
+        gt = builder.fcmp_ordered(">", x, lov)
+        le = builder.fcmp_ordered("<=", x, lov)
+        band = builder.and_(gt, builder.fcmp_ordered("<=", x, hiv))
+        builder.store(builder.zext(gt, v16b), at(4, oa, oj, v16b), align=1)
+        cols = builder.add(splat(9, col, types.int32, v16i), ir.Constant(v16i, list(range(16))))
+        undef_f, undef_i = ir.Constant(v16f, ir.Undefined), ir.Constant(v16i, ir.Undefined)
+        packed_v = builder.call(fn("llvm.experimental.vector.compress.v16f32", v16f, v16f, v16m, v16f), [x, band, undef_f])
+        packed_i = builder.call(fn("llvm.experimental.vector.compress.v16i32", v16i, v16i, v16m, v16i), [cols, band, undef_i])
+        builder.store(packed_v, at(6, bva, nb, v16f), align=4)
+        builder.store(packed_i, at(7, bia, nb, v16i), align=4)
+        ctpop = fn("llvm.ctpop.i16", i16, i16)
+        n_band = builder.zext(builder.call(ctpop, [builder.bitcast(band, i16)]), i64)
+        n_le = builder.zext(builder.call(ctpop, [builder.bitcast(le, i16)]), i64)
+        return builder.or_(builder.shl(n_band, ir.Constant(i64, 32)), n_le)
+
+    return sig, codegen
 
 
 @numba.njit(nogil=True, cache=True)
@@ -278,16 +274,49 @@ def scan_tile(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n) -> None:
 
     Writes ``out[i, c0 + j] = tile[i, j] > lo[i]`` (int8), adds the count of entries
     ``<= lo[i]`` to ``n_le[i]`` and appends the entries in ``(lo[i], hi[i]]`` to row
-    ``i``'s band buffer (``band_v`` values, ``band_i`` columns, ``band_n`` counts; counts
-    keep growing past the buffer's capacity so that overflow is detectable). Two kernels
-    while the tile is in cache: a vectorized one writing labels, counts and one band flag
-    byte per entry, and a compaction that skips 8 unflagged entries at a time (together
-    ~0.5 ns per entry at a 3% band on one core, 3x the former per-16-column count loop).
+    ``i``'s band buffer (``band_v`` values, ``band_i`` int32 columns, ``band_n`` counts;
+    counts keep growing past the buffer's capacity so that overflow is detectable).
+    16 entries at a time in registers (:func:`_scan16`) while the buffer has room for 16
+    more, entry by entry after that and for the last ``cols % 16``. Measured on one core
+    (AVX-512, tile in cache): 0.16-0.18 ns per entry whatever the band's share (0-13.5%),
+    against 0.3-1.3 ns for the former label/flag + compaction pair.
     """
     rows, cols = tile.shape
-    flags = np.empty((rows, ((cols + 7) // 8) * 8), np.uint8)
-    _label_and_flag(tile, c0, lo, hi, out, n_le, flags)
-    _compact_band(tile, c0, flags, band_v, band_i, band_n)
+    if tile.strides[1] != 4 or out.strides[1] != 1 or band_v.strides[1] != 4 or band_i.strides[1] != 4:
+        raise ValueError("scan_tile needs rows with unit stride")
+    cap = band_v.shape[1]
+    n_blocks = cols // 16
+    for i in range(rows):
+        lo_i = lo[i]
+        hi_i = hi[i]
+        t = tile[i]
+        o = out[i]
+        bv = band_v[i]
+        bi = band_i[i]
+        nb = band_n[i]
+        cnt = 0
+        b = 0
+        while b < n_blocks:  # runs of blocks that each have room for 16 band entries
+            run = min(n_blocks - b, (cap - nb) // 16)
+            if run <= 0:
+                break
+            for _ in range(run):
+                j = 16 * b
+                r = _scan16(t, j, lo_i, hi_i, o, c0 + j, bv, bi, nb, c0 + j)
+                nb += r >> 32
+                cnt += r & 0xFFFFFFFF
+                b += 1
+        for j in range(16 * b, cols):
+            x = t[j]
+            o[c0 + j] = x > lo_i
+            cnt += x <= lo_i
+            if (x > lo_i) & (x <= hi_i):
+                if nb < cap:
+                    bv[nb] = x
+                    bi[nb] = c0 + j
+                nb += 1
+        band_n[i] = nb
+        n_le[i] += cnt
 
 
 @numba.njit(nogil=True, cache=True)
