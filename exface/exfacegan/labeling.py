@@ -232,7 +232,6 @@ def label_identities(
 
 _CPU_CHUNK_ROWS = 256  # references per CPU chunk (GEMM tiles of [256, _TILE_COLS])
 _TILE_COLS = 1024  # bank columns per GEMM tile: a [256, 1024] float32 tile (1 MiB) stays in L2
-_SAMPLE_COLUMNS = 1024  # m, bank columns of the bracketing sample (m / N of the GEMM)
 _BRACKET_Z = 3.0  # bracket half-width in binomial standard deviations (~0.3% rows redone)
 _REFINE_Z = 3.5  # the same for each re-bracketing from scanned columns (~0.05% each)
 _REFINE_AT_TILES = (3, 9)  # re-bracket after this many scanned tiles
@@ -269,17 +268,20 @@ def _rank_targets(n_bank: int, self_idx: np.ndarray | None, n_refs: int, k: int 
 
 def _rank_labels_cpu(bank, refs, self_idx, out, rows, num_threads, k: int | None) -> None:
     """Median (``k=None``) or top-``k`` labels through the bracketed fused selection
-    (:mod:`exface.exfacegan.rank_select`): one GEMM pass, exact results."""
+    (:mod:`exface.exfacegan.rank_select`): one GEMM pass, exact results.
+
+    Each chunk's first tile (its references against bank columns ``0..1023``) is the
+    bracketing sample, as the scanned tiles are the re-bracketing samples: no extra GEMM,
+    on the premise that bank columns are in no particular order (a bank is i.i.d. draws).
+    A bank sorted by similarity stays exact; its rows miss their brackets and are redone.
+    """
     from exface.exfacegan import rank_select as rs
 
     n_refs, n_bank = refs.shape[0], bank.shape[0]
     rank_lo, rank_hi, n_valid = _rank_targets(n_bank, self_idx, n_refs, k)
     k_row = np.full(n_refs, -1 if k is None else k, dtype=np.int64)
-    m = min(n_bank, _SAMPLE_COLUMNS)
-    cols = np.sort(np.random.default_rng(0).choice(n_bank, m, replace=False))
-    bank_s = bank[torch.from_numpy(cols)].T.contiguous()
+    m = min(n_bank, _TILE_COLS)  # the bracketing sample: each chunk's first tile
     bank_t = bank.T.contiguous()
-    sample = torch.empty(rows, m, dtype=torch.float32)
     workers = max(1, num_threads or torch.get_num_threads())
     out_np = out.numpy()
     lo_r, hi_r = int(rank_lo.min()), int(rank_hi.max())
@@ -304,8 +306,7 @@ def _rank_labels_cpu(bank, refs, self_idx, out, rows, num_threads, k: int | None
             if c0 == 0:
                 if state is not None:
                     _finish_rank_chunk(rs, bank_t, refs, self_idx, out_np, rank_lo, rank_hi, n_valid, k_row, *state)
-                torch.mm(refs[start:stop], bank_s, out=sample[:c])
-                lo, hi = rs.bracket(sample[:c].numpy(), lo_r, hi_r, n_bank, _BRACKET_Z)
+                lo, hi = rs.bracket(tile.numpy(), lo_r, hi_r, n_bank, _BRACKET_Z)  # before the NaNs
                 band_v, band_i = band_all_v[:c], band_all_i[:c]  # reused: fresh pages cost faults
                 band_n = np.zeros(c, np.int64)
                 n_le = np.zeros(c, np.int64)
