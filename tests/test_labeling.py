@@ -327,3 +327,18 @@ def test_histogram_order_statistics_equal_partition(kind):
         got = _two_order_stats(v, a, b, counts, small, bins)
         assert got == (want[a], want[b]), (a, b)
     np.testing.assert_array_equal(v, before)  # left unchanged
+
+
+def test_min_max_over_integer_keys_equals_numpy():
+    """``_min_max`` (order-preserving int32 keys of the floats) against ``np.min``/``np.max``:
+    mixed signs, all negative, signed zeros, subnormals, the float32 limits, one entry."""
+    from exface.exfacegan.rank_select import _min_max
+
+    rng = np.random.default_rng(3)
+    f32 = np.finfo(np.float32)
+    cases = [rng.standard_normal(1037), -rng.random(64) - 1.0, np.array([0.0, -0.0, 0.0]),
+             np.array([-0.0, 1e-45, -1e-45]), np.array([f32.max, -f32.max, 0.5]), np.array([-3.25])]
+    for v in cases:
+        v = np.asarray(v, np.float32)
+        lo, hi = _min_max(v)
+        assert lo == v.min() and hi == v.max()

@@ -149,15 +149,38 @@ def _order_stat_scratch(n: int):
     return np.empty(_BINS, np.int32), np.empty(n, np.float32), np.empty(n, np.int32)
 
 
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the low 32 bits of the integer ``bits``."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low = builder.trunc(args[0], ir.IntType(32)) if bits.bitwidth > 32 else args[0]
+        return builder.bitcast(low, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
 @numba.njit(nogil=True, cache=True)
 def _min_max(v: np.ndarray) -> tuple[float, float]:
-    """The smallest and largest entry of ``v`` (one vectorizable pass)."""
-    vmin = v[0]
-    vmax = v[0]
-    for t in range(v.shape[0]):
-        vmin = min(vmin, v[t])
-        vmax = max(vmax, v[t])
-    return vmin, vmax
+    """The smallest and largest entry of ``float32 v`` (no NaN), in one vectorized pass.
+
+    Over order-preserving int32 keys of the floats (the bits, with the magnitude bits
+    flipped for negatives): integer min/max vectorize, float ``min`` (NaN rules) does not;
+    0.09 against 0.55 ns per entry on one core. (``-0.0`` sorts below ``0.0`` here; either
+    is a correct extreme, the two compare equal.)
+    """
+    u = v.view(np.int32)
+    flip = np.int32(0x7FFFFFFF)
+    kmin = np.int32(0x7FFFFFFF)
+    kmax = np.int32(-0x80000000)
+    for t in range(u.shape[0]):
+        b = u[t]
+        key = b ^ ((b >> 31) & flip)
+        kmin = min(kmin, key)
+        kmax = max(kmax, key)
+    return _f32_from_bits(kmin ^ ((kmin >> 31) & flip)), _f32_from_bits(kmax ^ ((kmax >> 31) & flip))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -409,9 +432,13 @@ def select_band(band_v, band_n, n_le, rank_lo, rank_hi, lo, hi, lower, upper, ok
 def fix_band(out, band_v, band_i, band_n, cut, k, n_above) -> None:
     """Final labels of band entries: ``x > cut[i]``; with ``k[i] >= 0`` (top-k) also the
     first ``k[i] - #(x > cut)`` entries equal to the cut, in column order, so that exactly
-    ``k[i]`` entries are 1. ``n_above[i]`` counts the row's entries above its band."""
+    ``k[i]`` entries are 1. ``n_above[i]`` counts the row's entries above its band. An
+    overflowed row (``band_n > capacity``, to be redone) is fixed only as far as its buffer goes.
+    (Writing only the entries that change, 0, after gathering their columns measured 2.3x
+    slower: the band's columns ascend, so the stores have locality enough.)"""
+    cap = band_v.shape[1]
     for i in range(band_n.shape[0]):
-        nb = band_n[i]
+        nb = min(band_n[i], cap)
         c = cut[i]
         need = 0
         if k[i] >= 0:
