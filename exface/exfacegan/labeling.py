@@ -13,7 +13,7 @@ Which rule uses what (figures: ``benchmarks/labeling_speed.py``):
 - ``rule="median"`` and ``rule="topk"`` on CPU: the similarities are computed once, as
   float32 GEMM tiles (``torch.mm``, row chunks x 1024 bank columns, in cache), and each
   tile is consumed at once by the fused kernels of :mod:`exface.exfacegan.rank_select`:
-  a bracket per row from a 1024-column seeded sample, one pass writing provisional labels
+  a bracket per row from the chunk's first tile, one pass writing provisional labels
   and keeping only the entries inside the bracket, re-bracketing from the scanned columns,
   then an exact selection inside the bracket (rows whose bracket missed are redone
   exactly). The median follows ``numpy.median`` (mean of the two middle values for an
@@ -28,7 +28,7 @@ Which rule uses what (figures: ``benchmarks/labeling_speed.py``):
   no default path needs it.
 
 Memory is bounded by the output (``int8 [R, N]``: 10 GB for R = N = 100k) plus one GEMM
-tile, the sample and the band buffers per chunk (a few MB) on CPU, or ``float32 [chunk, N]``
+tile and the band buffers per chunk (a few MB) on CPU, or ``float32 [chunk, N]``
 buffers (~256 MB by default) on CUDA.
 
 Sign convention: exface's label 1 is *similar*. ExFaceGAN's own code stores label 1 for
