@@ -30,6 +30,8 @@ NaN in the tile: NaN compares false, so it is neither counted nor stored.
 
 The kernels are numba-compiled (``nogil``, so row blocks run on worker threads) and cached
 on disk after the first call.
+The scan, the bins' gather and the min/max run 16 entries per step through the LLVM vector
+kernels of :mod:`exface.exfacegan.simd`.
 """
 
 from __future__ import annotations
@@ -38,10 +40,8 @@ import math
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
+
+from exface.exfacegan.simd import f32_from_bits, gather16, scan16, scan16_nt, store_fence
 
 __all__ = ["bracket", "scan_tile", "refine", "select_band", "fix_band"]
 
@@ -150,19 +150,6 @@ def _order_stat_scratch(n: int):
     return np.empty(_BINS, np.int32), np.empty(n, np.float32), np.empty(n, np.int32)
 
 
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    """The float32 whose bit pattern is the low 32 bits of the integer ``bits``."""
-    if not isinstance(bits, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        low = builder.trunc(args[0], ir.IntType(32)) if bits.bitwidth > 32 else args[0]
-        return builder.bitcast(low, ir.FloatType())
-
-    return types.float32(bits), codegen
-
-
 @numba.njit(nogil=True, cache=True)
 def _min_max(v: np.ndarray) -> tuple[float, float]:
     """The smallest and largest entry of ``float32 v`` (no NaN), in one vectorized pass.
@@ -181,7 +168,7 @@ def _min_max(v: np.ndarray) -> tuple[float, float]:
         key = b ^ ((b >> 31) & flip)
         kmin = min(kmin, key)
         kmax = max(kmax, key)
-    return _f32_from_bits(kmin ^ ((kmin >> 31) & flip)), _f32_from_bits(kmax ^ ((kmax >> 31) & flip))
+    return f32_from_bits(kmin ^ ((kmin >> 31) & flip)), f32_from_bits(kmax ^ ((kmax >> 31) & flip))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -194,51 +181,16 @@ def _bin_index(v, vmin, scale, top, bin_of) -> None:
 @numba.njit(nogil=True, cache=True)
 def _gather_bins(v, bin_of, bin_a, bin_b, small) -> int:
     """Copy the entries of ``v`` in histogram bins ``bin_a..bin_b`` to ``small`` (at least
-    ``len(v)`` long); their count. 16 at a time by :func:`_gather16`, then one by one."""
+    ``len(v)`` long); their count. 16 at a time by :func:`~exface.exfacegan.simd.gather16`, then one by one."""
     n = v.shape[0]
     m = 0
     for t in range(0, n - 15, 16):  # m <= t: the 16 lanes stored at small[m:] stay inside
-        m += _gather16(v, bin_of, t, bin_a, bin_b, small, m)
+        m += gather16(v, bin_of, t, bin_a, bin_b, small, m)
     for t in range(n - n % 16, n):
         k = bin_of[t]
         small[m] = v[t]
         m += (k >= bin_a) & (k <= bin_b)
     return m
-
-
-@intrinsic
-def _gather16(typingctx, v, bin_of, t, bin_a, bin_b, small, m):
-    """Entries ``v[t : t + 16]`` whose ``bin_of`` lies in ``bin_a..bin_b``, compressed into
-    ``small[m:]`` (all 16 lanes stored; the caller keeps the count returned)."""
-    if not (v.dtype == types.float32 and small.dtype == types.float32 and bin_of.dtype == types.int32):
-        return None
-    sig = types.int64(v, bin_of, t, bin_a, bin_b, small, m)
-
-    def codegen(context, builder, signature, args):
-        va, ka, t, a, b, sa, m = args
-        ty = signature.args
-        f32, i32, i16, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(16), ir.IntType(64)
-        v16f, v16i, v16m = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(ir.IntType(1), 16)
-
-        def at(k, val, idx, vec):
-            data = context.make_array(ty[k])(context, builder, val).data
-            return builder.bitcast(builder.gep(data, [idx]), vec.as_pointer())
-
-        def splat(k, val):
-            s = context.cast(builder, val, ty[k], types.int32)
-            u = builder.insert_element(ir.Constant(v16i, ir.Undefined), s, ir.Constant(i32, 0))
-            return builder.shuffle_vector(u, ir.Constant(v16i, ir.Undefined), ir.Constant(v16i, [0] * 16))
-
-        x = builder.load(at(0, va, t, v16f), align=4)
-        k = builder.load(at(1, ka, t, v16i), align=4)
-        keep = builder.and_(builder.icmp_signed(">=", k, splat(3, a)), builder.icmp_signed("<=", k, splat(4, b)))
-        compress = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(v16f, [v16f, v16m, v16f]), "llvm.experimental.vector.compress.v16f32")
-        builder.store(builder.call(compress, [x, keep, ir.Constant(v16f, ir.Undefined)]), at(5, sa, m, v16f), align=4)
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i16, [i16]), "llvm.ctpop.i16")
-        return builder.zext(builder.call(ctpop, [builder.bitcast(keep, i16)]), i64)
-
-    return sig, codegen
 
 
 @numba.njit(nogil=True, cache=True)
@@ -275,88 +227,6 @@ def bracket(sample: np.ndarray, rank_lo: int, rank_hi: int, n: int, z: float = 3
     return lo, hi
 
 
-def _make_scan16(nontemporal: bool):
-    """The register kernel of :func:`scan_tile`; ``nontemporal``: its label stores bypass the
-    cache (16-byte aligned destinations only): the labels are not read again soon, and a
-    plain store first reads each line of the 400 MB label matrix (R = N = 20k) from memory."""
-
-    def scan16(typingctx, t, j, lo, hi, o, oj, bv, bi, nb, col):
-        """The scan of 16 entries ``t[j : j + 16]`` in registers (one AVX-512 vector).
-
-        Writes the labels ``t > lo`` to ``o[oj : oj + 16]``, compresses the band entries
-        (``lo < t <= hi``) and their columns ``col + 0..15`` to the front of one vector each and
-        stores all 16 lanes at ``bv[nb:]`` / ``bi[nb:]`` (the caller guarantees room for 16;
-        only the first ``nband`` are kept, the rest is overwritten later). Returns
-        ``nband << 32 | n_le`` from the popcounts of the two masks. NaN compares false: it is
-        labelled 0, neither counted nor stored. ``llvm.experimental.vector.compress`` is
-        one ``vcompressps``/``vpcompressd`` on AVX-512 and a generic expansion elsewhere.
-        """
-        if not (t.dtype == types.float32 and bv.dtype == types.float32 and bi.dtype == types.int32
-                and o.dtype in (types.int8, types.uint8)):
-            return None
-        sig = types.int64(t, j, lo, hi, o, oj, bv, bi, nb, col)
-
-        def codegen(context, builder, signature, args):
-            ta, j, lo, hi, oa, oj, bva, bia, nb, col = args
-            ty = signature.args
-            f32, i32, i16, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(16), ir.IntType(64)
-            v16f, v16i = ir.VectorType(f32, 16), ir.VectorType(i32, 16)
-            v16m, v16b = ir.VectorType(ir.IntType(1), 16), ir.VectorType(ir.IntType(8), 16)
-
-            def at(k, val, idx, vec):
-                data = context.make_array(ty[k])(context, builder, val).data
-                return builder.bitcast(builder.gep(data, [idx]), vec.as_pointer())
-
-            def splat(k, val, nbty, vec):
-                s = context.cast(builder, val, ty[k], nbty)
-                v = builder.insert_element(ir.Constant(vec, ir.Undefined), s, ir.Constant(i32, 0))
-                return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), ir.Constant(v16i, [0] * 16))
-
-            def fn(name, ret, *argt):
-                return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, list(argt)), name)
-
-            x = builder.load(at(0, ta, j, v16f), align=4)
-            lov, hiv = splat(2, lo, types.float32, v16f), splat(3, hi, types.float32, v16f)
-            gt = builder.fcmp_ordered(">", x, lov)
-            le = builder.fcmp_ordered("<=", x, lov)
-            band = builder.and_(gt, builder.fcmp_ordered("<=", x, hiv))
-            labels = builder.zext(gt, v16b)
-            if nontemporal:
-                st = builder.store(labels, at(4, oa, oj, v16b), align=16)
-                st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(i32, 1)]))
-            else:
-                builder.store(labels, at(4, oa, oj, v16b), align=1)
-            cols = builder.add(splat(9, col, types.int32, v16i), ir.Constant(v16i, list(range(16))))
-            undef_f, undef_i = ir.Constant(v16f, ir.Undefined), ir.Constant(v16i, ir.Undefined)
-            packed_v = builder.call(fn("llvm.experimental.vector.compress.v16f32", v16f, v16f, v16m, v16f), [x, band, undef_f])
-            packed_i = builder.call(fn("llvm.experimental.vector.compress.v16i32", v16i, v16i, v16m, v16i), [cols, band, undef_i])
-            builder.store(packed_v, at(6, bva, nb, v16f), align=4)
-            builder.store(packed_i, at(7, bia, nb, v16i), align=4)
-            ctpop = fn("llvm.ctpop.i16", i16, i16)
-            n_band = builder.zext(builder.call(ctpop, [builder.bitcast(band, i16)]), i64)
-            n_le = builder.zext(builder.call(ctpop, [builder.bitcast(le, i16)]), i64)
-            return builder.or_(builder.shl(n_band, ir.Constant(i64, 32)), n_le)
-
-        return sig, codegen
-
-    return intrinsic(scan16)
-
-
-_scan16 = _make_scan16(False)
-_scan16_nt = _make_scan16(True)
-
-
-@intrinsic
-def _store_fence(typingctx):
-    """A full fence: orders the weakly ordered non-temporal stores before what follows."""
-
-    def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
 @numba.njit(nogil=True, cache=True)
 def scan_tile(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n) -> None:
     """One fused pass over a GEMM tile ``float32 [rows, cols]`` holding columns ``c0..``.
@@ -365,7 +235,7 @@ def scan_tile(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n) -> None:
     ``<= lo[i]`` to ``n_le[i]`` and appends the entries in ``(lo[i], hi[i]]`` to row
     ``i``'s band buffer (``band_v`` values, ``band_i`` int32 columns, ``band_n`` counts;
     counts keep growing past the buffer's capacity so that overflow is detectable).
-    16 entries at a time in registers (:func:`_make_scan16`) while the buffer has room for
+    16 entries at a time in registers (:func:`~exface.exfacegan.simd.scan16`) while the buffer has room for
     16 more, entry by entry after that and for the last ``cols % 16``; label stores are
     non-temporal where the row's destination is 16-byte aligned. Measured on one core
     (AVX-512, tile in cache): 0.16-0.18 ns per entry whatever the band's share (0-13.5%),
@@ -396,9 +266,9 @@ def scan_tile(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n) -> None:
             for _ in range(run):
                 j = 16 * b
                 if aligned:
-                    r = _scan16_nt(t, j, lo_i, hi_i, o, c0 + j, bv, bi, nb, c0 + j)
+                    r = scan16_nt(t, j, lo_i, hi_i, o, c0 + j, bv, bi, nb, c0 + j)
                 else:
-                    r = _scan16(t, j, lo_i, hi_i, o, c0 + j, bv, bi, nb, c0 + j)
+                    r = scan16(t, j, lo_i, hi_i, o, c0 + j, bv, bi, nb, c0 + j)
                 nb += r >> 32
                 cnt += r & 0xFFFFFFFF
                 b += 1
@@ -413,7 +283,7 @@ def scan_tile(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n) -> None:
                 nb += 1
         band_n[i] = nb
         n_le[i] += cnt
-    _store_fence()
+    store_fence()
 
 
 @numba.njit(nogil=True, cache=True)
