@@ -233,14 +233,18 @@ def test_faiss_is_optional_with_a_clear_error(monkeypatch):
     (1024, 4096, 0.4, False, 0, 11), (1003, 4096, 0.4, True, 5, 11), (1003, 40, 0.4, False, 0, 11),
     (5, 3, 0.4, False, 0, 11), (1003, 600, np.inf, True, 17, 11), (250, 4096, 0.0, True, 0, 11),
     (1024, 4096, 0.4, True, 3, 16), (1008, 300, 0.4, False, 0, 32)])
-def test_scan_tile_matches_a_direct_transcription(cols, cap, width, ties, filled, c0):
+@pytest.mark.parametrize("kernel", ["scan_tile", "_scan_tile_compress", "_scan_tile_flags"])
+def test_scan_tile_matches_a_direct_transcription(cols, cap, width, ties, filled, c0, kernel):
     """The 16-wide register scan (compress into the band buffer while it has room for 16,
     entry by entry near its end and for the last ``cols % 16``) against the rule written
     out plainly: labels ``x > lo``, counts ``x <= lo``, band ``lo < x <= hi`` appended in
     column order after what the buffer held, counts past a full buffer; NaN (a left-out
     latent) is neither counted nor stored. Ties, an empty band, the whole row as the band;
-    rows whose labels are 16-byte aligned (``c0 = 16, 32``: non-temporal stores) or not."""
-    from exface.exfacegan.rank_select import scan_tile
+    rows whose labels are 16-byte aligned (``c0 = 16, 32``: non-temporal stores) or not.
+    Both kernels (AVX-512 register scan; label/flag + compaction elsewhere) and the dispatch."""
+    from exface.exfacegan import rank_select
+
+    scan_tile = getattr(rank_select, kernel)
 
     rng = np.random.default_rng(cols + cap)
     rows = 7

@@ -30,8 +30,8 @@ NaN in the tile: NaN compares false, so it is neither counted nor stored.
 
 The kernels are numba-compiled (``nogil``, so row blocks run on worker threads) and cached
 on disk after the first call.
-The scan, the bins' gather and the min/max run 16 entries per step through the LLVM vector
-kernels of :mod:`exface.exfacegan.simd`.
+The scan and the bins' gather run 16 entries per step through the LLVM vector kernels of
+:mod:`exface.exfacegan.simd`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import math
 import numba
 import numpy as np
 
-from exface.exfacegan.simd import f32_from_bits, gather16, scan16, scan16_nt, store_fence
+from exface.exfacegan.simd import HAS_AVX512, f32_from_bits, gather16, scan16, scan16_nt, store_fence
 
 __all__ = ["bracket", "scan_tile", "refine", "select_band", "fix_band"]
 
@@ -235,16 +235,108 @@ def scan_tile(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n) -> None:
     ``<= lo[i]`` to ``n_le[i]`` and appends the entries in ``(lo[i], hi[i]]`` to row
     ``i``'s band buffer (``band_v`` values, ``band_i`` int32 columns, ``band_n`` counts;
     counts keep growing past the buffer's capacity so that overflow is detectable).
-    16 entries at a time in registers (:func:`~exface.exfacegan.simd.scan16`) while the buffer has room for
-    16 more, entry by entry after that and for the last ``cols % 16``; label stores are
-    non-temporal where the row's destination is 16-byte aligned. Measured on one core
-    (AVX-512, tile in cache): 0.16-0.18 ns per entry whatever the band's share (0-13.5%),
-    against 0.3-1.3 ns for the former label/flag + compaction pair; into a fresh 400 MB
-    label matrix, 0.17 ns per entry with non-temporal stores and 0.25 without.
+
+    With AVX-512 (:data:`~exface.exfacegan.simd.HAS_AVX512`, fixed when the kernel is
+    compiled) by the register kernel :func:`_scan_tile_compress`; elsewhere by the
+    label/flag pass and word-skipping compaction (:func:`_scan_tile_flags`), since LLVM's
+    generic expansion of a vector compress is scalar (AVX2: 1.16 ns per entry, against
+    0.3-1.3 ns for the pair). Both give the same outputs.
     """
-    rows, cols = tile.shape
     if tile.strides[1] != 4 or out.strides[1] != 1 or band_v.strides[1] != 4 or band_i.strides[1] != 4:
         raise ValueError("scan_tile needs rows with unit stride")
+    if HAS_AVX512:
+        _scan_tile_compress(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n)
+    else:
+        _scan_tile_flags(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n)
+
+
+@numba.njit(nogil=True, cache=True)
+def _scan_tile_flags(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n) -> None:
+    """:func:`scan_tile` by two kernels while the tile is in cache: a vectorized one writing
+    labels, counts and one band flag byte per entry, and a compaction that skips 8 unflagged
+    entries at a time (~0.5 ns per entry at a 3% band on one core)."""
+    rows, cols = tile.shape
+    flags = np.empty((rows, ((cols + 7) // 8) * 8), np.uint8)
+    _label_and_flag(tile, c0, lo, hi, out, n_le, flags)
+    _compact_band(tile, c0, flags, band_v, band_i, band_n)
+
+
+@numba.njit(nogil=True, cache=True)
+def _label_and_flag(tile, c0, lo, hi, out, n_le, flags) -> None:
+    """The vectorized half of :func:`scan_tile`: labels, counts ``<= lo`` and band flags."""
+    rows, cols = tile.shape
+    for i in range(rows):
+        lo_i = lo[i]
+        hi_i = hi[i]
+        t = tile[i]
+        o = out[i, c0 : c0 + cols]
+        f = flags[i]
+        cnt = 0
+        for j in range(cols):
+            x = t[j]
+            above = np.uint8(x > lo_i)
+            o[j] = above
+            cnt += x <= lo_i
+            f[j] = above & np.uint8(x <= hi_i)
+        n_le[i] += cnt
+
+
+@numba.njit(nogil=True, cache=True)
+def _compact_band(tile, c0, flags, band_v, band_i, band_n) -> None:
+    """The other half: append the flagged entries of each row to its band buffer.
+
+    The flags are read 8 at a time as one ``uint64``: with a few percent of entries in the
+    band most words are zero and are skipped; a non-zero word is compacted branch-free
+    (every entry written, the count advanced by its flag) while the buffer has room for 8,
+    entry by entry near its end (counts keep growing past the capacity).
+    """
+    rows, cols = tile.shape
+    cap = band_v.shape[1]
+    nw = cols // 8
+    for i in range(rows):
+        t = tile[i]
+        f = flags[i]
+        words = f.view(np.uint64)
+        nb = band_n[i]
+        bv = band_v[i]
+        bi = band_i[i]
+        for w in range(nw):
+            if words[w]:
+                if nb + 8 <= cap:
+                    for j in range(8 * w, 8 * w + 8):
+                        bv[nb] = t[j]
+                        bi[nb] = c0 + j
+                        nb += f[j]
+                else:
+                    nb = _append_flagged(t, f, 8 * w, 8 * w + 8, c0, bv, bi, nb)
+        nb = _append_flagged(t, f, 8 * nw, cols, c0, bv, bi, nb)
+        band_n[i] = nb
+
+
+@numba.njit(nogil=True, cache=True)
+def _append_flagged(t, f, j0, j1, c0, bv, bi, nb) -> int:
+    cap = bv.shape[0]
+    for j in range(j0, j1):
+        if f[j]:
+            if nb < cap:
+                bv[nb] = t[j]
+                bi[nb] = c0 + j
+            nb += 1
+    return nb
+
+
+
+
+@numba.njit(nogil=True, cache=True)
+def _scan_tile_compress(tile, c0, lo, hi, out, n_le, band_v, band_i, band_n) -> None:
+    """:func:`scan_tile` 16 entries at a time in registers
+    (:func:`~exface.exfacegan.simd.scan16`) while the band buffer has room for 16 more,
+    entry by entry after that and for the last ``cols % 16``; label stores are
+    non-temporal where the row's destination is 16-byte aligned. Measured on one core
+    (AVX-512, tile in cache): 0.16-0.18 ns per entry whatever the band's share (0-13.5%);
+    into a fresh 400 MB label matrix, 0.17 ns per entry (0.25 with plain stores).
+    """
+    rows, cols = tile.shape
     cap = band_v.shape[1]
     n_blocks = cols // 16
     base = out.ctypes.data + c0

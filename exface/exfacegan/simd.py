@@ -13,12 +13,25 @@ caller guarantees that those entries exist and that the rows have unit stride.
 
 from __future__ import annotations
 
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
+from numba.core import config
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["f32_from_bits", "gather16", "scan16", "scan16_nt", "store_fence"]
+__all__ = ["HAS_AVX512", "f32_from_bits", "gather16", "scan16", "scan16_nt", "store_fence"]
+
+
+def _target_has_avx512() -> bool:
+    """Whether numba compiles for AVX-512 here: its ``NUMBA_CPU_FEATURES`` when set, else the host's."""
+    features = config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
+
+
+HAS_AVX512: bool = _target_has_avx512()
+"""The compress kernels are one instruction per 16 lanes only with AVX-512 (vcompressps);
+elsewhere LLVM expands them lane by lane, and callers choose another kernel."""
 
 _F32, _I32, _I16, _I64 = ir.FloatType(), ir.IntType(32), ir.IntType(16), ir.IntType(64)
 _V16F, _V16I = ir.VectorType(_F32, 16), ir.VectorType(_I32, 16)
