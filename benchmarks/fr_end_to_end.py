@@ -3,7 +3,8 @@
 1. ``exface fit`` (recipes/dcgan_faceapi.yaml): bank of DCGANDigiFace latents embedded by
    FaceApiResNet34, one identity boundary per reference (``--references``).
 2. ``exface synthesize`` (recipes/dcgan_faceapi_synthesize.yaml, both sides of every
-   boundary: 2 x references identities x ``--images``), storing the recipe's aligned crops
+   boundary as ExFaceGAN does: 2 x references identities x ``--images``; ``--one_side``: the
+   reference's side only, references identities), storing the recipe's aligned crops
    (the ArcFace 112x112 crop): the **boundary** dataset.
 3. The quality report's two baselines, same identities and image counts, rendered through
    the same generator and crop: **noise_same_distance** (the anchor latent + Gaussian noise
@@ -66,14 +67,15 @@ def fit_boundaries(work: Path, references: int, latents: int) -> Path:
     return bnd
 
 
-def synthesize_boundary_set(work: Path, references: int, images: int) -> Path:
+def synthesize_boundary_set(work: Path, references: int, images: int, both_sides: bool = True) -> Path:
     from exface.cli import main
 
     out = work / "datasets" / "boundary"
     if not (out / "synthesis.json").is_file() or "identities" not in json.loads((out / "synthesis.json").read_text()):
         main(["synthesize", "--config", str(REPO / "recipes" / "dcgan_faceapi_synthesize.yaml"),
               "--bank", str(work / "bank"), "--boundaries", str(work / "boundaries.pt"), "--output_dir", str(out),
-              "--num_identities", str(references), "--images_per_identity", str(images), "--both_sides", "true",
+              "--num_identities", str(references), "--images_per_identity", str(images),
+              "--both_sides", "true" if both_sides else "false",
               "--report", "false", "--accelerator", "cpu"])
     return out
 
@@ -258,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lfw", type=Path, default=Path(os.environ.get("EXFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
                     / "lfw-fold1")
     ap.add_argument("--references", type=int, default=250, help="boundaries; both sides: 2x identities")
+    ap.add_argument("--one_side", action="store_true",
+                    help="one identity per boundary (the reference's side) instead of ExFaceGAN's two")
     ap.add_argument("--latents", type=int, default=12000, help="bank size")
     ap.add_argument("--images", type=int, default=20, help="images per identity")
     ap.add_argument("--net_size", type=int, default=64)
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     _stage(results, "fit", t0, ran)
     t0 = time.time()
     ran = not (work / "datasets" / "boundary" / "manifest.jsonl").is_file()
-    bdir = synthesize_boundary_set(work, args.references, args.images)
+    bdir = synthesize_boundary_set(work, args.references, args.images, both_sides=not args.one_side)
     _stage(results, "synthesize_boundary", t0, ran)
     t0 = time.time()
     results["datasets"] = make_baselines(work, bdir, args.seed)
