@@ -7,10 +7,10 @@ costs more than the GEMM that makes the rows. The kernels here make the selectio
 free, in one pass over each GEMM tile while it is still in cache:
 
 1. **Bracket from a sample.** The similarities of each row to ``m`` bank columns (the
-   first GEMM tile, so no extra GEMM; bank columns are i.i.d. draws) give, per row, two sample order
-   statistics ``lo < hi`` whose ranks are ``z`` binomial standard deviations either side
-   of the wanted rank, so the wanted order statistics fall inside ``(lo, hi]`` with high
-   probability (``z = 3``: ~99.7% of rows).
+   first GEMM tile, so no extra GEMM; bank columns are i.i.d. draws) give, per row, two
+   sample order statistics ``lo < hi`` whose ranks are ``z`` binomial standard deviations
+   either side of the wanted rank, so the wanted order statistics fall inside ``(lo, hi]``
+   with high probability (``z = 3``: ~99.7% of rows).
 2. **One fused pass per tile** (:func:`scan_tile`): for every entry write the provisional
    label ``x > lo``, count the entries ``<= lo``, and store the entries inside
    ``(lo, hi]`` (value and column) in a per-row band buffer (~``z N / sqrt(m)`` of them).
@@ -181,7 +181,8 @@ def _bin_index(v, vmin, scale, top, bin_of) -> None:
 @numba.njit(nogil=True, cache=True)
 def _gather_bins(v, bin_of, bin_a, bin_b, small) -> int:
     """Copy the entries of ``v`` in histogram bins ``bin_a..bin_b`` to ``small`` (at least
-    ``len(v)`` long); their count. 16 at a time by :func:`~exface.exfacegan.simd.gather16`, then one by one."""
+    ``len(v)`` long); their count. 16 at a time by :func:`~exface.exfacegan.simd.gather16`,
+    then one by one."""
     n = v.shape[0]
     m = 0
     for t in range(0, n - 15, 16):  # m <= t: the 16 lanes stored at small[m:] stay inside
@@ -323,8 +324,6 @@ def _append_flagged(t, f, j0, j1, c0, bv, bi, nb) -> int:
                 bi[nb] = c0 + j
             nb += 1
     return nb
-
-
 
 
 @numba.njit(nogil=True, cache=True)

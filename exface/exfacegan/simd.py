@@ -1,9 +1,9 @@
 """16-lane vector kernels for the numba code of :mod:`exface.exfacegan.rank_select`.
 
-numba's loop vectorizer leaves three things scalar that the labelling pass needs per entry:
-stream compaction (appending the entries that pass a test to a buffer), float min/max (NaN
-rules) and a store that bypasses the cache. These ``@intrinsic`` functions write them in LLVM
-IR over 16-lane vectors: ``llvm.experimental.vector.compress`` is one ``vcompressps`` /
+numba's loop vectorizer leaves two things out that the labelling pass needs per entry:
+stream compaction (appending the entries that pass a test to a buffer) and a store that
+bypasses the cache. These ``@intrinsic`` functions write them in LLVM IR over 16-lane
+vectors (with the bit cast that lets min/max run over integer keys, which do vectorize): ``llvm.experimental.vector.compress`` is one ``vcompressps`` /
 ``vpcompressd`` on AVX-512 and a generic expansion elsewhere (so the code is correct on any
 CPU LLVM targets, and fast with AVX-512); ``numba>=0.68`` brings an LLVM that has it.
 
@@ -89,8 +89,9 @@ def _make_scan16(nontemporal: bool):
             ta, j, lo, hi, oa, oj, bva, bia, nb, col = args
             ty = signature.args
             x = builder.load(_at(context, builder, ty[0], ta, j, _V16F), align=4)
-            gt = builder.fcmp_ordered(">", x, _splat(context, builder, lo, ty[2], types.float32, _V16F))
-            le = builder.fcmp_ordered("<=", x, _splat(context, builder, lo, ty[2], types.float32, _V16F))
+            lo_v = _splat(context, builder, lo, ty[2], types.float32, _V16F)
+            gt = builder.fcmp_ordered(">", x, lo_v)
+            le = builder.fcmp_ordered("<=", x, lo_v)
             in_hi = builder.fcmp_ordered("<=", x, _splat(context, builder, hi, ty[3], types.float32, _V16F))
             band = builder.and_(gt, in_hi)
             labels = builder.zext(gt, _V16B)
