@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from exface.alignment.crops import ResizeAligner
-from exface.disentangle.datamodule import HELD_OUT_SEED, GeneratorPairDataModule, SeedPairStream, held_out_seeds
+from exface.disentangle.datamodule import CENTER_SEED, HELD_OUT_SEED, GeneratorPairDataModule, SeedPairStream, held_out_seeds
 from exface.disentangle.encoders import LandmarkAttributeEncoder, TimmAttributeEncoder
 from exface.disentangle.losses import (
     MS_SSIM_BETAS_3,
@@ -162,8 +162,9 @@ def _tiny_module(**kw) -> DisentangleModule:
     args = dict(space="w", mapper_hidden=[16, 16], discriminator_hidden=[8, 8], ms_ssim_betas=[1.0],
                 ms_ssim_kernel=3, lr=1e-3, report_pairs=4, grid_size=2, eval_batch_size=4)
     args.update(kw)
+    enc = args.pop("attribute_encoder", None) or TimmAttributeEncoder("test_resnet", input_size=16)
     return DisentangleModule(TinyGenerator(z_dim=8, w_dim=8, resolution=16), TinyEmbedder(), ResizeAligner((16, 16)),
-                             TimmAttributeEncoder("test_resnet", input_size=16), TinyLandmarks(), **args)
+                             enc, TinyLandmarks(), **args)
 
 
 def _batch(k: int, n: int = 3) -> dict:
@@ -178,11 +179,15 @@ def test_schedule_cross_and_same_image_steps():
     assert not cross and set(terms) == {"id", "landmark", "pixel"}
     terms, _, _ = _tiny_module(latent_weight=1.0, pixel_weight=0.0).losses(_batch(1))
     assert set(terms) == {"id", "landmark", "latent"}
-    # on a same-image step the pixel loss compares with the identity source itself
+    # on a same-image step the pixel loss compares the output with the identity source itself
     m.eval()
+    seen = []
+    real_pixel_loss = m.pixel_loss.forward
+    m.pixel_loss.forward = lambda out, target: seen.append(target) or real_pixel_loss(out, target)
+    m.losses(_batch(1))
     with torch.no_grad():
-        img = m.render(m.latents(_batch(1)["id_seed"]))
-        assert torch.isclose(m.pixel_loss(img, img), torch.tensor(0.0), atol=1e-5)
+        id_img = m.render(m.latents(_batch(1)["id_seed"]))
+    assert len(seen) == 1 and torch.equal(seen[0], id_img)
 
 
 def test_training_step_updates_trained_parts_only_and_d_on_adversarial_steps(monkeypatch):
@@ -200,9 +205,23 @@ def test_training_step_updates_trained_parts_only_and_d_on_adversarial_steps(mon
     assert all(torch.equal(a, b) for a, b in zip(d0, m.discriminator.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(g0, m.mapper.parameters()))
     assert opts[1].state == {}  # the adversarial Adam has not stepped
-    m.training_step(_batch(2), 1)  # even: adversarial step for mapper and discriminator
+    # even: adversarial step for mapper and discriminator. Both generator-side gradients are taken
+    # at the same parameters, by hand here, and each must reach its own Adam: after its first step
+    # an Adam's first moment is (1 - beta1) x the gradient it was given.
+    params = m.trainable_generator_parameters()
+    m1_before = [opts[0].state[p]["exp_avg"].clone() if p in opts[0].state else torch.zeros_like(p) for p in params]
+    terms, fake, _ = m.losses(_batch(2))
+    main = torch.autograd.grad(sum(terms.values()), params, retain_graph=True, allow_unused=True)
+    adv = torch.autograd.grad(m.w["adversarial"] * generator_adversarial_loss(m.discriminator(fake)), params,
+                              allow_unused=True)
+    m.training_step(_batch(2), 1)
     assert any(not torch.equal(a, b) for a, b in zip(d0, m.discriminator.parameters()))
-    assert len(opts[1].state) > 0
+    b1 = opts[0].defaults["betas"][0]
+    for p, g_main, g_adv, before in zip(params, main, adv, m1_before):
+        if g_main is not None:
+            torch.testing.assert_close(opts[0].state[p]["exp_avg"], b1 * before + (1 - b1) * g_main, rtol=1e-4, atol=1e-6)
+        if g_adv is not None:
+            torch.testing.assert_close(opts[1].state[p]["exp_avg"], (1 - b1) * g_adv, rtol=1e-4, atol=1e-6)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in frozen.items())
 
 
@@ -345,7 +364,7 @@ def test_identity_center_uses_the_generators_mean_embedding_and_checkpoints_it()
     plain = m.identity_embedder(m.identity_aligner(x))
     assert torch.equal(m.identity_mean, torch.zeros_like(m.identity_mean))
     m.fit_identity_mean()
-    seeds = torch.arange(2**30, 2**30 + 32)
+    seeds = torch.arange(CENTER_SEED, CENTER_SEED + 32)
     mean = m.identity_embedder(m.identity_aligner(m.render(m.latents(seeds)))).mean(0)
     torch.testing.assert_close(m.identity_mean, mean)
     torch.testing.assert_close(m.embed(x), F.normalize(plain - mean, dim=-1))
@@ -355,10 +374,79 @@ def test_identity_center_uses_the_generators_mean_embedding_and_checkpoints_it()
     m2.on_load_checkpoint(ckpt)
     m2.load_state_dict(ckpt["state_dict"])
     torch.testing.assert_close(m2.identity_mean, mean)
+    assert int(m2.identity_mean_seed) == CENTER_SEED
     m2.fit_identity_mean()  # already set: kept
     torch.testing.assert_close(m2.identity_mean, mean)
-    old = {"state_dict": {k: v for k, v in ckpt["state_dict"].items() if k != "identity_mean"}}
+    old = {"state_dict": {k: v for k, v in ckpt["state_dict"].items() if k not in ("identity_mean", "identity_mean_seed")}}
     m3 = _tiny_module()
     m3.on_load_checkpoint(old)
     m3.load_state_dict(old["state_dict"])  # a checkpoint from before the option still loads
     assert torch.equal(m3.embed(x), plain)
+
+
+def test_centring_samples_are_never_training_or_report_images(monkeypatch, tmp_path):
+    m = _tiny_module(identity_center=16)
+    used: dict[str, set[int]] = {}
+    stage = ["centre"]
+    real = m.latents
+    monkeypatch.setattr(m, "latents", lambda seeds: used.setdefault(stage[0], set()).update(seeds.tolist()) or real(seeds))
+    m.fit_identity_mean()
+    stage[0] = "report"
+    m.report(tmp_path, pairs=4)
+    stage[0] = "train"
+    for k in range(3):
+        m.losses(_batch(k))
+    assert len(used["centre"]) == 16 and used["report"] and used["train"]
+    assert not used["centre"] & used["report"] and not used["centre"] & used["train"]
+    assert not used["report"] & used["train"]
+    assert json.loads((tmp_path / "report.json").read_text())["settings"]["identity_mean_first_seed"] == CENTER_SEED
+
+
+def test_checkpoint_centred_before_center_seed_is_kept_and_named(caplog):
+    m = _tiny_module(identity_center=16)
+    m.fit_identity_mean()
+    sd = {k: v for k, v in m.state_dict().items() if k != "identity_mean_seed"}  # as written before the fix
+    m2 = _tiny_module(identity_center=16)
+    with caplog.at_level("WARNING", logger="exface.disentangle.module"):
+        m2.on_load_checkpoint({"state_dict": sd})
+    m2.load_state_dict(sd)
+    torch.testing.assert_close(m2.identity_mean, m.identity_mean)
+    assert int(m2.identity_mean_seed) == HELD_OUT_SEED and "held-out pairs" in caplog.text
+
+
+def test_frozen_landmark_net_inside_the_attribute_encoder_is_not_checkpointed():
+    enc = LandmarkAttributeEncoder(TinyLandmarks(), points=68, hidden=8)
+    m = _tiny_module(attribute_encoder=enc)
+    ckpt = {"state_dict": m.state_dict(), "hyper_parameters": {}}
+    nested = [k for k in ckpt["state_dict"] if k.startswith("attribute_encoder.landmarks.")]
+    m.on_save_checkpoint(ckpt)
+    assert not any(k.startswith("attribute_encoder.landmarks.") for k in ckpt["state_dict"])
+    assert any(k.startswith("attribute_encoder.mlp.") for k in ckpt["state_dict"])
+    assert nested  # TinyLandmarks has weights
+    m2 = _tiny_module(attribute_encoder=LandmarkAttributeEncoder(TinyLandmarks(seed=1), points=68, hidden=8))
+    own = {k: v.clone() for k, v in m2.state_dict().items() if k in nested}
+    m2.on_load_checkpoint(ckpt)
+    m2.load_state_dict(ckpt["state_dict"])  # strict; the landmark net's weights are the recipe part's
+    assert all(torch.equal(m2.state_dict()[k], v) for k, v in own.items())
+    torch.testing.assert_close(m2.attribute_encoder.mlp[0].weight, m.attribute_encoder.mlp[0].weight)
+
+
+def test_resume_refuses_a_pair_stream_of_another_seed_or_batch_size():
+    from exface.errors import ExfaceError
+
+    dm = GeneratorPairDataModule(batch_size=4, seed=0)
+    state = dm.state_dict()
+    GeneratorPairDataModule(batch_size=4, seed=0).load_state_dict(state)
+    with pytest.raises(ExfaceError, match="seed 0"):
+        GeneratorPairDataModule(batch_size=4, seed=1).load_state_dict(state)
+    with pytest.raises(ExfaceError, match="batch_size 4"):
+        GeneratorPairDataModule(batch_size=8, seed=0).load_state_dict(state)
+
+
+def test_timm_attribute_encoder_takes_the_backbones_own_normalization():
+    import timm
+
+    enc = TimmAttributeEncoder("test_resnet", input_size=16)
+    cfg = timm.create_model("test_resnet", pretrained=False).pretrained_cfg
+    torch.testing.assert_close(enc.mean.flatten(), torch.tensor(cfg["mean"], dtype=torch.float32))
+    torch.testing.assert_close(enc.std.flatten(), torch.tensor(cfg["std"], dtype=torch.float32))

@@ -6,7 +6,8 @@ the latent discriminator from it. exface draws the same things from the generato
 while training: the datamodule yields *seeds* only, and the Lightning module renders
 ``generator.sample_z(1, seed)`` for each. So nothing is stored, every batch is reproducible
 from ``(seed, batch index)``, and held-out pairs are guaranteed unseen: training seeds lie in
-``[0, HELD_OUT_SEED)``, evaluation seeds from ``HELD_OUT_SEED`` up.
+``[0, HELD_OUT_SEED)``, evaluation seeds in ``[HELD_OUT_SEED, CENTER_SEED)``, and the samples
+that centre identity embeddings (``identity_center``) from ``CENTER_SEED`` up.
 
 A training batch is ``{"index": k, "id_seed": [B], "attr_seed": [B], "real_seed": [B]}``
 (``real_seed``: latents of the generator's prior for the latent discriminator). Whether
@@ -24,10 +25,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-__all__ = ["HELD_OUT_SEED", "SeedPairStream", "HeldOutPairs", "held_out_seeds", "GeneratorPairDataModule"]
+__all__ = ["HELD_OUT_SEED", "CENTER_SEED", "SeedPairStream", "HeldOutPairs", "held_out_seeds", "GeneratorPairDataModule"]
 
 #: First seed of held-out (evaluation) pairs; training seeds are below it.
 HELD_OUT_SEED = 1 << 30
+#: First seed of the samples whose mean identity embedding centres the identity loss; neither
+#: training nor evaluation pairs reach it (held-out pairs would need 2**29 of them).
+CENTER_SEED = 1 << 31
 
 
 def held_out_seeds(n: int, offset: int = 0) -> tuple[Tensor, Tensor]:
@@ -106,4 +110,14 @@ class GeneratorPairDataModule(pl.LightningDataModule):
         return {"consumed": self.consumed, "seed": self.seed, "batch_size": self.batch_size}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Go on where the checkpoint's stream stopped; a stream of another seed or batch size is refused
+        (the resumed run would silently train on batches the interrupted one never drew)."""
+        from exface.errors import ExfaceError
+
+        for key in ("seed", "batch_size"):
+            if key in state_dict and int(state_dict[key]) != int(getattr(self, key)):
+                raise ExfaceError(f"the checkpoint's pair stream has {key} {state_dict[key]}, this run's data has "
+                                  f"{getattr(self, key)}", where=f"data.init_args.{key}",
+                                  fix=f"resume with data.init_args.{key}: {state_dict[key]}, or start a new run "
+                                      "(another checkpoint folder, or ckpt_path: null)")
         self.consumed = int(state_dict.get("consumed", 0))

@@ -69,8 +69,12 @@ class TimmAttributeEncoder(AttributeEncoder):
         self.model_name, self.input_size = model_name, int(input_size)
         self.net = timm.create_model(model_name, pretrained=pretrained, num_classes=0, global_pool="avg")
         self.out_dim = int(self.net.num_features)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # the backbone's own input normalization (timm's pretrained config: ImageNet's mean/std for
+        # most, 0.5/0.5 for inception_v3, i.e. the [-1, 1] input the paper's Keras encoder takes)
+        cfg = getattr(self.net, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", _IMAGENET_MEAN), cfg.get("std", _IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
         x = (images + 1) / 2

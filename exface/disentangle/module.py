@@ -26,7 +26,8 @@ exface additions, all off by default: ``latent_weight`` (an L2 pull of the mappe
 to the source's own latent on same-image steps; the reference computes the matching w's but
 leaves this loss at 0); evaluation judges other than the loss networks.
 
-Checkpoints hold the trained networks and optimizer states only; the frozen networks are
+Checkpoints hold the trained networks and optimizer states only; the frozen networks (also
+those nested in a trained part, such as ``LandmarkAttributeEncoder``'s landmark net) are
 rebuilt from the recipe (they are dropped on save and taken from the live module on load).
 """
 
@@ -106,8 +107,9 @@ class DisentangleModule(pl.LightningModule):
         latent_weight: exface extra, off by default: MSE of the mapped latent to the source's
             latent on same-image steps.
         identity_center: exface extra, 0 (off, the paper) by default: subtract the mean identity
-            embedding of this many generator samples (fixed seeds from 2**30, never used for
-            training or evaluation pairs) and renormalize, for the mapper's input and the
+            embedding of this many generator samples (fixed seeds from
+            :data:`~exface.disentangle.datamodule.CENTER_SEED`, never used for training or
+            evaluation pairs) and renormalize, for the mapper's input and the
             identity loss. For an embedder whose embeddings of this generator's faces are all
             alike (face-api ResNet-34 on DCGAN faces: random pairs at cosine 0.89), the plain
             identity loss barely tells two identities apart; centred, the same loss does. The
@@ -225,6 +227,8 @@ class DisentangleModule(pl.LightningModule):
             raise ValueError(f"identity_center must be >= 0, got {identity_center}")
         self.identity_center = int(identity_center)
         self.register_buffer("identity_mean", torch.zeros(identity_embedder.embedding_dim))
+        # first seed of the samples identity_mean was fitted on (-1: not fitted), kept in checkpoints
+        self.register_buffer("identity_mean_seed", torch.tensor(-1, dtype=torch.long))
 
     # ---------------------------------------------------------------- parts
     def train(self, mode: bool = True) -> "DisentangleModule":
@@ -259,10 +263,13 @@ class DisentangleModule(pl.LightningModule):
         """Set :attr:`identity_mean` from ``identity_center`` generator samples (a no-op when off or set)."""
         if not self.identity_center or bool(self.identity_mean.abs().sum() > 0):
             return
-        seeds = torch.arange(2**30, 2**30 + self.identity_center)
+        from exface.disentangle.datamodule import CENTER_SEED
+
+        seeds = torch.arange(CENTER_SEED, CENTER_SEED + self.identity_center)
         embs = [self.identity_embedder(self.identity_aligner(self.render(self.latents(seeds[i:i + batch_size]))))
                 for i in range(0, len(seeds), batch_size)]
         self.identity_mean.copy_(torch.cat(embs).mean(0))
+        self.identity_mean_seed.fill_(CENTER_SEED)
 
     def on_fit_start(self) -> None:
         self.fit_identity_mean()
@@ -420,7 +427,7 @@ class DisentangleModule(pl.LightningModule):
         outs = torch.stack([self.swap(id_img[r:r + 1].expand_as(attr_img), attr_img) for r in range(g)])
         ids, lmks = self.judges()
         cfg = {k: v for k, v in self.hparams.items() if not isinstance(v, nn.Module)}
-        settings = {"hparams": cfg, **(settings or {})}
+        settings = {"hparams": cfg, "identity_mean_first_seed": int(self.identity_mean_seed), **(settings or {})}
         result = write_report(out_dir, {k: torch.cat(v) for k, v in per.items()}, swap_grid(id_img, attr_img, outs),
                               ids, lmks, settings)
         self.train(was_training)
@@ -435,7 +442,7 @@ class DisentangleModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the trained networks only, and no network objects among the hyperparameters."""
         sd = checkpoint["state_dict"]
-        for key in [k for k in sd if k.split(".", 1)[0] in FROZEN]:
+        for key in [k for k in sd if _is_frozen(k)]:
             del sd[key]
         hp = checkpoint.get("hyper_parameters")
         if isinstance(hp, dict):
@@ -443,12 +450,34 @@ class DisentangleModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Take the frozen networks' weights from this module (they were built from the recipe);
-        a checkpoint from before ``identity_center`` has no identity mean (it had none: zeros)."""
+        a checkpoint from before ``identity_center`` has no identity mean (it had none: zeros).
+
+        A checkpoint whose identity mean has no recorded seed was centred on seeds from
+        ``HELD_OUT_SEED``: the images of the first held-out pairs. It is kept (the mapper was
+        trained with it), recorded as such and named in a warning."""
         sd = checkpoint["state_dict"]
         for k, v in self.state_dict().items():
-            if k.split(".", 1)[0] in FROZEN:
+            if _is_frozen(k):
                 sd.setdefault(k, v)
         sd.setdefault("identity_mean", torch.zeros_like(self.identity_mean))
+        if "identity_mean_seed" not in sd:
+            from exface.disentangle.datamodule import HELD_OUT_SEED
+
+            fitted = bool(sd["identity_mean"].abs().sum() > 0)
+            sd["identity_mean_seed"] = torch.tensor(HELD_OUT_SEED if fitted else -1, dtype=torch.long)
+            if fitted:
+                log.warning("this checkpoint's identity mean was fitted on seeds %d.. (before CENTER_SEED), the "
+                            "images of the first held-out pairs; its report's loss-network identity figures are "
+                            "centred on them. Retrain to centre on unseen samples.", HELD_OUT_SEED)
+
+
+#: Frozen networks nested inside trained parts (LandmarkAttributeEncoder's landmark net).
+FROZEN_NESTED = ("attribute_encoder.landmarks.",)
+
+
+def _is_frozen(key: str) -> bool:
+    """Whether a state-dict key belongs to a frozen network (rebuilt from the recipe, never stored)."""
+    return key.split(".", 1)[0] in FROZEN or key.startswith(FROZEN_NESTED)
 
 
 def _cli_given_hparams() -> bool:

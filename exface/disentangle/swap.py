@@ -93,14 +93,16 @@ def swap(checkpoint: str, output: str = "swap_grid.png", id_seeds: list[int] | N
 
 
 @command("disentangle-report")
-def disentangle_report(checkpoint: str, output_dir: str, pairs: int = 256, batch_size: int | None = None,
+def disentangle_report(checkpoint: str, output_dir: str, pairs: int | None = None, batch_size: int | None = None,
                        device: str = "cpu") -> None:
     """Evaluate a disentanglement checkpoint on held-out pairs and write report.md/json and swap_grid.png.
 
     Args:
         checkpoint: a checkpoint of `exface fit --config recipes/*_disentangle.yaml`.
         output_dir: folder for report.md, report.json, per_pair.npz, swap_grid.png.
-        pairs: held-out cross-identity pairs (as many same-image pairs are reconstructed).
+        pairs: held-out cross-identity pairs (as many same-image pairs are reconstructed); default:
+            the recipe's report_pairs, so that the report (and its grid's seeds) match the one
+            written at the end of training.
         batch_size: pairs per evaluation batch (default: the recipe's eval_batch_size; smaller uses less memory).
         device: cpu or cuda.
     """
