@@ -132,6 +132,16 @@ def run_bare(args, data, num_classes: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - p0
 
 
+def _float_or_none(text: str) -> float | None:
+    """``--clip`` values: a number, or ``none``/``None`` (clipping off)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="mobilefacenet", help="mobilefacenet or an IResNet arch (r18, r50, ...)")
@@ -142,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--precision", default="32-true", help="32-true, or 16-mixed (CUDA AMP)")
-    ap.add_argument("--clip", type=float, default=5.0, help="per-group gradient clipping (None: off)")
+    ap.add_argument("--clip", type=_float_or_none, default=5.0,
+                    help="per-group gradient clipping max norm; none (or None): off")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)

@@ -59,9 +59,27 @@ def test_lr_factor_warmup_poly_and_step():
     assert lr_factor(9, 100, 10, "poly") == pytest.approx(1.0)
     assert lr_factor(10, 100, 10, "poly") == pytest.approx(1.0)
     assert lr_factor(55, 100, 10, "poly") == pytest.approx(0.25)  # (1 - 45/90)^2
-    # ExFaceGAN: x0.1 at epochs 22, 30, 35 (here 1 step per epoch), no warm-up
+    # a milestone m drops the rate from step m on (here 1 step per epoch), no warm-up
     f = [lr_factor(s, 40, 0, "step", milestones=(22, 30, 35)) for s in (0, 21, 22, 29, 30, 35, 39)]
     assert f == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
+
+
+def test_exfacegan_recipe_drops_at_the_epochs_of_exfacegan_config():
+    """ExFaceGAN's config.py: lr_func(epoch) = 0.1 ** len([m for m in [22, 30, 35] if m - 1 <= epoch]),
+    epoch 0-based (its LambdaLR steps once per epoch); the recipe's milestones reproduce it."""
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "fr_exfacegan_iresnet50.yaml").read_text())
+    args = cfg["model"]["init_args"]
+    epochs, per_epoch = cfg["trainer"]["max_epochs"], 3
+    ms = tuple(int(round(m * per_epoch)) for m in args["milestones"])  # as configure_optimizers converts them
+    for epoch in range(epochs):
+        ref = 0.1 ** len([m for m in [22, 30, 35] if m - 1 <= epoch])
+        for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
+            assert lr_factor(step, epochs * per_epoch, 0, "step", milestones=ms, gamma=args["gamma"]) \
+                == pytest.approx(ref), (epoch, step)
 
 
 def _fit(tmp_path, max_steps=4, **module_kw):
@@ -127,3 +145,65 @@ def test_augmentation_pipelines():
     with pytest.raises(ValueError, match="albumentations"):
         Augmentation(albumentations={"nonsense": 1})
     assert not Augmentation(flip=False).active and math.isfinite(float(ra(img).mean()))
+
+
+class _SameImageAugmented(torch.utils.data.Dataset):
+    """One image, augmented anew at every index (for the worker-seeding test)."""
+
+    def __init__(self, aug: Augmentation) -> None:
+        self.aug = aug
+        self.img = np.full((16, 16, 3), 128, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.aug(self.img.copy())))
+
+
+def _albumentations_draws(seed: int) -> list[torch.Tensor]:
+    import albumentations as A
+
+    pipe = A.to_dict(A.Compose([A.RandomBrightnessContrast(brightness_limit=0.5, contrast_limit=0.5, p=1.0)]))
+    ds = _SameImageAugmented(Augmentation(flip=False, albumentations=pipe))
+    torch.manual_seed(seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, shuffle=False)
+    return [b[0] for b in loader]  # worker 0: indices 0, 2, 4, 6; worker 1: 1, 3, 5, 7
+
+
+def test_albumentations_draw_differently_in_each_worker_and_reproducibly():
+    draws = _albumentations_draws(0)
+    # the i-th draw of worker 0 against the i-th of worker 1 (one shared stream would make them equal)
+    assert all(not torch.equal(draws[2 * k], draws[2 * k + 1]) for k in range(4))
+    assert len({d.float().mean().item() for d in draws}) == len(draws)
+    again = _albumentations_draws(0)
+    assert all(torch.equal(a, b) for a, b in zip(draws, again))  # seeded by torch: reproducible
+    other = _albumentations_draws(1)
+    assert not all(torch.equal(a, b) for a, b in zip(draws, other))
+
+
+def test_exfacegan_randaugment_draws_bins_from_one_to_magnitude_over_its_op_set(monkeypatch):
+    from exface.fr.datamodule import ExFaceGANRandAugment
+
+    ra = ExFaceGANRandAugment(num_ops=4, magnitude=16)
+    assert set(ra.names) == {"Identity", "ShearX", "TranslateX", "Rotate", "Brightness", "Color", "Contrast",
+                             "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Grayscale"}
+    # bin b of 31: torchvision's ranges (rotate 0..30 degrees, posterize 8..4 bits, solarize 255..0)
+    assert ra.value("Rotate", 16, 112) == pytest.approx(16.0) and ra.value("Posterize", 16, 112) == 6
+    assert ra.value("Solarize", 16, 112) == pytest.approx(119.0)
+    img = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    for name in ra.names:
+        out = ra.apply(img, name, ra.value(name, 16, 16))
+        assert out.shape == img.shape and out.dtype == torch.uint8
+    rotations = []
+    monkeypatch.setattr(ra, "apply", lambda im, name, v: (rotations.append(v) if name == "Rotate" else None) or im)
+    torch.manual_seed(0)
+    for _ in range(600):
+        ra(img)
+    degrees = {round(abs(v)) for v in rotations}
+    assert degrees == set(range(1, 17))  # uniform bins 1..16 (torchvision: always 16)
+    assert min(rotations) < 0 < max(rotations)
+    aug = Augmentation(flip=False, randaugment=(4, 16), randaugment_variant="exfacegan")
+    assert isinstance(aug.randaugment, ExFaceGANRandAugment)
+    with pytest.raises(ValueError, match="randaugment_variant"):
+        Augmentation(randaugment=(4, 16), randaugment_variant="other")

@@ -2,7 +2,8 @@
 
 Training options follow the reference recipes: SGD with momentum (arcface_torch, ExFaceGAN)
 or AdamW; a linear warm-up then a polynomial decay (arcface_torch's ``PolyScheduler``,
-power 2) or steps at given epochs (ExFaceGAN: x0.1 at epochs 22, 30, 35 of 40); the learning
+power 2) or steps at given epochs (ExFaceGAN: x0.1 from 0-based epochs 21, 29, 34 of 40, its
+config's ``[22, 30, 35]`` read as ``m - 1 <= epoch``; here ``milestones: [21, 29, 34]``); the learning
 rate scaled by the global batch (``lr * global_batch / lr_reference_batch``; ExFaceGAN:
 0.1 x batch / 512); and gradient-norm clipping of the backbone and the head *separately*
 (ExFaceGAN's ``clip_grad_norm_(backbone, 5)`` and ``clip_grad_norm_(header, 5)``).
@@ -62,7 +63,9 @@ class FaceRecognitionModule(pl.LightningModule):
         weight_decay: L2 on backbone and class centres.
         schedule: ``poly`` (power ``poly_power``) or ``step`` (x ``gamma`` at ``milestones``).
         poly_power: exponent of the polynomial decay (arcface_torch: 2).
-        milestones: epochs at which the step schedule multiplies the rate by ``gamma``.
+        milestones: epochs at which the step schedule multiplies the rate by ``gamma``: a
+            milestone ``m`` takes effect at optimizer step ``round(m x steps_per_epoch)``, the
+            first step of 0-based epoch ``m`` (``m = 1``: from the second epoch on).
         gamma: the step schedule's factor.
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
         clip_grad_norm: clip the gradient norm of the backbone and of the head, each on its
@@ -145,8 +148,15 @@ class FaceRecognitionModule(pl.LightningModule):
         if t.max_epochs is not None and t.max_epochs > 0 and (t.max_steps is None or t.max_steps < 0):
             return total / t.max_epochs
         dm = t.datamodule
-        n = len(dm.train_dataloader()) if dm is not None else total
-        return max(1.0, n / max(1, t.world_size) / t.accumulate_grad_batches)
+        if dm is None:
+            return max(1.0, total / max(1, t.world_size) / t.accumulate_grad_batches)
+        loader = dm.train_dataloader()
+        n = len(loader)
+        # a DistributedSampler (IdentityFolderDataModule's) already gives this rank's share; a plain
+        # loader is split across ranks by Lightning's sampler
+        if not isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler):
+            n /= max(1, t.world_size)
+        return max(1.0, n / t.accumulate_grad_batches)
 
     def configure_optimizers(self):
         groups = [{"params": [p for p in self.backbone.parameters() if p.requires_grad], "name": "backbone"},
