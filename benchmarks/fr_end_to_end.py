@@ -1,7 +1,8 @@
 """Does exface's synthetic data train face recognition? The whole chain on the CPU defaults, scored on LFW.
 
 1. ``exface fit`` (recipes/dcgan_faceapi.yaml): bank of DCGANDigiFace latents embedded by
-   FaceApiResNet34, one identity boundary per reference (``--references``).
+   FaceApiResNet34 (``--labeler HSEFaceRes``: by HSE's MobileNet instead, on the same face box
+   at 224 px), one identity boundary per reference (``--references``).
 2. ``exface synthesize`` (recipes/dcgan_faceapi_synthesize.yaml, both sides of every
    boundary as ExFaceGAN does: 2 x references identities x ``--images``; ``--one_side``: the
    reference's side only, references identities), storing the recipe's aligned crops
@@ -40,6 +41,7 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+DATA_STAGES = ("fit", "synthesize_boundary", "baselines", "lfw_align")  # what the training budget is left from
 
 
 def _stage(results: dict, name: str, t0: float, ran: bool = True, **extra) -> None:
@@ -54,13 +56,18 @@ def _stage(results: dict, name: str, t0: float, ran: bool = True, **extra) -> No
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {time.time() - t0:.1f} s {extra if extra else ''}", flush=True)
 
 
-def fit_boundaries(work: Path, references: int, latents: int) -> Path:
-    """Bank + boundaries with the default recipe (skipped when boundaries.pt exists)."""
+def fit_boundaries(work: Path, references: int, latents: int, labeler: str = "FaceApiResNet34") -> Path:
+    """Bank + boundaries with the default recipe (skipped when boundaries.pt exists); ``labeler``
+    replaces the recipe's embedder, its face box kept at the labeler's input size."""
     from exface.cli import main
+    from exface.registry import create_part
 
     bnd = work / "boundaries.pt"
     if not bnd.is_file():
+        size = list(create_part("embedders", labeler).input_size)
         main(["fit", "--config", str(REPO / "recipes" / "dcgan_faceapi.yaml"),
+              "--data.init_args.embedder.class_path", labeler,
+              "--data.init_args.aligner.init_args.output_size", json.dumps(size),
               "--data.init_args.bank_dir", str(work / "bank"), "--data.init_args.num_references", str(references),
               "--data.init_args.num_latents", str(latents), "--model.init_args.save_path", str(bnd),
               "--trainer.default_root_dir", str(work), "--trainer.logger.init_args.save_dir", str(work)])
@@ -262,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--references", type=int, default=250, help="boundaries; both sides: 2x identities")
     ap.add_argument("--one_side", action="store_true",
                     help="one identity per boundary (the reference's side) instead of ExFaceGAN's two")
+    ap.add_argument("--labeler", default="FaceApiResNet34", choices=["FaceApiResNet34", "HSEFaceRes"],
+                    help="the identity network that embeds the bank (labels, boundaries)")
     ap.add_argument("--latents", type=int, default=12000, help="bank size")
     ap.add_argument("--images", type=int, default=20, help="images per identity")
     ap.add_argument("--net_size", type=int, default=64)
@@ -278,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--total_minutes", type=float, default=45.0,
                     help="budget of the whole chain: the trainings get what the data stages leave of it")
     ap.add_argument("--randaugment", type=int, nargs=2, default=None, metavar=("NUM_OPS", "MAGNITUDE"),
-                    help="torchvision RandAugment in training, besides the flip (ExFaceGAN: 4 16); default off")
+                    help="torchvision RandAugment in training, besides the flip; default off (ExFaceGAN's "
+                         "4 16 is its own variant: see exface/fr/datamodule.py)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -290,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rpath = work / "results.json"
     results = json.loads(rpath.read_text()) if rpath.is_file() else {"stages": {}}
+    budget = results.get("budget", {})
+    for opt, value in (("steps", args.steps), ("batch", args.batch)):
+        if opt in budget and value is not None and value != budget[opt]:
+            # the models trained so far used the recorded value: the three would not be comparable
+            print(f"{work} was started with --{opt} {budget[opt]} (its results.json budget); --{opt} {value} differs "
+                  f"and the three models would be trained differently: rerun with --{opt} {budget[opt]} "
+                  f"{'(or without --steps) ' if opt == 'steps' else ''}or use a fresh --work", file=sys.stderr)
+            return 2
     results["path"] = str(rpath)
     results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results["threads"], results["cpus"] = torch.get_num_threads(), os.cpu_count()
@@ -297,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     ran = not (work / "boundaries.pt").is_file()
-    fit_boundaries(work, args.references, args.latents)
+    fit_boundaries(work, args.references, args.latents, args.labeler)
     _stage(results, "fit", t0, ran)
     t0 = time.time()
     ran = not (work / "datasets" / "boundary" / "manifest.jsonl").is_file()
@@ -311,15 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     vs = lfw_crops(work, args.lfw)
     _stage(results, "lfw_align", t0, ran)
 
-    t0 = time.time()
-    step_s = probe_step_seconds(args, bdir)
-    spent = sum(s["seconds"] for s in results["stages"].values())
-    # the LFW scoring of four models and Lightning's per-step overhead (~10% measured) come out of the budget
-    train_s = args.train_minutes * 60 if args.train_minutes else (args.total_minutes * 60 - spent - 60) / 1.1
-    steps = args.steps or max(10, int(train_s / 3 / step_s))
-    _stage(results, "probe", t0, step_seconds=step_s, steps=steps, data_stages_seconds=round(spent, 1))
-    results["budget"] = {"steps": steps, "batch": args.batch, "images_seen": steps * args.batch,
-                         "epochs_of_boundary_set": steps * args.batch / results["datasets"]["boundary"]["images"]}
+    if "steps" in budget:  # a rerun: the three models keep the step count an earlier run fixed
+        steps = budget["steps"]
+        print(f"budget: {steps} steps per model, fixed by an earlier run in {work}", flush=True)
+    else:
+        t0 = time.time()
+        step_s = probe_step_seconds(args, bdir)
+        # only the data stages: a rerun's results also hold probe, train_* and lfw_* times
+        spent = sum(results["stages"][k]["seconds"] for k in DATA_STAGES if k in results["stages"])
+        # the LFW scoring of four models and Lightning's per-step overhead (~10% measured) come out of the budget
+        train_s = args.train_minutes * 60 if args.train_minutes else (args.total_minutes * 60 - spent - 60) / 1.1
+        steps = args.steps or max(10, int(train_s / 3 / step_s))
+        results["budget"] = {"steps": steps, "batch": args.batch, "images_seen": steps * args.batch,
+                             "epochs_of_boundary_set": steps * args.batch / results["datasets"]["boundary"]["images"]}
+        _stage(results, "probe", t0, step_seconds=step_s, steps=steps, data_stages_seconds=round(spent, 1))
     from exface.fr.checkpoint_embedder import FRCheckpointEmbedder
 
     models = {"untrained": None}
@@ -333,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         _stage(results, f"train_{name}", t0, secs is not None)
         secs = results["stages"][f"train_{name}"]["seconds"] if secs is None else secs
         t0 = time.time()
-        results["lfw"][name] = {**score(vs, FRCheckpointEmbedder(ckpt)), "train_seconds": secs}
+        final_step = int(torch.load(str(ckpt), map_location="cpu", weights_only=True)["global_step"])
+        if final_step != steps:
+            print(f"warning: {name} was trained {final_step} steps, not the budget's {steps}", file=sys.stderr)
+        results["lfw"][name] = {**score(vs, FRCheckpointEmbedder(ckpt)), "train_seconds": secs,
+                                "global_step": final_step}
         _stage(results, f"lfw_{name}", t0)  # saves the results file
     results["total_seconds_this_invocation"] = round(time.time() - t_all, 1)
     results["total_seconds_all_stages"] = round(sum(s["seconds"] for s in results["stages"].values()), 1)
