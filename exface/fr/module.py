@@ -11,6 +11,12 @@ rate scaled by the global batch (``lr * global_batch / lr_reference_batch``; ExF
 Checkpoints carry the backbone's class and init arguments (``exface_backbone``), so
 :class:`~exface.fr.checkpoint_embedder.FRCheckpointEmbedder` rebuilds the trained network
 from the checkpoint file alone.
+
+With a :class:`~exface.losses.partial_fc.PartialFC` sharded across ranks, the checkpoint holds
+the *full* centre matrix ``loss.weight`` (and the full optimizer state of it), gathered from
+every rank when saving (``checkpoint["partial_fc"]`` records the layout); loading cuts each
+rank's block again, so a run saved on N ranks resumes on M (1 included). Validation scores
+every rank's embeddings against all centres (each rank its block, the best over ranks).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import Tensor
 
 from exface.embedders.base import IdentityEmbedder
 from exface.losses.base import FRLoss
-from exface.losses.partial_fc import exclude_partial_fc_from_ddp
+from exface.losses.partial_fc import PartialFC, _world, all_gather_rows, exclude_partial_fc_from_ddp
 
 __all__ = ["FaceRecognitionModule", "lr_factor"]
 
@@ -115,13 +121,29 @@ class FaceRecognitionModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
+        acc, n = self.validation_accuracy(images, labels)
+        # sharded PartialFC: `acc` is already that of the global batch, the same on every rank
+        self.log("val/accuracy", acc, prog_bar=True, batch_size=n)
+
+    def validation_accuracy(self, images: Tensor, labels: Tensor) -> tuple[Tensor, int]:
+        """Nearest-centre accuracy of a batch and the number of samples it covers.
+
+        With a sharded PartialFC (collective: every rank must call it) the embeddings and labels
+        of all ranks are gathered and scored against every centre, so the accuracy is that of the
+        global batch, identical on every rank.
+        """
+        loss = self.loss
+        if isinstance(loss, PartialFC) and loss.world_size > 1:
+            emb = all_gather_rows(self(images).float())
+            labels = all_gather_rows(labels.to(emb.device))
+            return (loss.nearest_class(emb) == labels).float().mean(), len(labels)
         emb = torch.nn.functional.normalize(self(images).float(), dim=1)
         centres = torch.nn.functional.normalize(self.loss_centres().float(), dim=1)
-        acc = ((emb @ centres.T).argmax(1) == labels).float().mean()
-        self.log("val/accuracy", acc, prog_bar=True, batch_size=len(labels))
+        return ((emb @ centres.T).argmax(1) == labels).float().mean(), len(labels)
 
     def loss_centres(self) -> Tensor:
-        """The class-centre matrix ``[num_classes, embedding_dim]`` of the loss."""
+        """The class-centre matrix ``[num_classes, embedding_dim]`` of the loss (a sharded
+        PartialFC: this rank's block only, see :meth:`PartialFC.gather_centres`)."""
         weight = getattr(self.loss, "weight", None)
         if weight is None:
             raise AttributeError(f"{type(self.loss).__name__} exposes no `weight` of class centres")
@@ -192,3 +214,104 @@ class FaceRecognitionModule(pl.LightningModule):
         from exface.fr.checkpoint_embedder import backbone_spec
 
         checkpoint["exface_backbone"] = backbone_spec(self.backbone)
+        self._save_full_partial_fc(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before restoring the model and (later) the optimizers from `checkpoint`
+        self._load_partial_fc_block(checkpoint)
+
+    _PFC_KEY = "loss.weight"
+
+    def _pfc_state_slots(self, checkpoint: dict[str, Any]) -> list[tuple[int, int]]:
+        """``(optimizer k, parameter index)`` of ``loss.weight`` in ``checkpoint["optimizer_states"]``.
+
+        From the checkpoint's record if any; else by walking the trainer's optimizers' param
+        groups in order (the numbering of ``Optimizer.state_dict``); else (no optimizer yet, as
+        when Lightning loads a checkpoint) from the saved ``head`` group of configure_optimizers.
+        """
+        record = checkpoint.get("partial_fc") or {}
+        if "optimizer_params" in record:
+            return [(int(k), int(i)) for k, i in record["optimizer_params"]]
+        states = checkpoint.get("optimizer_states") or []
+        weight = self.loss.weight
+        trainer = self._trainer
+        optimizers = list(getattr(trainer, "optimizers", None) or []) if trainer is not None else []
+        slots: list[tuple[int, int]] = []
+        if optimizers and len(optimizers) == len(states):
+            for k, opt in enumerate(optimizers):
+                start = 0
+                for group in opt.param_groups:
+                    hit = next((i for i, p in enumerate(group["params"], start) if p is weight), None)
+                    if hit is not None:
+                        slots.append((k, hit))
+                        break
+                    start += len(group["params"])
+            return slots
+        head = [p for p in self.loss.parameters() if p.requires_grad]
+        pos = next((i for i, p in enumerate(head) if p is weight), None)
+        if pos is None:
+            return slots
+        for k, state in enumerate(states):
+            for group in state.get("param_groups", []):
+                if group.get("name") == "head" and len(group["params"]) == len(head):
+                    slots.append((k, int(group["params"][pos])))
+        return slots
+
+    def _save_full_partial_fc(self, checkpoint: dict[str, Any]) -> None:
+        """Sharded PartialFC: put the full centre matrix and its full optimizer state in ``checkpoint``.
+        Collective (Lightning runs on_save_checkpoint on every rank; only rank 0 writes the file)."""
+        loss = self.loss
+        if not isinstance(loss, PartialFC):
+            return
+        slots = self._pfc_state_slots(checkpoint)
+        if loss.world_size > 1:
+            sd = checkpoint.get("state_dict")
+            if sd is not None and self._PFC_KEY in sd:
+                sd[self._PFC_KEY] = loss.gather_centres(sd[self._PFC_KEY])
+            states = checkpoint.get("optimizer_states") or []
+            for k, i in slots:
+                state = states[k].get("state", {}) if k < len(states) else {}
+                if i not in state:
+                    continue
+                # a copy: Optimizer.state_dict() shares these per-parameter dicts with the live optimizer
+                entry = dict(state[i])
+                for name in sorted(entry, key=str):
+                    v = entry[name]
+                    if torch.is_tensor(v) and tuple(v.shape) == tuple(loss.weight.shape):
+                        entry[name] = loss.gather_centres(v)
+                state[i] = entry
+        checkpoint["partial_fc"] = {"num_classes": int(loss.num_classes), "full": True,
+                                    "saved_world_size": int(loss.world_size),
+                                    "optimizer_params": [[int(k), int(i)] for k, i in slots]}
+
+    def _load_partial_fc_block(self, checkpoint: dict[str, Any]) -> None:
+        """Sharded PartialFC: cut this rank's block of the full centre matrix and of its optimizer state."""
+        loss = self.loss
+        if not isinstance(loss, PartialFC):
+            return
+        if _world()[1] > 1 and loss.world_size == 1:
+            loss.shard_()  # not run yet: shard now, before the optimizer holds any state
+        if loss.world_size == 1:
+            return  # a full matrix loads as is
+        n = loss.num_classes
+        sd = checkpoint.get("state_dict") or {}
+        w = sd.get(self._PFC_KEY)
+        if w is not None:
+            if w.shape[0] != n:
+                raise RuntimeError(
+                    f"the checkpoint's {self._PFC_KEY} has {w.shape[0]} rows, not all {n} classes: it holds one "
+                    "rank's shard of the PartialFC centres (a checkpoint written before exface gathered them), "
+                    "so it cannot be resumed sharded"
+                )
+            sd[self._PFC_KEY] = loss.local_block(w)
+        states = checkpoint.get("optimizer_states") or []
+        for k, i in self._pfc_state_slots(checkpoint):
+            state = states[k].get("state", {}) if k < len(states) else {}
+            if i not in state:
+                continue
+            entry = dict(state[i])
+            for name, v in entry.items():
+                if torch.is_tensor(v) and v.ndim == loss.weight.ndim and v.shape[0] == n \
+                        and tuple(v.shape[1:]) == tuple(loss.weight.shape[1:]):
+                    entry[name] = loss.local_block(v)
+            state[i] = entry

@@ -21,6 +21,12 @@ Distributed notes (the training module must honour them):
 - Every rank must pass the same batch size (use ``drop_last=True``).
 - Sharding happens when the loss first runs with ``torch.distributed`` initialized
   (or at construction if it already is), before any optimizer step.
+- Checkpoints must hold the full centre matrix (and the full optimizer state of the
+  centres), since only rank 0 writes the file: gather it with :meth:`PartialFC.gather_centres`
+  on every rank before saving and cut this rank's block with :meth:`PartialFC.local_block`
+  when loading (``FaceRecognitionModule`` does both in its checkpoint hooks).
+- To score against all centres (validation), gather the embeddings with
+  :func:`all_gather_rows` and call :meth:`PartialFC.nearest_class` on every rank.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from torch import Tensor, nn
 from exface.losses.base import FRLoss
 from exface.losses.margin import MarginFunction, _check_labels, normalized_cosine
 
-__all__ = ["PartialFC", "exclude_partial_fc_from_ddp"]
+__all__ = ["PartialFC", "all_gather_rows", "exclude_partial_fc_from_ddp"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,30 @@ def _shard(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
     """``(class_start, num_local)`` of ``rank``: contiguous blocks, the first ones one larger."""
     base, extra = divmod(num_classes, world_size)
     return base * rank + min(rank, extra), base + int(rank < extra)
+
+
+def all_gather_rows(x: Tensor) -> Tensor:
+    """Every rank's ``x`` concatenated along dim 0, in rank order (no autograd); collective.
+
+    The ranks' first dimensions may differ (e.g. uneven centre blocks): the tensors are padded
+    to the largest for the collective, then cut. Without a process group: ``x`` itself.
+    """
+    _, world = _world()
+    if world == 1:
+        return x
+    x = x.detach().contiguous()
+    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    counts = [torch.empty_like(n) for _ in range(world)]
+    dist.all_gather(counts, n)
+    sizes = [int(c) for c in counts]
+    top = max(sizes)
+    if top == 0:
+        return x
+    if x.shape[0] < top:
+        x = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))])
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x)
+    return torch.cat([p[:size] for p, size in zip(parts, sizes)])
 
 
 class _AllGather(torch.autograd.Function):
@@ -157,6 +187,55 @@ class PartialFC(FRLoss):
             self.weight.data = self.weight.data[self.class_start : self.class_start + self.num_local].clone()
         log.info("PartialFC rank %d/%d holds classes [%d, %d)", rank, world, self.class_start,
                  self.class_start + self.num_local)
+
+    def gather_centres(self, local: Tensor | None = None) -> Tensor:
+        """The full ``[num_classes, ...]`` tensor from every rank's block ``local`` (default: the
+        centres; also e.g. their optimizer state); collective when sharded: every rank must call
+        it. Unsharded: ``local`` as is."""
+        local = self.weight.detach() if local is None else local
+        if self.world_size == 1:
+            return local
+        if local.shape[0] != self.num_local:
+            raise ValueError(f"expected this rank's {self.num_local} rows, got a tensor of shape {tuple(local.shape)}")
+        full = all_gather_rows(local)
+        assert full.shape[0] == self.num_classes, (full.shape, self.num_classes)
+        return full
+
+    def local_block(self, full: Tensor) -> Tensor:
+        """This rank's rows ``[class_start, class_start + num_local)`` of a full ``[num_classes, ...]``
+        tensor (a copy; unsharded: ``full`` as is)."""
+        if full.shape[0] != self.num_classes:
+            raise ValueError(f"expected {self.num_classes} rows (all classes), got shape {tuple(full.shape)}")
+        if self.world_size == 1:
+            return full
+        return full[self.class_start : self.class_start + self.num_local].clone()
+
+    @torch.no_grad()
+    def nearest_class(self, embeddings: Tensor) -> Tensor:
+        """Global index of the centre of highest cosine for each row of ``embeddings``, over all classes.
+
+        Sharded, this is collective and ``embeddings`` must be the same on every rank (all-gather
+        them first, see :func:`all_gather_rows`): each rank scores its block, the best over ranks
+        wins (ties: the lowest class index, as ``argmax`` over the full matrix).
+        """
+        emb = F.normalize(embeddings.float(), dim=1)
+        centres = F.normalize(self.weight.float(), dim=1)
+        if self.world_size == 1:
+            return (emb @ centres.T).argmax(1)
+        if self.num_local > 0:
+            scores = emb @ centres.T
+            local = scores.argmax(1)
+            best = scores.gather(1, local[:, None])[:, 0]
+            index = local + self.class_start
+        else:  # fewer classes than ranks
+            best = emb.new_full((emb.shape[0],), float("-inf"))
+            index = torch.full((emb.shape[0],), -1, dtype=torch.long, device=emb.device)
+        world = dist.get_world_size()
+        bests, indices = [torch.empty_like(best) for _ in range(world)], [torch.empty_like(index) for _ in range(world)]
+        dist.all_gather(bests, best.contiguous())
+        dist.all_gather(indices, index.contiguous())
+        winner = torch.stack(bests).argmax(0)  # first max: the lowest rank, i.e. the lowest class
+        return torch.stack(indices).gather(0, winner[None])[0]
 
     def _sample(self, local_labels: Tensor) -> tuple[Tensor, Tensor]:
         """Pick centres: all positives + random negatives. Returns (index, relabelled labels)."""

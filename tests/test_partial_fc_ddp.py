@@ -1,0 +1,288 @@
+"""PartialFC sharded over 2 gloo processes on the CPU: checkpoints hold the full centre matrix
+(and its full optimizer state) and resume on any number of ranks; validation scores all centres."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from exface.fr.module import FaceRecognitionModule
+from exface.losses.partial_fc import PartialFC
+from exface.testing.tiny import TinyEmbedder
+
+CLASSES, DIM, WORLD = 5, 8, 2  # uneven shards: rank 0 holds classes [0, 3), rank 1 [3, 5)
+OPTIMIZERS = ("sgd", "adamw")
+STATE = {"sgd": ("momentum_buffer",), "adamw": ("exp_avg", "exp_avg_sq")}
+
+
+def _module(seed: int) -> FaceRecognitionModule:
+    """A tiny FR module with its PartialFC built (sharded when a process group exists)."""
+    torch.manual_seed(seed)
+    backbone = TinyEmbedder((16, 16), DIM, seed=seed).requires_grad_(True)
+    module = FaceRecognitionModule(backbone, functools.partial(PartialFC, sample_rate=1.0, s=16.0, m2=0.3))
+    module.loss = module._loss_factory(DIM, CLASSES)
+    return module
+
+
+def _optimizer(module: FaceRecognitionModule, kind: str) -> torch.optim.Optimizer:
+    """The param groups of FaceRecognitionModule.configure_optimizers."""
+    groups = [{"params": list(module.backbone.parameters()), "name": "backbone"},
+              {"params": list(module.loss.parameters()), "name": "head"}]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    return torch.optim.AdamW(groups, lr=0.01)
+
+
+def _batch(seed: int, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 16, 16, generator=gen) * 2 - 1, torch.randint(0, CLASSES, (n,), generator=gen)
+
+
+def _train_step(module: FaceRecognitionModule, opt: torch.optim.Optimizer, seed: int) -> None:
+    import torch.distributed as dist
+
+    images, labels = _batch(seed)
+    opt.zero_grad()
+    module.loss(module(images), labels).backward()
+    if dist.is_initialized():  # what DDP does for the backbone (the centres are excluded from it)
+        for p in module.backbone.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+    opt.step()
+
+
+def _lightning_like_checkpoint(module: FaceRecognitionModule, opt: torch.optim.Optimizer) -> dict:
+    checkpoint = {"state_dict": module.state_dict(), "optimizer_states": [opt.state_dict()]}
+    module.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def _entry(checkpoint: dict, idx: int, name: str) -> torch.Tensor:
+    """``loss.weight`` (name ``weight``) or its optimizer state ``name`` in a checkpoint."""
+    if name == "weight":
+        return checkpoint["state_dict"]["loss.weight"]
+    return checkpoint["optimizer_states"][0]["state"][idx][name]
+
+
+def _worker(rank: int, tmp: str) -> None:
+    import types
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    tmp_path = Path(tmp)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=rank, world_size=WORLD)
+    try:
+        out: dict = {}
+        for kind in OPTIMIZERS:
+            module = _module(0)
+            opt = _optimizer(module, kind)
+            weight = module.loss.weight
+            assert module.loss.world_size == WORLD
+            _train_step(module, opt, seed=10 + rank)
+            local = {"weight": weight.detach().clone(),
+                     **{name: opt.state[weight][name].clone() for name in STATE[kind]}}
+            walked = types.SimpleNamespace(optimizers=[opt])  # the trainer's optimizers: same slots
+            module._trainer = walked
+            slots_walked = module._pfc_state_slots({"optimizer_states": [opt.state_dict()]})
+            module._trainer = None
+            assert slots_walked == [(0, 4)]  # after the backbone's 4 parameters
+            checkpoint = _lightning_like_checkpoint(module, opt)
+            assert module._pfc_state_slots({"optimizer_states": [opt.state_dict()]}) == slots_walked
+            # the live optimizer state is untouched: still this rank's block
+            assert all(opt.state[weight][name].shape == weight.shape for name in STATE[kind])
+            if rank == 0:  # Lightning: only rank 0 writes the file
+                torch.save(checkpoint, tmp_path / f"{kind}.ckpt")
+            dist.barrier()
+
+            # resume on 2 ranks, a fresh module with other centres
+            fresh = _module(100 + rank)
+            fresh_opt = _optimizer(fresh, kind)
+            loaded = torch.load(tmp_path / f"{kind}.ckpt", weights_only=True)
+            fresh.on_load_checkpoint(loaded)
+            fresh.load_state_dict(loaded["state_dict"])
+            fresh_opt.load_state_dict(loaded["optimizer_states"][0])
+            restored = {"weight": fresh.loss.weight.detach().clone(),
+                        **{name: fresh_opt.state[fresh.loss.weight][name].clone() for name in STATE[kind]}}
+
+            # a single-process checkpoint (written by the parent) resumes sharded
+            single = torch.load(tmp_path / f"single_{kind}.ckpt", weights_only=True)
+            from_single = _module(200 + rank)
+            single_opt = _optimizer(from_single, kind)
+            from_single.on_load_checkpoint(single)
+            from_single.load_state_dict(single["state_dict"])
+            single_opt.load_state_dict(single["optimizer_states"][0])
+            from_single_state = {"weight": from_single.loss.weight.detach().clone(),
+                                 **{n: single_opt.state[from_single.loss.weight][n].clone() for n in STATE[kind]}}
+
+            # sharded validation: this rank's batch, scored against all centres
+            module.eval()
+            with torch.no_grad():
+                emb = torch.cat([module(_batch(seed=50 + r, n=3 + r)[0]) for r in range(WORLD)])
+                pred = module.loss.nearest_class(emb)
+                images = _batch(seed=50 + rank, n=3 + rank)[0]  # uneven validation batches too
+                labels = pred[3 * rank:3 * rank + 3 + rank].clone()
+                labels[1::2] = (labels[1::2] + 1) % CLASSES  # about half right
+                acc, n = module.validation_accuracy(images, labels)
+            out[kind] = dict(start=module.loss.class_start, n=module.loss.num_local, local=local,
+                             saved=checkpoint, restored=restored, from_single=from_single_state,
+                             acc=float(acc), acc_n=n, pred=pred, labels=labels)
+
+        # a checkpoint holding one rank's shard (as written before the fix) is refused when sharded
+        legacy = {"state_dict": {"loss.weight": torch.zeros(3, DIM)}}
+        try:
+            _module(0).on_load_checkpoint(legacy)
+            out["legacy_refused"] = False
+        except RuntimeError as e:
+            out["legacy_refused"] = "shard" in str(e)
+        torch.save(out, tmp_path / f"out{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_partial_fc_checkpoints_the_full_matrix_and_validates_against_all_centres(tmp_path):
+    import torch.multiprocessing as mp
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    singles = {}
+    for kind in OPTIMIZERS:  # single-process checkpoints, to be resumed on 2 ranks
+        module = _module(7)
+        opt = _optimizer(module, kind)
+        _train_step(module, opt, seed=3)
+        checkpoint = _lightning_like_checkpoint(module, opt)
+        assert checkpoint["partial_fc"]["num_classes"] == CLASSES and checkpoint["partial_fc"]["full"]
+        torch.save(checkpoint, tmp_path / f"single_{kind}.ckpt")
+        singles[kind] = {"weight": module.loss.weight.detach().clone(),
+                         **{n: opt.state[module.loss.weight][n].clone() for n in STATE[kind]}}
+
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
+    res = [torch.load(tmp_path / f"out{r}.pt", weights_only=False) for r in range(WORLD)]
+    assert res[0]["legacy_refused"] and res[1]["legacy_refused"]
+
+    for kind in OPTIMIZERS:
+        r0, r1 = res[0][kind], res[1][kind]
+        assert (r0["start"], r0["n"], r1["start"], r1["n"]) == (0, 3, 3, 2)
+        saved = torch.load(tmp_path / f"{kind}.ckpt", weights_only=True)  # rank 0's file
+        assert saved["partial_fc"]["full"] and saved["partial_fc"]["saved_world_size"] == WORLD
+        idx = saved["partial_fc"]["optimizer_params"][0][1]
+        names = ["weight", *STATE[kind]]
+        for name in names:
+            full = torch.cat([r0["local"][name], r1["local"][name]])
+            assert full.shape == (CLASSES, DIM)
+            assert torch.equal(_entry(saved, idx, name), full), (kind, name)
+            # every rank built the same full checkpoint (any rank could write it)
+            assert torch.equal(_entry(r1["saved"], idx, name), full), (kind, name)
+            for r in (r0, r1):  # resumed on 2 ranks: each rank its own block
+                assert torch.equal(r["restored"][name], r["local"][name]), (kind, name)
+                block = singles[kind][name][r["start"]:r["start"] + r["n"]]
+                assert torch.equal(r["from_single"][name], block), (kind, name)
+
+        # resumed in one process: the full matrix and optimizer state
+        one = _module(300)
+        one_opt = _optimizer(one, kind)
+        loaded = torch.load(tmp_path / f"{kind}.ckpt", weights_only=True)
+        one.on_load_checkpoint(loaded)
+        one.load_state_dict(loaded["state_dict"])
+        one_opt.load_state_dict(loaded["optimizer_states"][0])
+        for name in names:
+            full = torch.cat([r0["local"][name], r1["local"][name]])
+            got = one.loss.weight.detach() if name == "weight" else one_opt.state[one.loss.weight][name]
+            assert torch.equal(got, full), (kind, name)
+
+        # sharded validation = unsharded validation on the full matrix (same backbone: DDP-averaged)
+        one.eval()
+        images = torch.cat([_batch(seed=50 + r, n=3 + r)[0] for r in range(WORLD)])
+        labels = torch.cat([r0["labels"], r1["labels"]])
+        with torch.no_grad():
+            acc, n = one.validation_accuracy(images, labels)
+            emb = torch.nn.functional.normalize(one(images), dim=1)
+            ref_pred = (emb @ torch.nn.functional.normalize(one.loss.weight, dim=1).T).argmax(1)
+        assert n == r0["acc_n"] == r1["acc_n"] == 7
+        assert torch.equal(r0["pred"], ref_pred) and torch.equal(r1["pred"], ref_pred)
+        assert 0 < float(acc) < 1
+        assert r0["acc"] == r1["acc"] == pytest.approx(float(acc), abs=1e-6)
+
+
+
+# ---------------------------------------------------------------- a real Lightning DDP run (ddp_spawn, CPU)
+
+class _Record(pl.Callback):
+    """Save each rank's centres, their SGD momentum and the validation accuracy at ``when``."""
+
+    def __init__(self, folder: str, tag: str, when: str) -> None:
+        self.folder, self.tag, self.when = folder, tag, when
+
+    def _save(self, trainer: pl.Trainer, pl_module: FaceRecognitionModule) -> None:
+        w = pl_module.loss.weight
+        state = trainer.optimizers[0].state.get(w, {})
+        acc = trainer.callback_metrics.get("val/accuracy")
+        torch.save({"weight": w.detach().clone(), "momentum_buffer": state.get("momentum_buffer"),
+                    "start": pl_module.loss.class_start, "n": pl_module.loss.num_local,
+                    "acc": None if acc is None else float(acc)},
+                   Path(self.folder) / f"{self.tag}_rank{trainer.global_rank}.pt")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.when == "start":
+            self._save(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.when == "end":
+            self._save(trainer, pl_module)
+
+
+def _fit(tmp_path: Path, devices: int, max_steps: int, tag: str, when: str, ckpt_path: str | None = None) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from exface.fr.datamodule import IdentityFolderDataModule
+
+    pl.seed_everything(0, verbose=False)
+    dm = IdentityFolderDataModule(str(tmp_path / "ds"), (16, 16), batch_size=2, num_workers=0, in_memory=True,
+                                  val_fraction=0.25, flip=False)
+    model = FaceRecognitionModule(TinyEmbedder((16, 16), DIM).requires_grad_(True),
+                                  functools.partial(PartialFC, sample_rate=1.0, s=16.0, m2=0.3), lr=0.1)
+    save = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, every_n_train_steps=2, save_top_k=0)
+    strategy = {"strategy": "ddp_spawn"} if devices > 1 else {}
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, max_steps=max_steps, val_check_interval=2,
+                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(tmp_path), callbacks=[save, _Record(str(tmp_path), tag, when)],
+                         **strategy)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+
+
+@pytest.mark.slow
+def test_lightning_ddp_checkpoint_resumes_each_ranks_centres(tmp_path):
+    from exface.testing.identity_folder import make_identity_folder
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    make_identity_folder(tmp_path / "ds", num_identities=CLASSES, images_per_identity=4, size=16)
+    _fit(tmp_path, devices=2, max_steps=2, tag="first", when="end")  # saves last.ckpt at step 2
+    first = [torch.load(tmp_path / f"first_rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert [(f["start"], f["n"]) for f in first] == [(0, 3), (3, 2)]
+    assert first[0]["acc"] is not None and first[0]["acc"] == first[1]["acc"]  # the same global value on each
+    last = tmp_path / "step2.ckpt"  # a copy: the resumed runs write last.ckpt again
+    shutil.copy(tmp_path / "ckpt" / "last.ckpt", last)
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == 2 and saved["partial_fc"]["full"]
+    idx = saved["partial_fc"]["optimizer_params"][0][1]
+    full = {"weight": saved["state_dict"]["loss.weight"],
+            "momentum_buffer": saved["optimizer_states"][0]["state"][idx]["momentum_buffer"]}
+    for name, value in full.items():
+        assert torch.equal(value, torch.cat([f[name] for f in first])), name
+
+    _fit(tmp_path, devices=2, max_steps=3, tag="resumed", when="start", ckpt_path=str(last))
+    for r in range(WORLD):
+        resumed = torch.load(tmp_path / f"resumed_rank{r}.pt", weights_only=True)
+        for name in full:
+            assert torch.equal(resumed[name], first[r][name]), (r, name)
+
+    _fit(tmp_path, devices=1, max_steps=3, tag="single", when="start", ckpt_path=str(last))
+    single = torch.load(tmp_path / "single_rank0.pt", weights_only=True)
+    for name, value in full.items():
+        assert torch.equal(single[name], value), name
