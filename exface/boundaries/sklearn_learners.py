@@ -10,6 +10,8 @@ before normalizing (``normal="raw"``, the default; see :func:`hyperplanes_to_raw
 ``normal="scaled"`` reproduces theirs: the unit scaled-space coefficients are the normal
 of raw w, and the offset puts the zero of the signed distance at the fitted hyperplane's
 point closest to the origin (their code has no offset: it only walks from references).
+Either way ``val_balanced_accuracy`` / ``val_auc`` score the boundary as saved (its signed
+distance of the raw held-out latents), not the classifier's scaled-space decision function.
 In a recipe: ``model: {class_path: BoundaryLearnerModule, init_args: {learner:
 {class_path: LinearSVCBoundary, init_args: {minmax_scale: true, balanced_split: true,
 normal: scaled}}}}``. :class:`LogisticBoundary` is the same loop with logistic regression.
@@ -104,8 +106,7 @@ class _SklearnLoopBoundary(BoundaryLearner):
                 "reference needs both (check its labels, or use a larger bank)"
             )
         est = self._estimator().fit(xs[tr], yr[tr])
-        scores = est.decision_function(xs[va]) if len(va) else np.zeros(0)
-        return est.coef_.reshape(-1).copy(), float(np.ravel(est.intercept_)[0]), scores, yr[va]
+        return est.coef_.reshape(-1).copy(), float(np.ravel(est.intercept_)[0]), va, yr[va]
 
     def fit(self, x: Tensor, y: Tensor, space: str = "w") -> Boundaries:
         x_t, y_t = check_boundary_inputs(x, y)
@@ -128,9 +129,13 @@ class _SklearnLoopBoundary(BoundaryLearner):
             foot = -offsets[:, None].double() * normals.double()  # the raw hyperplane's point nearest the origin
             normals = torch.nn.functional.normalize(weights.double(), dim=1).float()
             offsets = -(normals.double() * foot).sum(1).float()
+        # Validation metrics of the boundaries as saved: signed distances of the raw held-out
+        # latents. With normal="scaled" the saved hyperplane is not the fitted one, so the
+        # classifier's own decision_function would score a boundary that is not the one stored.
+        saved = Boundaries(normals, offsets, space, torch.zeros(0), torch.zeros(0))
         ba, auc = [], []
-        for _, _, scores, labels in fits:
-            s = torch.from_numpy(np.asarray(scores, dtype=np.float32))[None]
+        for r, (_, _, va, labels) in enumerate(fits):
+            s = saved.signed_distance(x_t[torch.from_numpy(np.asarray(va, dtype=np.int64))], r)[None]
             lab = torch.from_numpy(np.asarray(labels, dtype=np.int8))[None]
             ba.append(balanced_accuracy(s, lab)[0])
             auc.append(roc_auc(s, lab)[0])

@@ -25,9 +25,11 @@ from torch import Tensor
 from exface.alignment.base import Aligner
 from exface.alignment.geometry import apply_affine, similarity_lstsq
 from exface.alignment.landmark_aligner import LandmarkAligner
+from exface.exfacegan.provenance import part_fingerprint
 from exface.tensors import to_uint8
 
-__all__ = ["MAX_ROLL_DEG", "ImageFormat", "IMAGE_SUFFIX", "encode_image", "encode_images", "split_parts", "plausible_faces", "aligned_crops", "describe_crop"]
+__all__ = ["MAX_ROLL_DEG", "ImageFormat", "IMAGE_SUFFIX", "encode_image", "encode_images", "split_parts",
+           "plausible_faces", "aligned_crops", "describe_crop", "crop_part_fingerprints"]
 
 ImageFormat = Literal["png", "jpeg"]
 #: faces rolled further than this (degrees) from the template fail the face check
@@ -146,3 +148,22 @@ def describe_crop(aligner: Aligner | None) -> dict | None:
     if box is not None:
         rec["box"] = list(box)
     return rec
+
+
+def crop_part_fingerprints(aligner: Aligner | None) -> dict[str, dict]:
+    """The crop aligner as parts records (:func:`~exface.exfacegan.provenance.part_fingerprint`), by role.
+
+    ``crop_aligner`` is the aligner itself (class, options such as ``antialias`` or ``choose``,
+    and the sha256 of all its weights: landmark network and detector included). A landmark
+    aligner's ``source`` and ``detector`` get records of their own (``crop_aligner.source``,
+    ``crop_aligner.detector``), so that their class and options are compared too, path-valued
+    options by content, exactly as the other parts are. Empty without a crop aligner.
+    """
+    if aligner is None:
+        return {}
+    out = {"crop_aligner": part_fingerprint(aligner)}
+    for name in ("source", "detector"):
+        sub = getattr(aligner, name, None)
+        if isinstance(aligner, LandmarkAligner) and sub is not None:
+            out[f"crop_aligner.{name}"] = part_fingerprint(sub)
+    return out

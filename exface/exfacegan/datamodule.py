@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
@@ -23,6 +24,7 @@ from exface.embedders.base import IdentityEmbedder
 from exface.errors import ExfaceError
 from exface.exfacegan.labeling import label_identities
 from exface.exfacegan.latent_bank import LatentBank, references_digest
+from exface.exfacegan.samplers import check_truncation_center
 from exface.generators.base import Generator
 
 __all__ = ["IdentityBankDataModule"]
@@ -69,6 +71,16 @@ class IdentityBankDataModule(pl.LightningDataModule):
             the chunks). The boundary fit itself uses the trainer's settings.
         bank_batch_size: images per forward pass while building the bank.
         store_images: keep the generator's uint8 images in the bank (disk: N * 3 * H * W bytes).
+        truncation_center: where the generator's truncation pulls w when the bank's images are
+            rendered (and, from the bank's manifest, synthesize's): ``"w_avg"``, the checkpoint's
+            average w (StyleGAN's truncation trick), or ``"zero"``, the origin: what ExFaceGAN's
+            released code does (its truncation module's ``w_avg`` is a zero buffer), see
+            :func:`~exface.exfacegan.samplers.render_latents`.
+
+    The boundaries fit on this data record (:attr:`provenance`, in their ``meta``) the bank
+    (folder and references digest) and how its latents were labeled: ``num_references``,
+    ``label_rule``, ``top_k``, ``threshold``, ``leave_one_out``, ``balance`` and its seed
+    (``label_seed``).
     """
 
     def __init__(
@@ -93,6 +105,7 @@ class IdentityBankDataModule(pl.LightningDataModule):
         devices: int | str = 1,
         bank_batch_size: int = 64,
         store_images: bool = False,
+        truncation_center: Literal["w_avg", "zero"] = "w_avg",
     ) -> None:
         super().__init__()
         if space not in generator.latent_spaces or space == "w+":
@@ -107,6 +120,7 @@ class IdentityBankDataModule(pl.LightningDataModule):
                               fix=f"pass num_references <= {num_latents}, or a larger num_latents")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        check_truncation_center(truncation_center)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None (full batch), got {batch_size}")
         # ``space`` is kept out of hparams: BoundaryFitModule has its own ``space`` hparam
@@ -132,7 +146,7 @@ class IdentityBankDataModule(pl.LightningDataModule):
         bank = LatentBank.build(
             self.bank_dir, self.generator, self.aligner, self.embedder, num_latents=h.num_latents,
             chunk_size=h.chunk_size, seed=h.seed, batch_size=h.bank_batch_size, store_images=h.store_images,
-            accelerator=h.accelerator, devices=h.devices,
+            accelerator=h.accelerator, devices=h.devices, truncation_center=h.truncation_center,
             enable_progress_bar=getattr(self.trainer, "progress_bar_callback", None) is not None,
         )
         rank_zero_info(f"latent bank {self.bank_dir} ready in {time.perf_counter() - t0:.1f} s ({bank.num_latents} latents)")
@@ -157,7 +171,12 @@ class IdentityBankDataModule(pl.LightningDataModule):
         ref_idx = torch.arange(self.num_references)
         refs = bank.write_references(ref_idx)
         # what boundaries fit on this data record as their bank (synthesize checks it)
-        self.provenance = {"bank": str(self.bank_dir), "bank_references_sha256": references_digest(refs)}
+        self.provenance = {
+            "bank": str(self.bank_dir), "bank_references_sha256": references_digest(refs),
+            "num_references": self.num_references, "label_rule": h.label_rule, "top_k": h.top_k,
+            "threshold": h.threshold, "leave_one_out": bool(h.leave_one_out), "balance": bool(h.balance),
+            "label_seed": int(h.seed),
+        }
         self.labels = label_identities(
             emb, emb[ref_idx], rule=h.label_rule, k=h.top_k, threshold=h.threshold,
             self_indices=ref_idx if h.leave_one_out else None, balance=h.balance, seed=h.seed,

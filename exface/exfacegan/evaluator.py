@@ -18,7 +18,7 @@ from exface.alignment.landmark_aligner import ArcFaceAligner, DlibChipAligner, L
 from exface.alignment.templates import DlibChipTemplate
 from exface.embedders.base import IdentityEmbedder
 
-__all__ = ["EVALUATOR_FOR", "default_evaluator", "evaluator_aligner"]
+__all__ = ["EVALUATOR_FOR", "default_evaluator", "evaluator_aligner", "is_same_network"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,21 @@ def default_evaluator(labeler: IdentityEmbedder) -> tuple[IdentityEmbedder | Non
         log.warning("independent evaluator %s unavailable: %s", name, err)
         return None, f"the default evaluator {name} could not be loaded ({str(err).splitlines()[0]})"
     return ev.eval(), f"default evaluator for {type(labeler).__name__} labels"
+
+
+def is_same_network(evaluator: IdentityEmbedder, labeler: IdentityEmbedder) -> bool:
+    """Whether ``evaluator`` is the labeler itself: the same class with the same weights (sha256).
+
+    Such an evaluator is no independent judge (it is the network the boundaries were fit to),
+    whatever crop it is given; the report then says the labeler judged its own labels.
+    """
+    from exface.exfacegan.provenance import module_digest
+
+    if evaluator is labeler:
+        return True
+    if type(evaluator).__name__ != type(labeler).__name__:
+        return False
+    return module_digest(evaluator) == module_digest(labeler)
 
 
 def evaluator_aligner(aligner: Aligner, evaluator: IdentityEmbedder) -> Aligner:

@@ -16,7 +16,8 @@ GPUs, and a killed build resumes at the missing chunks. Every chunk is written a
 The identity embedding of a latent is ``embedder(aligner(generator.synthesize(z)))``,
 L2-normalized. ``w`` is the mapping network's *untruncated* output, as ExFaceGAN stores it;
 the image was rendered with the generator's truncation (``truncation_psi`` on the first
-``truncation_cutoff`` w+ layers, recorded in the manifest), and
+``truncation_cutoff`` w+ layers, toward ``truncation_center``: the checkpoint's ``w_avg``,
+or the origin as ExFaceGAN's code does; all recorded in the manifest), and
 :func:`~exface.exfacegan.samplers.render_latents` applies the same truncation to any w, so a
 stored w re-renders its embedded image (format version 2; version 1 stored truncated w).
 
@@ -84,8 +85,12 @@ def bank_config(
     seed: int,
     store_images: bool = False,
     attribute_predictors: Sequence[AttributePredictor] = (),
+    truncation_center: str = "w_avg",
 ) -> dict[str, Any]:
     """The manifest a bank built with these settings has (without build statistics)."""
+    from exface.exfacegan.samplers import check_truncation_center
+
+    check_truncation_center(truncation_center)
     if num_latents < 1:
         raise ValueError(f"num_latents must be >= 1, got {num_latents}")
     if chunk_size < 1:
@@ -113,6 +118,7 @@ def bank_config(
         "seed": int(seed),
         "truncation_psi": None if psi is None else float(psi),
         "truncation_cutoff": None if cutoff is None else int(cutoff),
+        "truncation_center": truncation_center,
         "w": "untruncated mapping output; render with exface.exfacegan.samplers.render_latents",
         "dims": {"z": int(generator.z_dim), "w": int(generator.w_dim), "embedding": int(embedder.embedding_dim)},
         "image_size": [int(generator.resolution)] * 2,
@@ -122,17 +128,19 @@ def bank_config(
     }
 
 
-_COMPARED = ("format", "version", "num_latents", "chunk_size", "seed", "truncation_psi", "truncation_cutoff", "dims",
-             "stored",
-             "attribute_names")
+_COMPARED = ("format", "version", "num_latents", "chunk_size", "seed", "truncation_psi", "truncation_cutoff",
+             "truncation_center", "dims", "stored", "attribute_names")
+#: what a bank built before a compared key existed did
+_LEGACY = {"truncation_center": "w_avg"}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Every setting in which two bank configs differ (parts: class, weights digest, non-path args)."""
     diffs = []
     for key in _COMPARED:
-        if old.get(key) != new.get(key):
-            diffs.append(f"{key}: bank has {old.get(key)!r}, requested {new.get(key)!r}")
+        was = old.get(key, _LEGACY.get(key))
+        if was != new.get(key, _LEGACY.get(key)):
+            diffs.append(f"{key}: bank has {was!r}, requested {new.get(key)!r}")
     old_parts, new_parts = old.get("parts", {}), new.get("parts", {})
     for role in sorted(set(old_parts) | set(new_parts)):
         a, b = old_parts.get(role), new_parts.get(role)
@@ -173,12 +181,18 @@ def compute_chunk(
     batch_size: int = 64,
     store_images: bool = False,
     attribute_predictors: Sequence[AttributePredictor] = (),
+    truncation_center: str = "w_avg",
 ) -> dict[str, Any]:
     """Latents, w, embeddings (and optionally uint8 images and attributes) of one chunk.
 
     Always draws ``chunk_size`` z from the chunk's seed and keeps the first ``c`` (the last
     chunk may be short), so latent ``i`` is the same whatever the chunking of the work.
+    With ``truncation_center="zero"`` the images are rendered from the untruncated w by
+    :func:`~exface.exfacegan.samplers.render_latents` (the generator's own truncation pulls
+    toward its ``w_avg``).
     """
+    from exface.exfacegan.samplers import render_latents
+
     start = chunk * chunk_size
     c = min(chunk_size, num_latents - start)
     if c <= 0:
@@ -190,7 +204,11 @@ def compute_chunk(
     for b0 in range(0, c, batch_size):
         z = z_all[b0 : b0 + batch_size].to(device)
         w = generator.to_w(z, truncation_psi=1.0)  # untruncated: render_latents truncates (as the image below is)
-        images = generator.synthesize(z, space="z")
+        if truncation_center == "w_avg":
+            images = generator.synthesize(z, space="z")
+        else:
+            images = render_latents(generator, w, "w", getattr(generator, "truncation_psi", None),
+                                    getattr(generator, "truncation_cutoff", None), truncation_center)
         crops = aligner(images)
         emb = embedder(crops.to(embedder.device))
         zs.append(z.float().cpu())
@@ -221,12 +239,12 @@ class _LatentBankBuilder(pl.LightningModule):
     """predict_step(chunk index) -> that chunk's tensors (the writer callback saves them)."""
 
     def __init__(self, generator, aligner, embedder, attribute_predictors, num_latents, chunk_size, seed,
-                 batch_size, store_images) -> None:
+                 batch_size, store_images, truncation_center="w_avg") -> None:
         super().__init__()
         self.generator, self.aligner, self.embedder = generator, aligner, embedder
         self.attribute_predictors = nn.ModuleList(list(attribute_predictors))
         self.cfg = dict(num_latents=num_latents, chunk_size=chunk_size, seed=seed, batch_size=batch_size,
-                        store_images=store_images)
+                        store_images=store_images, truncation_center=truncation_center)
 
     def setup(self, stage: str) -> None:
         # chunks are indexed by the batch itself, not by sampler indices (in every worker process)
@@ -497,6 +515,7 @@ class LatentBank:
         strategy: str = "auto",
         enable_progress_bar: bool = False,
         max_chunks: int | None = None,
+        truncation_center: str = "w_avg",
     ) -> "LatentBank":
         """Build the bank in ``root``, or finish a partly built one with the same settings.
 
@@ -508,10 +527,13 @@ class LatentBank:
                 calling script) runs in the worker processes.
             max_chunks: compute at most this many missing chunks now (for time-sliced
                 builds and tests); the bank stays resumable.
+            truncation_center: where the generator's truncation pulls w: ``"w_avg"`` (its
+                average w) or ``"zero"`` (ExFaceGAN's code; see
+                :func:`~exface.exfacegan.samplers.render_latents`). Recorded in the manifest.
         """
         attribute_predictors = list(attribute_predictors)
         config = bank_config(generator, aligner, embedder, num_latents, chunk_size, seed, store_images,
-                             attribute_predictors)
+                             attribute_predictors, truncation_center)
         bank = cls.open_or_create(root, config)
         clean_partials(bank.root)  # leftovers of a crashed build (their process is gone)
         missing = bank.missing_chunks()
@@ -534,7 +556,7 @@ class LatentBank:
         for part in (generator, aligner, embedder, *attribute_predictors):
             part.eval()
         module = _LatentBankBuilder(generator, aligner, embedder, attribute_predictors, num_latents, chunk_size,
-                                    seed, batch_size, store_images)
+                                    seed, batch_size, store_images, truncation_center)
         writer = _ChunkWriter(bank.root)
         kwargs = dict(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
                       enable_progress_bar=enable_progress_bar, enable_model_summary=False,

@@ -37,7 +37,9 @@ baseline: lower EER than noise of equal pixel diversity), ``report.json``,
 from __future__ import annotations
 
 import json
+import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +61,13 @@ __all__ = [
     "calibrate_noise_sigma",
     "calibrate_sigma_to_diversity",
     "render_set",
+    "check_report_parts",
+    "check_report_sources",
     "quality_report",
     "report",
 ]
+
+log = logging.getLogger(__name__)
 
 #: pixel diversity counts as "equal" within this relative tolerance
 DIVERSITY_TOLERANCE = 0.02
@@ -154,6 +160,75 @@ def set_metrics(emb: np.ndarray, labels: np.ndarray, images: np.ndarray | None =
 
 #: An (aligner, embedder) pair that turns uint8 images into identity embeddings.
 Judge = tuple[Aligner, IdentityEmbedder]
+#: How latents are truncated when rendered: (psi, cutoff) or (psi, cutoff, centre), as
+#: :func:`~exface.exfacegan.samplers.render_latents` takes them.
+Truncation = tuple[float | None, int | None] | tuple[float | None, int | None, str]
+
+
+def check_report_parts(settings: dict, generator: Generator, aligner: Aligner, embedder: IdentityEmbedder,
+                       where: object = None) -> None:
+    """Refuse parts other than the dataset's (``synthesis.json`` ``parts``; the comparison resume uses).
+
+    The report re-renders the dataset's latents and its baselines with ``generator`` and embeds
+    them with ``aligner`` + ``embedder``: with other parts it would measure other images or
+    another network's similarities, and compare them with the dataset's stored embeddings.
+    """
+    from exface.errors import ExfaceError
+    from exface.exfacegan.provenance import part_differences, part_fingerprint
+
+    parts = settings.get("parts")
+    if not isinstance(parts, dict):
+        warnings.warn(f"{where or 'the dataset'} records no parts (made by an older exface); the report's "
+                      f"generator, aligner and embedder cannot be checked against it", stacklevel=2)
+        return
+    diffs: list[str] = []
+    for role, part in (("generator", generator), ("aligner", aligner), ("embedder", embedder)):
+        rec = parts.get(role)
+        if isinstance(rec, str):  # an older dataset recorded class names only
+            rec = {"class": rec}
+        if rec is not None:
+            diffs += part_differences(role, rec, part_fingerprint(part))
+    if diffs:
+        raise ExfaceError(
+            "the report was given other parts than the dataset was made with:\n  " + "\n  ".join(diffs),
+            where=where, fix="pass the dataset's generator, aligner and embedder (synthesis.json 'parts'; "
+                             "`exface synthesize` writes its report with them itself)",
+        )
+
+
+def check_report_sources(settings: dict, boundaries: Boundaries, references: dict[str, Tensor],
+                         where: object = None) -> None:
+    """Refuse a bank or boundaries file (reloaded by their recorded paths) that is not the dataset's.
+
+    ``synthesis.json`` records their content digests (``bank_references_sha256``,
+    ``boundaries_sha256``); a bank rebuilt or boundaries refit at the same path since then
+    would give baselines around other references and normals than the dataset's identities.
+    """
+    from exface.errors import ExfaceError
+    from exface.exfacegan.latent_bank import references_digest
+    from exface.exfacegan.provenance import tensor_digest
+
+    now = {"bank_references_sha256": (references_digest(references), "bank", "bank"),
+           "boundaries_sha256": (tensor_digest({"normals": boundaries.normals, "offsets": boundaries.offsets}),
+                                 "boundaries", "boundaries")}
+    diffs, missing = [], []
+    for key, (digest, path_key, what) in now.items():
+        recorded = settings.get(key)
+        if recorded is None:
+            missing.append(key)
+        elif recorded != digest:
+            diffs.append(f"{key}: the dataset was made from {what} {recorded[:12]}..., {settings.get(path_key)!r} "
+                         f"now holds {digest[:12]}...")
+    if missing:
+        warnings.warn(f"{where or 'the dataset'} does not record {missing} (made by an older exface); the bank "
+                      f"and boundaries the report reloads cannot be checked", stacklevel=2)
+    if diffs:
+        raise ExfaceError(
+            "the bank or boundaries at the dataset's recorded paths changed since it was made:\n  "
+            + "\n  ".join(diffs),
+            where=where, fix="restore the bank and boundaries the dataset was made from, or synthesize the dataset "
+                             "again from the current ones (a new output_dir), then report on it",
+        )
 
 
 def _stage(what: str) -> None:
@@ -163,13 +238,13 @@ def _stage(what: str) -> None:
 
 @torch.no_grad()
 def render_set(gan: Generator, judges: list[Judge], latents: Tensor, space: str,
-               batch_size: int = 64, truncation: tuple[float | None, int | None] | None = None,
+               batch_size: int = 64, truncation: Truncation | None = None,
                ) -> tuple[np.ndarray, list[np.ndarray]]:
     """uint8 images ``[N, 3, h, w]`` (downscaled by :func:`shrink`) and, per judge, embeddings.
 
     The embeddings are of the full-resolution uint8 images (as a dataset stores them). With
-    no judges only the images are rendered. ``truncation`` (psi, cutoff) is applied at
-    render time to untruncated w (:func:`~exface.exfacegan.samplers.render_latents`).
+    no judges only the images are rendered. ``truncation`` (psi, cutoff[, centre]) is applied
+    at render time to untruncated w (:func:`~exface.exfacegan.samplers.render_latents`).
     """
     from exface.exfacegan.synthesis import embed_images
 
@@ -202,13 +277,13 @@ def _embed_files(root: Path, rows: list[dict], judge: Judge, batch_size: int) ->
 def calibrate_sigma_to_diversity(gan: Generator, boundaries: Boundaries, references: Tensor,
                                  idents: list[tuple[int, int]], k: int, space: str, target: float,
                                  start_sigma: float, normalize_z: bool,
-                                 truncation: tuple[float | None, int | None] | None,
+                                 truncation: Truncation | None,
                                  seed: int = 0, batch_size: int = 64, steps: int = 7) -> tuple[float, float]:
     """Noise sigma whose rendered images have pixel diversity ``target``, and the diversity reached.
 
     Pixel diversity grows with sigma, so it is found by geometric bisection, each step
     rendering ``k`` images for each of ``idents`` (a subset of the identities keeps it cheap),
-    with ``truncation`` (psi, cutoff; None: none) applied at render time.
+    with ``truncation`` (psi, cutoff[, centre]; None: none) applied at render time.
     When even very large noise stays below ``target`` the largest sigma tried is returned.
     """
     labels = np.repeat(np.arange(len(idents)), k)
@@ -324,21 +399,29 @@ def quality_report(
     """
     from PIL import Image
 
-    from exface.exfacegan.evaluator import default_evaluator, evaluator_aligner as retarget
-    from exface.exfacegan.synthesis import SETTINGS, load_bank_references
+    from exface.exfacegan.evaluator import default_evaluator, evaluator_aligner as retarget, is_same_network
+    from exface.exfacegan.synthesis import SETTINGS, load_bank_references, load_boundaries
+
+    root, out = Path(dataset_dir), Path(report_dir)
+    settings = json.loads((root / SETTINGS).read_text())
+    check_report_parts(settings, generator, aligner, embedder, where=root / SETTINGS)
 
     why = "given"
     if evaluator is None:
         evaluator, why = default_evaluator(embedder) if independent_evaluator else (None, "independent_evaluator=False")
+    if evaluator is not None and is_same_network(evaluator, embedder):
+        # the labeler judging its own labels is no independent check: say so, as without an evaluator
+        why = (f"the evaluator given is the labeler itself ({type(embedder).__name__}, the same weights), so it "
+               f"is no independent judge; pass another network as evaluator")
+        log.warning("quality report: %s", why)
+        evaluator = None
     judges: list[Judge] = [(aligner, embedder)]
     if evaluator is not None:
         evaluator.eval()
         ev_aligner = evaluator_aligner if evaluator_aligner is not None else retarget(aligner, evaluator)
         judges.append((ev_aligner.eval(), evaluator))
 
-    root, out = Path(dataset_dir), Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = json.loads((root / SETTINGS).read_text())
     rows = [json.loads(ln) for ln in (root / "manifest.jsonl").read_text().splitlines() if ln.strip()]
     emb = np.load(root / "embeddings.npy")
     lat = torch.from_numpy(np.load(root / "latents.npy"))
@@ -352,7 +435,9 @@ def quality_report(
     labels = np.array([r["identity"] for r in rows])
     k = settings["images_per_identity"]
     space = settings["space"]
-    trunc = (settings.get("truncation_psi"), settings.get("truncation_cutoff"))  # applied when rendering latents
+    # applied when rendering latents, as synthesize did
+    trunc = (settings.get("truncation_psi"), settings.get("truncation_cutoff"),
+             settings.get("truncation_center", "w_avg"))
     ev_emb = None
     _stage(f"reading the dataset's {len(rows)} images ({len(idents)} identities)")
     if settings.get("crop") is None or all("frame" in r for r in rows):  # the frames are on disk
@@ -377,8 +462,9 @@ def quality_report(
     grids = {"boundary": "grid.png"}
     _grid(images, labels, out / "grid.png")
     if baselines:
-        bnd = Boundaries.load(settings["boundaries"])
-        _, refs = load_bank_references(settings["bank"])
+        bnd = load_boundaries(settings["boundaries"])
+        _, refs = load_bank_references(settings["bank"], generator, embedder, aligner)
+        check_report_sources(settings, bnd, refs, where=root / SETTINGS)
         references = refs[space].float()
         gen = torch.Generator().manual_seed(seed + 12345)
         pos = np.array([r["side"] > 0 for r in rows])
@@ -556,7 +642,9 @@ def report(
     """Quality report of a dataset made by `exface synthesize` (vs random and noise baselines).
 
     Args:
-        dataset_dir: the synthesize output_dir. generator / aligner / embedder: the parts it was made with.
+        dataset_dir: the synthesize output_dir. generator / aligner / embedder: the parts it was made with
+            (checked against synthesis.json's "parts"; the bank and boundaries it reloads by their
+            recorded paths are checked against its recorded digests).
         report_dir: where to write (default: dataset_dir/../report).
         batch_size: images per forward pass. seed: seed of the baselines and impostor pairs.
         report_identities: only the first this many identities (default all).

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -34,6 +34,8 @@ __all__ = [
     "DistanceSampler",
     "NoiseSampler",
     "RandomSampler",
+    "TruncationCenter",
+    "check_truncation_center",
     "random_latents",
     "render_latents",
     "sphere_project",
@@ -55,9 +57,20 @@ def random_latents(gan: Generator, num: int, space: str, rng: torch.Generator) -
     raise ValueError(f"sampling supports the latent spaces 'z' and 'w', not {space!r}")
 
 
+#: The point truncation pulls w toward: the checkpoint's average w (StyleGAN's truncation
+#: trick), or the origin (what ExFaceGAN's released code does, see :func:`render_latents`).
+TruncationCenter = Literal["w_avg", "zero"]
+
+
+def check_truncation_center(center: str) -> None:
+    if center not in ("w_avg", "zero"):
+        raise ValueError(f"truncation_center must be 'w_avg' (the checkpoint's average w) or 'zero' "
+                         f"(ExFaceGAN's code), got {center!r}")
+
+
 @torch.no_grad()
 def render_latents(gan: Generator, latents: Tensor, space: str, truncation_psi: float | None = None,
-                   truncation_cutoff: int | None = None) -> Tensor:
+                   truncation_cutoff: int | None = None, truncation_center: TruncationCenter = "w_avg") -> Tensor:
     """Images of latents as the bank's images were made: truncation applied at render time.
 
     ``z`` goes through the generator's own mapping and truncation. An untruncated ``w`` is
@@ -65,17 +78,31 @@ def render_latents(gan: Generator, latents: Tensor, space: str, truncation_psi: 
     ``truncation_cutoff`` of them (all with None) are pulled toward ``w_avg`` by
     ``1 - truncation_psi``, exactly what the generator does to ``mapping(z)`` (ExFaceGAN: psi
     0.7 on the first 8 layers). So a stored latent re-renders the image that was embedded.
+
+    ``truncation_center="zero"`` pulls toward the origin instead: ``psi * w`` on those layers.
+    That is what ExFaceGAN's released code does: its ``TruncationModule``
+    (``generators/stylegan3_generator.py``) registers ``w_avg`` as a zero buffer that nothing
+    fills from the checkpoint, so its "truncation" scales w by 0.7 on the first 8 layers
+    rather than moving it toward the checkpoint's average w. A deviation from StyleGAN's
+    truncation trick, kept only to reproduce their images (the paper recipes set it); ``z``
+    is then mapped untruncated and rendered as that w.
     """
+    check_truncation_center(truncation_center)
     latents = latents.to(gan.device)
-    if space not in ("w", "w+") or truncation_psi is None or float(truncation_psi) == 1.0:
+    truncating = truncation_psi is not None and float(truncation_psi) != 1.0
+    if truncating and truncation_center == "zero" and space == "z":
+        latents, space = gan.to_w(latents, truncation_psi=1.0), "w"
+    if space not in ("w", "w+") or not truncating:
         return gan.synthesize(latents, space=space)
     psi = float(truncation_psi)
-    w_avg = gan.w_avg.to(latents.dtype)
+    center = gan.w_avg.to(latents.dtype)
+    if truncation_center == "zero":
+        center = torch.zeros_like(center)
     if space == "w" and ("w+" not in gan.latent_spaces or getattr(gan, "num_ws", 1) == 1):
-        return gan.synthesize(w_avg.lerp(latents, psi), space="w")
+        return gan.synthesize(center.lerp(latents, psi), space="w")
     ws = latents.clone() if space == "w+" else latents.unsqueeze(1).repeat(1, gan.num_ws, 1)
     cut = ws.shape[1] if truncation_cutoff is None else int(truncation_cutoff)
-    ws[:, :cut] = w_avg.lerp(ws[:, :cut], psi)
+    ws[:, :cut] = center.lerp(ws[:, :cut], psi)
     return gan.synthesize(ws, space="w+")
 
 
@@ -157,8 +184,10 @@ class DistanceSampler(LatentSampler):
     ``x' = x + (t - s(x)) n`` with ``t = side * (distance + jitter * eps)``, ``eps ~ N(0, 1)``
     and ``s`` the signed distance in raw space, so every sample lies exactly at ``t`` from
     the boundary (the hyperplane is the only thing the identity is defined by). ``x`` is a
-    fresh random latent of the boundary's space (``w`` through the mapping network with the
-    bank's truncation). No sphere projection: that would change the distance.
+    fresh random latent of the boundary's space (:func:`random_latents`: ``w`` is the mapping
+    network's *untruncated* output, the space the bank stores and the boundaries were fit
+    in; the bank's truncation is applied when the sample is rendered, by
+    :func:`render_latents`). No sphere projection: that would change the distance.
     """
 
     name = "distance"

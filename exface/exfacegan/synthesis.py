@@ -63,8 +63,23 @@ from exface.exfacegan.run_files import (
     is_primary_process,
     sync_files,
 )
-from exface.exfacegan.crops import IMAGE_SUFFIX, ImageFormat, aligned_crops, describe_crop, encode_images, split_parts
-from exface.exfacegan.samplers import ExFaceGANSampler, LatentSampler, anchor_latent, render_latents
+from exface.exfacegan.crops import (
+    IMAGE_SUFFIX,
+    ImageFormat,
+    aligned_crops,
+    crop_part_fingerprints,
+    describe_crop,
+    encode_images,
+    split_parts,
+)
+from exface.exfacegan.samplers import (
+    ExFaceGANSampler,
+    LatentSampler,
+    TruncationCenter,
+    anchor_latent,
+    check_truncation_center,
+    render_latents,
+)
 from exface.generators.base import Generator
 from exface.progress import stage_callbacks
 from exface.tensors import to_uint8
@@ -283,6 +298,7 @@ class SynthesisModule(LightningModule):
         crop_aligner: Aligner | None = None,
         face_check: float | None = 0.35,
         save_frames: bool = False,
+        truncation_center: TruncationCenter = "w_avg",
     ) -> None:
         super().__init__()
         self.gan, self.aligner, self.embedder = generator, aligner, embedder
@@ -296,11 +312,12 @@ class SynthesisModule(LightningModule):
         self.identity_filter = identity_filter
         self.filter_rounds = max(1, int(filter_rounds))
         self.truncation_psi, self.truncation_cutoff = truncation_psi, truncation_cutoff
+        self.truncation_center = truncation_center
 
     @torch.no_grad()
     def _render(self, latents: Tensor) -> tuple[Tensor, Tensor]:
         imgs = to_uint8(render_latents(self.gan, latents, self.boundaries.space, self.truncation_psi,
-                                       self.truncation_cutoff)).cpu()
+                                       self.truncation_cutoff, self.truncation_center)).cpu()
         return imgs, embed_images(self.aligner, self.embedder, imgs).cpu()
 
     @torch.no_grad()
@@ -577,8 +594,10 @@ def _consolidate(root: Path, identities: list[Identity], items: list[WorkItem]) 
 
 #: settings that decide what an image is; a resume must match them all
 _CONTENT_KEYS = ("space", "images_per_identity", "both_sides", "seed", "chunk", "sampler", "identity_filter",
-                 "filter_rounds", "truncation_psi", "truncation_cutoff", "bank_references_sha256", "boundaries_sha256", "crop", "face_check",
-                 "image_format", "save_frames")
+                 "filter_rounds", "truncation_psi", "truncation_cutoff", "truncation_center", "bank_references_sha256",
+                 "boundaries_sha256", "crop", "face_check", "image_format", "jpeg_quality", "save_frames")
+#: what a dataset written before a content key existed did, when that is known (else: refused)
+_LEGACY_DEFAULTS = {"truncation_center": "w_avg", "jpeg_quality": None}
 
 
 def _canonical(v):
@@ -595,8 +614,13 @@ def _settings_key(settings: dict) -> str:
 
 
 def _resume_differences(old: dict, new: dict) -> list[str]:
-    diffs = [f"{k}: the dataset has {old.get(k)!r}, this run {new.get(k)!r}"
-             for k in _CONTENT_KEYS if _canonical(old.get(k)) != _canonical(new.get(k))]
+    def recorded(k):
+        if k == "jpeg_quality" and k not in old and old.get("image_format") == "jpeg":
+            return "not recorded"  # an older jpeg dataset: its quality is unknown, so no resume can match it
+        return old.get(k, _LEGACY_DEFAULTS.get(k))
+
+    diffs = [f"{k}: the dataset has {recorded(k)!r}, this run {new.get(k)!r}"
+             for k in _CONTENT_KEYS if _canonical(recorded(k)) != _canonical(new.get(k))]
     for role in sorted(set(old.get("parts", {})) | set(new["parts"])):
         rec_old, rec_new = old.get("parts", {}).get(role), new["parts"].get(role)
         if isinstance(rec_old, str):  # an older dataset recorded class names only
@@ -665,6 +689,7 @@ def synthesize_dataset(
     image_format: ImageFormat = "png",
     jpeg_quality: int = 95,
     save_frames: bool = False,
+    truncation_center: TruncationCenter = "w_avg",
 ) -> dict:
     """Render the dataset into ``output_dir`` (resumable); returns the settings + statistics dict.
 
@@ -672,7 +697,8 @@ def synthesize_dataset(
     the parts' fingerprints) are written to ``synthesis.json`` *before* any image, and every
     work record carries their digest (``settings_key``); a resume with any other setting is
     refused, naming each difference. ``output_dir`` is locked for the run (a second run
-    stops with a message naming the first).
+    stops with a message naming the first). ``truncation_psi``, ``truncation_cutoff`` and
+    ``truncation_center`` are the bank's (see :func:`~exface.exfacegan.samplers.render_latents`).
     """
     from exface.exfacegan.latent_bank import references_digest
 
@@ -690,6 +716,10 @@ def synthesize_dataset(
             f"and the bank do not belong together", where="boundaries",
             fix="pass the boundaries `exface fit` wrote for this bank",
         )
+    if image_format == "jpeg" and not 1 <= int(jpeg_quality) <= 100:
+        raise ExfaceError(f"jpeg_quality must be in 1..100, got {jpeg_quality}", where="jpeg_quality",
+                          fix="pass --jpeg_quality between 1 and 100 (95: the default)")
+    check_truncation_center(truncation_center)
     sampler = sampler or ExFaceGANSampler()
     identities = plan_identities(len(boundaries), num_identities, both_sides)
     chunk = max(1, min(batch_size, images_per_identity))
@@ -698,13 +728,14 @@ def synthesize_dataset(
         "format": "exface-synthetic-dataset", "version": 2, "space": space, "images_per_identity": images_per_identity,
         "both_sides": both_sides, "seed": seed, "chunk": chunk, "sampler": sampler.describe(),
         "identity_filter": identity_filter, "filter_rounds": filter_rounds, "truncation_psi": truncation_psi,
-        "truncation_cutoff": truncation_cutoff,
+        "truncation_cutoff": truncation_cutoff, "truncation_center": truncation_center,
         "bank_references_sha256": references_digest(references),
         "boundaries_sha256": tensor_digest({"normals": boundaries.normals, "offsets": boundaries.offsets}),
         "parts": {"generator": part_fingerprint(generator), "aligner": part_fingerprint(aligner),
-                  "embedder": part_fingerprint(embedder)},
+                  "embedder": part_fingerprint(embedder), **crop_part_fingerprints(crop_aligner)},
         "crop": describe_crop(crop_aligner), "face_check": face_check if crop_aligner is not None else None,
-        "image_format": image_format, "save_frames": bool(save_frames and crop_aligner is not None),
+        "image_format": image_format, "jpeg_quality": int(jpeg_quality) if image_format == "jpeg" else None,
+        "save_frames": bool(save_frames and crop_aligner is not None),
         **(extra_settings or {}),
     }
     settings = _canonical(settings)
@@ -728,7 +759,8 @@ def synthesize_dataset(
             module = SynthesisModule(
                 generator, aligner, embedder, boundaries, references[space], references["embedding"], identities,
                 sampler, seed=seed, identity_filter=identity_filter, filter_rounds=filter_rounds,
-                truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, crop_aligner=crop_aligner, face_check=face_check, save_frames=save_frames,
+                truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, crop_aligner=crop_aligner,
+                face_check=face_check, save_frames=save_frames, truncation_center=truncation_center,
             )
             per_batch = max(1, batch_size // chunk)
             loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
@@ -866,7 +898,7 @@ def synthesize(
         num_identities=num_identities, sampler=sam, both_sides=both_sides, identity_filter=identity_filter,
         filter_rounds=filter_rounds, batch_size=batch_size, seed=seed,
         truncation_psi=manifest.get("truncation_psi"), truncation_cutoff=manifest.get("truncation_cutoff"),
-        accelerator=accelerator, devices=devices,
+        truncation_center=manifest.get("truncation_center", "w_avg"), accelerator=accelerator, devices=devices,
         extra_settings={"bank": str(bank), "boundaries": str(boundaries)}, crop_aligner=crop_aligner,
         face_check=face_check, image_format=image_format, jpeg_quality=jpeg_quality, save_frames=save_frames,
     )
