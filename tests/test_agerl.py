@@ -163,28 +163,77 @@ def _tiny_overrides(tmp_path: Path) -> list[str]:
             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]
 
 
-def test_recipe_resumes_from_last_checkpoint_and_policy_runs_as_an_editor(tmp_path):
-    """(The recipe's fast_dev_run is tests/test_recipes.py's, with the same tiny overrides.)"""
+def test_recipe_resumes_from_last_checkpoint_and_policy_runs_as_an_editor(tmp_path, monkeypatch):
+    """A killed run resumed from last.ckpt makes exactly the remaining rollouts and ends where the
+    uninterrupted run ends (same weights). (The recipe's fast_dev_run is tests/test_recipes.py's.)"""
+    from exface.agerl.module import AgePolicyModule
     from exface.cli import main
 
-    main(["fit", "--config", str(RECIPE), "--trainer.max_epochs=1", *_tiny_overrides(tmp_path)])
-    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
-    first = torch.load(tmp_path / "policy.pt", weights_only=True)
+    rollouts: list[int] = []
+    collect = AgePolicyModule.collect
+
+    def counting(self, rollout_index):
+        rollouts.append(int(rollout_index))
+        return collect(self, rollout_index)
+
+    monkeypatch.setattr(AgePolicyModule, "collect", counting)
+
+    def fit(root: Path, epochs: int) -> list[int]:
+        rollouts.clear()
+        main(["fit", "--config", str(RECIPE), f"--trainer.max_epochs={epochs}", *_tiny_overrides(root)])
+        return list(rollouts)
+
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    assert fit(killed, 1) == [0]
+    assert (killed / "ckpt" / "last.ckpt").is_file()
+    first = torch.load(killed / "policy.pt", weights_only=True)
     assert first["trained"]["epochs"] == 1
-    first_step = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"]
-    # the same command with a larger budget continues from last.ckpt (ckpt_path: last in the recipe)
-    main(["fit", "--config", str(RECIPE), "--trainer.max_epochs=2", *_tiny_overrides(tmp_path)])
-    second = torch.load(tmp_path / "policy.pt", weights_only=True)
-    assert second["trained"]["epochs"] == 2
-    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    first_step = torch.load(killed / "ckpt" / "last.ckpt", weights_only=False)["global_step"]
+    # the same command with a larger budget continues from last.ckpt (ckpt_path: last in the recipe):
+    # only the remaining rollout is collected, not rollout 0 again
+    assert fit(killed, 2) == [1]
+    second = torch.load(killed / "policy.pt", weights_only=True)
+    assert second["trained"]["epochs"] == 2 and second["trained"]["rollouts"] == 2
+    ckpt = torch.load(killed / "ckpt" / "last.ckpt", weights_only=False)
     # the second run went on from the first one's state (Lightning stores the 0-based index of the
     # epoch it saved in, or the count after the last one, depending on which hook saved it)
     assert ckpt["epoch"] in (1, 2) and ckpt["global_step"] == 2 * first_step > 0
     assert not any(k.startswith("env.") for k in ckpt["state_dict"])
-    editor = AgePolicyEditor(str(tmp_path / "policy.pt"))
+    # resumed == uninterrupted: every rollout's randomness is a function of (seed, rollout index), so
+    # the resumed rollout 1 draws what the uninterrupted run's rollout 1 draws (not rollout 0's noise)
+    assert fit(whole, 2) == [0, 1]
+    ref = torch.load(whole / "policy.pt", weights_only=True)
+    assert ref["policy_state"].keys() == second["policy_state"].keys()
+    for k, v in ref["policy_state"].items():
+        assert torch.equal(v, second["policy_state"][k]), k
+    ref_ckpt = torch.load(whole / "ckpt" / "last.ckpt", weights_only=False)
+    for k, v in ref_ckpt["state_dict"].items():  # the value net too
+        assert torch.equal(v, ckpt["state_dict"][k]), k
+    assert not all(torch.equal(v, first["policy_state"][k]) for k, v in ref["policy_state"].items())  # it trained
+    assert set(second["env"]["parts"]) == {"generator", "aligner", "attribute_aligner", "age_predictor", "embedder"}
+    assert "weights_sha256" in second["env"]["parts"]["age_predictor"]
+    editor = AgePolicyEditor(str(killed / "policy.pt"))
     env = make_env(identity_bound=0.95, max_step=0.5, max_steps=3)
     traj = env.run(editor, env.sample_latents(4, seed=9), 15.0, relative=True)
     assert traj.value.shape == (4, 4) and torch.isfinite(traj.value).all() and traj.steps_used.min() >= 1
+
+
+def test_rollouts_leave_the_global_rng_alone_and_repeat():
+    from exface.agerl.module import AgePolicyModule
+
+    module = AgePolicyModule(make_env(max_steps=2), num_envs=3, seed=4)
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    roll_a, _ = module.collect(5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # neither read from nor advanced
+    torch.manual_seed(123)  # another global state (a restart re-seeds it): the same rollout
+    roll_b, _ = module.collect(5)
+    assert torch.equal(roll_a["action"], roll_b["action"])
+    assert not torch.equal(module.collect(6)[0]["action"], roll_a["action"])  # rollouts differ from each other
+    # the rollout explores: its actions are samples, not the policy's deterministic tanh(mean)
+    valid = roll_a["valid"]
+    loc, _ = module.policy(roll_a["observation"][valid])
+    assert (roll_a["action"][valid] - torch.tanh(loc)).abs().max() > 0.05
 
 
 def test_age_report_files_and_merge(tmp_path):
@@ -212,6 +261,124 @@ def test_age_report_files_and_merge(tmp_path):
         age_report(env, [Stay()], output_dir=str(tmp_path / "bad"), merge=parts, **{**kw, "num_starts": 3})
     with pytest.raises(ValueError, match="lack targets"):
         age_report(env, [Stay()], output_dir=str(tmp_path / "bad"), merge=parts[:1], **kw)
+
+
+def _policy_file(tmp_path: Path, env: AgeEditEnv) -> str:
+    from exface.agerl.module import AgePolicyModule
+
+    path = tmp_path / "policy.pt"
+    AgePolicyModule(env, num_envs=2).save_policy(path)  # untrained: enough to check what the file records
+    return str(path)
+
+
+def test_merge_refuses_other_parts_or_evaluators(tmp_path):
+    from exface.agerl.report import age_report
+    from exface.errors import ExfaceError
+
+    env = make_env(max_steps=2)
+    kw = dict(targets=[15.0], num_starts=3, evaluator=TinyEmbedder(seed=5), age_evaluator=TinyAgePredictor(seed=2),
+              grid_starts=1)
+    age_report(env, [GradientWalkEditor(0.5)], output_dir=str(tmp_path / "walk"), **kw)
+    part = [str(tmp_path / "walk" / "report.json")]
+    saved = json.loads((tmp_path / "walk" / "report.json").read_text())["settings"]
+    assert "weights_sha256" in saved["parts"]["age_predictor"] and saved["evaluators"]["evaluator"]["args"]["seed"] == 5
+    age_report(env, [Stay()], output_dir=str(tmp_path / "ok"), merge=part, **kw)  # the same parts: merged
+    other_age = AgeEditEnv(TinyGenerator(z_dim=8, resolution=16), ResizeAligner((16, 16)), TinyAgePredictor(seed=3),
+                           TinyEmbedder(), identity_bound=0.8, max_step=0.5, max_steps=2, prior_samples=500)
+    refused = {
+        "parts.age_predictor.weights": (other_age, kw),
+        "evaluators.evaluator.seed": (env, {**kw, "evaluator": TinyEmbedder(seed=6)}),
+        "evaluators.age_evaluator: recorded TinyAgePredictor, given None": (env, {**kw, "age_evaluator": None}),
+        "evaluators.evaluator_aligner.output_size": (env, {**kw, "evaluator_aligner": ResizeAligner((8, 8))}),
+        "evaluator_identity_bound: 0.8 there, 0.5 here": (env, {**kw, "evaluator_identity_bound": 0.5}),
+    }
+    for what, (e, args) in refused.items():
+        with pytest.raises(ExfaceError, match=f"(?s){what}.*in: .*report.json.*fix: rerun") as err:
+            age_report(e, [Stay()], output_dir=str(tmp_path / "bad"), merge=part, **args)
+        assert len(str(err.value).splitlines()) <= 3, what
+
+
+def test_policy_is_refused_in_an_environment_with_other_parts(tmp_path):
+    from exface.agerl.report import _check_policy_env
+    from exface.errors import ExfaceError
+
+    env = make_env()
+    editor = AgePolicyEditor(_policy_file(tmp_path, env))
+    assert set(editor.record["env"]["parts"]) == {"generator", "aligner", "attribute_aligner", "age_predictor", "embedder"}
+    _check_policy_env(editor, make_env())  # the same parts, re-created
+    other = AgeEditEnv(TinyGenerator(z_dim=8, resolution=16), ResizeAligner((16, 16)), TinyAgePredictor(),
+                       TinyEmbedder(seed=1), identity_bound=0.8, max_step=0.5, max_steps=4, prior_samples=500)
+    with pytest.raises(ExfaceError, match="(?s)another environment: parts.embedder.weights.*parts.embedder.seed"
+                                          ".*in: .*policy.pt.*fix: give the report the training recipe's env"):
+        _check_policy_env(editor, other)
+    crop = AgeEditEnv(TinyGenerator(z_dim=8, resolution=16), ResizeAligner((16, 16)), TinyAgePredictor(),
+                      TinyEmbedder(), attribute_aligner=ResizeAligner((12, 12)), identity_bound=0.8, max_step=0.5,
+                      max_steps=4, prior_samples=500)
+    with pytest.raises(ExfaceError, match="parts.attribute_aligner: recorded None, given ResizeAligner"):
+        _check_policy_env(editor, crop)
+
+
+def test_report_refuses_boundaries_of_another_checkpoint(tmp_path):
+    from exface.agerl.report import age_report
+    from exface.boundaries.base import Boundaries
+    from exface.errors import ExfaceError
+    from exface.exfacegan.provenance import part_fingerprint
+    from exface.interfacegan.manipulation import BoundaryEditor
+
+    def boundaries(generator):
+        meta = {"attribute_names": ["age"], "layers": [None], "generator": part_fingerprint(generator),
+                "generator_dims": {"z_dim": 8, "w_dim": 8, "num_ws": 1}, "bank": {"truncation_psi": 1.0}}
+        nan = torch.full((1,), float("nan"))
+        return Boundaries(torch.nn.functional.normalize(torch.ones(1, 8), dim=1), torch.zeros(1), "z", nan, nan, meta)
+
+    env = make_env(max_steps=2)
+    kw = dict(targets=[15.0], num_starts=2, grid_starts=1, output_dir=str(tmp_path / "rep"))
+    age_report(env, [BoundaryEditor(boundaries(TinyGenerator(z_dim=8, resolution=16)), "age")], **kw)
+    with pytest.raises(ExfaceError, match="another TinyGenerator checkpoint"):
+        age_report(env, [BoundaryEditor(boundaries(TinyGenerator(z_dim=8, resolution=16, seed=1)), "age")], **kw)
+
+
+def test_success_by_the_evaluators_and_the_verdict_on_it(tmp_path):
+    from exface.agerl.report import _shared_backbone, age_report
+
+    env = make_env(identity_bound=0.9, max_steps=3)
+    policy = AgePolicyEditor(_policy_file(tmp_path, env))
+    kw = dict(targets=[-2.0, 4.0], num_starts=6, grid_starts=1)  # near targets: some succeed, some not
+    # judged by the reward's own networks (same nets, same crops) the evaluators' success is the env's
+    same = age_report(env, [policy, GradientWalkEditor(0.5)], output_dir=str(tmp_path / "same"),
+                      evaluator=TinyEmbedder(), age_evaluator=TinyAgePredictor(), **kw)
+    for rs in same["results"].values():
+        for r in rs.values():
+            assert r["success_rate_evaluators"] == pytest.approx(r["success_rate"])
+            assert r["bound_held_rate_evaluator"] == pytest.approx(r["bound_held_rate"])
+    assert same["mean_success_evaluators"] == pytest.approx(same["mean_success"])
+    assert 0 < min(same["mean_success"].values()) < 1
+    # other judges: their own success rate, and the verdict is stated on it first
+    rep = age_report(env, [policy, GradientWalkEditor(0.5)], output_dir=str(tmp_path / "rep"),
+                     evaluator=TinyEmbedder(seed=5), age_evaluator=TinyAgePredictor(seed=2),
+                     evaluator_identity_bound=0.7, **kw)
+    rows = [r for rs in rep["results"].values() for r in rs.values()]
+    assert all(0.0 <= r["success_rate_evaluators"] <= 1.0 for r in rows)
+    assert any(r["success_rate_evaluators"] != r["success_rate"] for r in rows)  # another judgement
+    v = rep["verdict"]
+    assert v.startswith("By the independent evaluators (TinyAgePredictor age, TinyEmbedder identity >= 0.7): The RL policy")
+    assert "Judged by the networks the policy was optimized against (TinyAgePredictor age, TinyEmbedder identity)" in v
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| success (reward nets) | success (evaluators) |" in md and "Mean success over targets, by the evaluators" in md
+    assert "calibrated on the reward's embedder" not in md  # the bound was given
+    assert "calibrated on the reward's embedder" in (tmp_path / "same" / "report.md").read_text()
+    # without evaluators the verdict says who judged
+    alone = age_report(env, [policy, GradientWalkEditor(0.5)], output_dir=str(tmp_path / "alone"), **kw)
+    assert "no independent evaluators judged it" in alone["verdict"] and "mean_success_evaluators" not in alone
+    # HSEFaceRes and HSEAgeGender are one network (Human's faceres graph): the report says so
+    hse_id = type("HSEFaceRes", (TinyEmbedder,), {"register": False})()
+    hse_age = type("HSEAgeGender", (TinyAgePredictor,), {"register": False})()
+    assert "share one backbone (Human's faceres graph" in _shared_backbone(hse_id, hse_age)
+    assert _shared_backbone(TinyEmbedder(), TinyAgePredictor()) == ""
+    shared = age_report(env, [GradientWalkEditor(0.5)], output_dir=str(tmp_path / "hse"), evaluator=hse_id,
+                        age_evaluator=hse_age, **kw)
+    assert "HSEFaceRes and HSEAgeGender share one backbone" in (tmp_path / "hse" / "report.md").read_text()
+    assert shared["shared_backbone"]
 
 
 def test_report_verdict_weighs_the_difference_against_its_noise():

@@ -81,9 +81,22 @@ def test_conditional_projection_is_exact(k):
     comp = torch.randn(2000, d, generator=g, dtype=torch.float64)
     comp = torch.nn.functional.normalize(comp - comp @ q @ q.T, dim=1)
     assert (comp @ primary.double()).max() <= float(p @ primary.double()) + 1e-9
+    n = primary.double()
     if k == 1:  # InterFaceGAN's closed form for one condition
         c = cond[0].double()
-        ref = primary.double() - (primary.double() @ c) * c
+        ref = n - (n @ c) * c
+        assert torch.allclose(p, ref / ref.norm(), atol=1e-6)
+    elif k == 2:  # the authors' closed form for two (utils/manipulator.py project_boundary: alpha, beta from cosines)
+        c1, c2 = cond.double()
+        p1, p2, c12 = n @ c1, n @ c2, c1 @ c2
+        alpha = (p1 - p2 * c12) / (1 - c12 ** 2 + 1e-8)
+        beta = (p2 - p1 * c12) / (1 - c12 ** 2 + 1e-8)
+        ref = n - alpha * c1 - beta * c2
+        assert torch.allclose(p, ref / ref.norm(), atol=1e-6)
+    else:  # the authors' normal equations for more (genforce/interfacegan f717ada)
+        c = cond.double()
+        x = torch.linalg.solve(c @ c.T, c @ n)
+        ref = n - x @ c
         assert torch.allclose(p, ref / ref.norm(), atol=1e-6)
 
 
@@ -263,8 +276,94 @@ def test_recipes_run_on_tiny_parts(model, tmp_path):
     rep = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [r["direction"] for r in rep["directions"]] == ["brightness", "redness", "brightness given redness"]
     assert rep["directions"][0]["slope"]["brightness"] > 0  # editing brightness raises it
+    # the conditional edit still raises brightness but holds redness: its direction keeps the signed
+    # distance to the redness boundary (exactly), and the re-scored redness moves far less than under
+    # the plain brightness edit (measured on these parts: about a quarter of it)
+    plain, cond = rep["directions"][0]["slope"], rep["directions"][2]["slope"]
+    assert cond["brightness"] > 0 and abs(cond["redness"]) < 0.5 * abs(plain["redness"]), (plain, cond)
+    given = select_direction(b, "brightness", ["redness"])
+    assert abs(float(given.normal @ b.normals[b.meta["attribute_names"].index("redness")])) < 1e-6
     for f in ("change_matrix.png", "conditional_matrix.png", "cosine_matrix.png", "report.md", "steps/start.pt"):
         assert (tmp_path / "report" / f).is_file(), f
+
+
+def _fit_tiny(bank, g, al):
+    from exface.interfacegan.fit import fit_attribute_boundaries
+
+    BankScores(bank).score(g, al, [TinyAttributes()], accelerator="cpu")
+    return fit_attribute_boundaries(bank, g, InterFaceGANBoundary(chosen_num_or_ratio=0.25), None, "z")
+
+
+def test_boundaries_refuse_another_checkpoint_or_truncation(tiny_bank, tmp_path):
+    from exface.errors import ExfaceError
+    from exface.generators.stylegan import StyleGAN2
+
+    bank, g, al = tiny_bank
+    b = _fit_tiny(bank, g, al)
+    b.meta["path"] = "runs/b.pt"
+    check_applicable(b, TinyGenerator(z_dim=6, resolution=16))  # the same checkpoint, re-created: fine
+    with pytest.raises(ExfaceError, match="(?s)another TinyGenerator checkpoint.*generator.weights.*generator.seed"
+                                          ".*in: runs/b.pt.*fix: pass the generator of the bank") as err:
+        check_applicable(b, TinyGenerator(z_dim=6, resolution=16, seed=1))  # same class and dims, other weights
+    assert len(str(err.value).splitlines()) <= 4  # one screen: problem, in, fix
+    with pytest.raises(ExfaceError, match="truncation_psi: recorded 1.0, given 0.5"):
+        check_applicable(b, TinyGenerator(z_dim=6, resolution=16, truncation_psi=0.5))
+    del b.meta["generator"]["args"]["truncation_psi"]  # a record without it: the bank's truncation still decides
+    with pytest.raises(ExfaceError, match="truncation_psi: the bank rendered with 1.0, this generator renders with 0.5"):
+        check_applicable(b, TinyGenerator(z_dim=6, resolution=16, truncation_psi=0.5))
+    # StyleGAN2: the same weights at another path are the same checkpoint; another pickle is not
+    from exface.testing import make_stylegan2_pickle
+
+    make_stylegan2_pickle(tmp_path / "a.pkl", resolution=16, z_dim=8, w_dim=8)
+    make_stylegan2_pickle(tmp_path / "other.pkl", resolution=16, z_dim=8, w_dim=8, seed=1)
+    (tmp_path / "copy.pkl").write_bytes((tmp_path / "a.pkl").read_bytes())
+    sg = StyleGAN2(pkl=str(tmp_path / "a.pkl"), truncation_psi=0.7).eval()
+    bank2 = LatentBank.build(tmp_path / "bank2", sg, al, TinyEmbedder(), num_latents=30, chunk_size=15, accelerator="cpu")
+    b2 = _fit_tiny(bank2, sg, al)
+    check_applicable(b2, StyleGAN2(pkl=str(tmp_path / "copy.pkl"), truncation_psi=0.7))
+    with pytest.raises(ExfaceError, match="another StyleGAN2 checkpoint.*generator.weights"):
+        check_applicable(b2, StyleGAN2(pkl=str(tmp_path / "other.pkl"), truncation_psi=0.7))
+    with pytest.raises(ExfaceError, match="truncation_psi: recorded 0.7, given 1.0"):
+        check_applicable(b2, StyleGAN2(pkl=str(tmp_path / "copy.pkl")))
+
+
+def test_report_cache_is_keyed_by_every_part(tiny_bank, tmp_path):
+    from exface.alignment.crops import FixedCropAligner
+    from exface.interfacegan.edit import FaceEvaluator
+    from exface.interfacegan.report import held_out_latents, rescoring_report
+
+    bank, g, al = tiny_bank
+    b = _fit_tiny(bank, g, al)
+    calls = []
+
+    class Counting(FaceEvaluator):
+        def __call__(self, latents, keep_images=False):
+            calls.append(len(latents))
+            return super().__call__(latents, keep_images)
+
+    def run(generator=g, aligner=al, attribute_aligner=None, predictor=None):
+        calls.clear()
+        ev = Counting(generator, "z", aligner, TinyEmbedder(), [predictor or TinyAttributes()], attribute_aligner)
+        lat = held_out_latents(generator, "z", 4, seed=3)
+        rep = rescoring_report(b, [select_direction(b, "brightness")], ev, lat, -1.0, 1.0, 3, cache_dir=tmp_path / "steps")
+        return len(calls), rep
+
+    assert run()[0] == 2  # the unedited faces, then the steps
+    n, first = run()
+    assert n == 0 and first["parts"]["generator"]["class"] == "TinyGenerator"  # all from the cache
+    changed = {
+        "another checkpoint": dict(generator=TinyGenerator(z_dim=6, resolution=16, seed=1)),
+        "another truncation": dict(generator=TinyGenerator(z_dim=6, resolution=16, truncation_psi=0.5)),
+        "another crop": dict(attribute_aligner=ResizeAligner((12, 12))),
+        "a crop box": dict(aligner=FixedCropAligner((0.0, 0.0, 1.0, 1.0), (16, 16))),
+        "another crop box": dict(aligner=FixedCropAligner((0.1, 0.1, 0.9, 0.9), (16, 16))),
+        "other predictor args": dict(predictor=TinyAttributes(input_size=(8, 8))),
+    }
+    for what, kw in changed.items():
+        n, rep = run(**kw)
+        assert n == 2, what  # recomputed, not the stale scores
+        assert run(**kw)[0] == 0, what  # and then cached under its own key
+    assert run()[0] == 2  # the last run's files replaced the first parts' (one file per direction)
 
 
 def test_w_plus_boundaries_flat_and_per_layer(tmp_path):

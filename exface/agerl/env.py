@@ -63,7 +63,7 @@ from exface.editing.base import EditState, LatentEditor
 from exface.embedders.base import IdentityEmbedder
 from exface.generators.base import Generator
 
-__all__ = ["AgeEditEnv", "AgeEditVectorEnv", "Trajectory", "PriorStats"]
+__all__ = ["AgeEditEnv", "AgeEditVectorEnv", "Trajectory", "PriorStats", "env_parts"]
 
 
 @dataclass
@@ -368,6 +368,16 @@ class AgeEditEnv(nn.Module):
             steps_used=steps_used.cpu(), success=((final_err <= self.tolerance) & bound_held).cpu(),
             bound_held=bound_held.cpu(), meta={"editor": type(editor).__name__},
         )
+
+
+def env_parts(env: AgeEditEnv) -> dict[str, Any]:
+    """Fingerprints (class, arguments, weights digest) of the environment's parts: what a policy
+    file and an age report record, and what a policy or a merged report is compared by."""
+    from exface.exfacegan.provenance import part_fingerprint
+
+    return {"generator": part_fingerprint(env.generator), "aligner": part_fingerprint(env.aligner),
+            "attribute_aligner": None if env.attribute_aligner is None else part_fingerprint(env.attribute_aligner),
+            "age_predictor": part_fingerprint(env.age_predictor), "embedder": part_fingerprint(env.embedder)}
 
 
 class AgeEditVectorEnv(VectorEnv):

@@ -7,9 +7,18 @@ modules and leaves the loop to the caller, so the loop is a LightningModule's
 stable-baselines3 owns its loop (``model.learn()``), logger and checkpoint format, which
 would sit beside Lightning rather than inside it. Among TorchRL's losses PPO is the one
 whose state is entirely the networks and the optimizer: an on-policy learner has no replay
-buffer to checkpoint, so a killed run resumes exactly from Lightning's last checkpoint
-(SAC/TD3 would need their buffer saved too, and their sample efficiency matters less here
-than their tuning: the action has three bounded components, PPO's home ground).
+buffer to checkpoint (SAC/TD3 would need their buffer saved too, and their sample
+efficiency matters less here than their tuning: the action has three bounded components,
+PPO's home ground).
+
+A killed run resumes exactly from Lightning's last checkpoint because nothing else carries
+state from one rollout to the next: every random draw of rollout ``k`` (its start latents and
+targets, the policy's action noise, the minibatch order, the entropy estimate's samples) is
+a function of ``(seed, k)`` alone. The start latents come from ``seed * 1000003 + k``; the
+rest runs under :func:`torch.random.fork_rng` seeded from ``(seed, k)`` (:func:`rollout_seed`),
+so the global RNG, which ``seed_everything`` re-seeds on every (re)start and Lightning's
+checkpoints do not hold, is neither read nor advanced. A resumed run therefore makes exactly
+the remaining rollouts, with the draws the uninterrupted run would have made.
 
 One ``training_step`` = one rollout + ``ppo_epochs`` passes of minibatch updates (manual
 optimization, every update a Lightning ``optimizer.step()``):
@@ -17,8 +26,10 @@ optimization, every update a Lightning ``optimizer.step()``):
 1. ``num_envs`` start latents drawn from a seed fixed by the rollout index (so a resumed
    run draws what the killed one would have), each with a target offset from
    ``target_offsets`` plus uniform jitter of ``+-target_jitter`` years;
-2. up to ``max_steps`` steps of the stochastic policy in :class:`AgeEditVectorEnv`;
-   transitions after an episode ended are masked out;
+2. up to ``max_steps`` steps of the stochastic policy in :class:`AgeEditVectorEnv` (actions
+   sampled from the squashed Gaussian under ``ExplorationType.RANDOM``: outside it TorchRL's
+   actor returns its deterministic action, and PPO would not explore); transitions after an
+   episode ended are masked out;
 3. GAE advantages (``gamma``, ``gae_lambda``; the time limit is in the observation, so a
    truncated episode is treated as terminal);
 4. the clipped PPO objective + value loss + entropy bonus on shuffled minibatches.
@@ -31,6 +42,7 @@ also written to ``save_path`` (atomically), the file :class:`~exface.agerl.edito
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -41,18 +53,26 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
-from exface.agerl.env import AgeEditEnv, AgeEditVectorEnv
+from exface.agerl.env import AgeEditEnv, AgeEditVectorEnv, env_parts
 from exface.agerl.mdp import ACTION_DIM, ObservationConfig, observation_dim
-from exface.exfacegan.latent_bank import part_record
 from exface.models.age_policy import GaussianPolicyNet, ValueNet
 
-__all__ = ["AgePolicyModule", "RolloutDataModule", "POLICY_FORMAT", "make_actor"]
+__all__ = ["AgePolicyModule", "RolloutDataModule", "POLICY_FORMAT", "make_actor", "rollout_seed"]
 
 POLICY_FORMAT = "exface-age-policy"
+
+
+def rollout_seed(seed: int, rollout_index: int, stream: int) -> int:
+    """The torch seed of one random stream of one rollout (0: acting, 1: the PPO updates)."""
+    import numpy as np
+
+    a, b = np.random.SeedSequence([int(seed), int(rollout_index), int(stream)]).generate_state(2, dtype=np.uint32)
+    return (int(a) << 31) ^ int(b)
 
 
 def make_actor(net: GaussianPolicyNet) -> ProbabilisticActor:
@@ -138,6 +158,7 @@ class AgePolicyModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["env"])
         self.automatic_optimization = False
         object.__setattr__(self, "env", env)  # not a submodule: frozen parts stay out of checkpoints
+        self._parts_fp: dict[str, Any] | None = None  # their fingerprints, for the policy file (computed once)
         obs_dim = observation_dim(env.latent_shape(), include_latent)
         self.policy = GaussianPolicyNet(obs_dim, ACTION_DIM, hidden, layers, init_log_std,
                                         init_loc=(float(init_step), 0.0, 0.0))
@@ -163,6 +184,17 @@ class AgePolicyModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self.env.to(self.device)
 
+    @contextlib.contextmanager
+    def _forked_rng(self, seed: int):
+        """The global RNGs (CPU, and this module's GPU) started from ``seed``, restored afterwards."""
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(seed)
+            for i in cuda:
+                with torch.cuda.device(i):
+                    torch.cuda.manual_seed(seed)
+            yield
+
     def state_dict(self, *args, **kwargs):  # the loss module aliases the nets: keep one copy
         return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith(("loss_module.", "advantage.", "actor.", "critic."))}
 
@@ -178,7 +210,16 @@ class AgePolicyModule(pl.LightningModule):
 
     @torch.no_grad()
     def collect(self, rollout_index: int) -> tuple[TensorDict, dict[str, float]]:
-        """One rollout ``[num_envs, T]`` (TorchRL keys) and its summary statistics."""
+        """One rollout ``[num_envs, T]`` (TorchRL keys) and its summary statistics.
+
+        A function of the policy's weights and ``(seed, rollout_index)``: the start latents and
+        targets come from their own seeded generators, the action noise from the global RNG
+        forked and seeded by :func:`rollout_seed` (and restored afterwards).
+        """
+        with self._forked_rng(rollout_seed(self.hparams.seed, rollout_index, 0)):
+            return self._collect(rollout_index)
+
+    def _collect(self, rollout_index: int) -> tuple[TensorDict, dict[str, float]]:
         hp = self.hparams
         seed = int(hp.seed) * 1_000_003 + int(rollout_index)
         gen = torch.Generator().manual_seed(seed)
@@ -190,7 +231,8 @@ class AgePolicyModule(pl.LightningModule):
         for _ in range(self.env.max_steps):
             alive = ~self.env.state.extra["done"]
             td = TensorDict({"observation": obs}, batch_size=[n], device=self.device)
-            self.actor(td)
+            with set_exploration_type(ExplorationType.RANDOM):  # sample: TorchRL's default acts deterministically
+                self.actor(td)
             next_obs, reward, terminated, truncated, info = self.venv.step(td["action"])
             success |= info["success"]
             broken |= info["broken"]
@@ -222,8 +264,20 @@ class AgePolicyModule(pl.LightningModule):
             self.advantage(roll)
         data = roll.reshape(-1)
         data = data[data["valid"]]
-        opt = self.optimizers()
+        # the minibatch order from its own generator; the entropy estimate's samples from the forked global RNG
         gen = torch.Generator().manual_seed(int(hp.seed) + 7919 * rollout_index)
+        with self._forked_rng(rollout_seed(hp.seed, rollout_index, 1)):
+            losses = self._update(data, gen)
+        log = {f"train/{k}": v for k, v in stats.items()}
+        log.update({f"train/{k}": sum(v) / len(v) for k, v in losses.items()})
+        log["train/transitions"] = float(data.shape[0])
+        self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False, batch_size=self.venv.num_envs)
+        self.log("success", stats["success"], prog_bar=True, on_step=True, on_epoch=False, batch_size=self.venv.num_envs)
+
+    def _update(self, data: TensorDict, gen: torch.Generator) -> dict[str, list[float]]:
+        """``ppo_epochs`` passes of shuffled minibatch PPO updates over one rollout's transitions."""
+        hp = self.hparams
+        opt = self.optimizers()
         losses: dict[str, list[float]] = {}
         for _ in range(hp.ppo_epochs):
             perm = torch.randperm(data.shape[0], generator=gen).to(self.device)
@@ -238,11 +292,7 @@ class AgePolicyModule(pl.LightningModule):
                 opt.step()
                 for k in ("loss_objective", "loss_critic", "loss_entropy"):
                     losses.setdefault(k, []).append(float(out[k].detach()))
-        log = {f"train/{k}": v for k, v in stats.items()}
-        log.update({f"train/{k}": sum(v) / len(v) for k, v in losses.items()})
-        log["train/transitions"] = float(data.shape[0])
-        self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False, batch_size=self.venv.num_envs)
-        self.log("success", stats["success"], prog_bar=True, on_step=True, on_epoch=False, batch_size=self.venv.num_envs)
+        return losses
 
     def on_train_epoch_end(self) -> None:
         if self.hparams.save_path and self.trainer.is_global_zero:
@@ -265,13 +315,17 @@ class AgePolicyModule(pl.LightningModule):
             "latent_shape": list(env.latent_shape()),
             "env": {"identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
                     "tolerance": env.tolerance, "weights": dict(env.weights),
-                    "parts": {"generator": part_record(env.generator), "aligner": part_record(env.aligner),
-                              "age_predictor": part_record(env.age_predictor),
-                              "embedder": part_record(env.embedder)}},
+                    "parts": self._parts_record()},
             "trained": {"epochs": int(self.current_epoch) + 1, "global_step": int(self.global_step),
                         "rollouts": (int(self.current_epoch) + 1) * self._rollouts_per_epoch(),
                         "num_envs": int(self.venv.num_envs)},
         }
+
+    def _parts_record(self) -> dict[str, Any]:
+        """Fingerprints (class, arguments, weights digest) of the frozen parts, computed once."""
+        if self._parts_fp is None:
+            self._parts_fp = env_parts(self.env)
+        return self._parts_fp
 
     def save_policy(self, path: str | Path) -> None:
         path = Path(path)

@@ -8,14 +8,28 @@ budget and termination) on the same ``num_starts`` start latents, drawn from
 ``seed * 1000003 + rollout``), once per target offset (default -15, +15, +30 years from each
 start's own predicted age). Per editor and target it reports:
 
-- **success rate**: final ``|age - target| <= tolerance`` with the identity bound held
-  (by the environment's embedder, the one the reward uses);
+- **success rate**: final ``|age - target| <= tolerance`` with the identity bound held,
+  judged by the environment's age predictor and embedder: the networks the reward uses, which
+  the policy was optimized against (and the walks follow the gradient of);
+- **success rate by the evaluators** (when ``evaluator`` and ``age_evaluator`` are both
+  given): the same definition with their values: the evaluator's age change within
+  ``tolerance`` of the requested offset and the evaluator's identity cosine to the start face
+  ``>= evaluator_identity_bound`` (default: the environment's bound, which was calibrated on
+  the reward's embedder; set the evaluator's own). The verdict, the report's first line, is
+  then stated on this rate first and on the reward networks' second. Networks that share a
+  backbone (``HSEFaceRes`` and ``HSEAgeGender`` are one graph, Human's ``faceres``) are said
+  to be so: they are independent of the reward, not of each other;
 - mean final age error (years) and mean age change;
 - mean identity similarity of the final face to the start face: by ``evaluator`` (an
   embedder that takes no part in the reward) when one is given, and by the reward's
   embedder always (labelled as such: judging identity only with the network that steered
   is not independent evidence);
 - the share of episodes whose bound held, and the mean number of steps used.
+
+``--merge`` joins earlier runs' results only when their settings, parts and evaluators
+(class, arguments, weights digest: :func:`~exface.exfacegan.provenance.part_differences`)
+are this run's. A policy file is run only in an environment with the bound, step, budget,
+tolerance and parts it was trained with.
 
 Files in ``output_dir``: ``report.json`` (all figures, the settings and every editor's
 description), ``report.md`` (the table), ``curves.png`` (mean age change vs mean identity
@@ -34,13 +48,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from exface.agerl.env import AgeEditEnv, Trajectory
+from exface.agerl.env import AgeEditEnv, Trajectory, env_parts
 from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
 from exface.commands import command
 from exface.editing.base import LatentEditor
 from exface.embedders.base import IdentityEmbedder
-from exface.exfacegan.latent_bank import part_record
+from exface.errors import ExfaceError
+from exface.exfacegan.provenance import part_differences, part_fingerprint
 from exface.tensors import to_uint8
 
 __all__ = ["age_report", "editor_label", "summarize"]
@@ -95,8 +110,14 @@ def _fit_size(x: Tensor, size) -> Tensor:
 
 
 def summarize(traj: Trajectory, tolerance: float, evaluator_similarity: Tensor | None = None,
-              evaluator_age_change: Tensor | None = None) -> dict:
-    """The report's figures for one editor and one target."""
+              evaluator_age_change: Tensor | None = None, evaluator_identity_bound: float | None = None) -> dict:
+    """The report's figures for one editor and one target.
+
+    With both evaluators' values (and ``evaluator_identity_bound``), ``success_rate_evaluators``
+    is the success rate's definition judged by them: the evaluator's age change within
+    ``tolerance`` of the requested offset (target minus start age) and the evaluator's final
+    identity cosine to the start ``>= evaluator_identity_bound``.
+    """
     final_err = (traj.value[-1] - traj.target).abs()
     out = {
         "success_rate": float(traj.success.float().mean()),
@@ -117,6 +138,13 @@ def summarize(traj: Trajectory, tolerance: float, evaluator_similarity: Tensor |
         requested = traj.target - traj.value[0]
         out["evaluator_age_change_per_requested_year"] = float(
             (evaluator_age_change * requested).sum() / requested.pow(2).sum().clamp_min(1e-12))
+    if evaluator_similarity is not None and evaluator_identity_bound is not None:
+        held = evaluator_similarity >= float(evaluator_identity_bound)
+        out["bound_held_rate_evaluator"] = float(held.float().mean())
+        if evaluator_age_change is not None:
+            err = (evaluator_age_change - (traj.target - traj.value[0])).abs()
+            out["mean_final_age_error_evaluator"] = float(err.mean())
+            out["success_rate_evaluators"] = float(((err <= tolerance) & held).float().mean())
     return out
 
 
@@ -177,38 +205,58 @@ def _markdown(report: dict) -> str:
         ("Age change by the age evaluator " + report["age_evaluator"] + " (independent of the steered predictor)"
          if report["age_evaluator"] != "none" else "No age evaluator was given: ages are the steered predictor's."),
         "",
-        "| editor | target | success | final age error | age change | age change (age evaluator) | bound held "
-        "| similarity (reward emb.) | similarity (evaluator) | steps |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    by_ev = "mean_success_evaluators" in report
+    if by_ev:
+        lines += [f"Success by the evaluators: {report['age_evaluator']} age change within +-{s['tolerance']} years of "
+                  f"the requested offset and {ev} cosine >= {s['evaluator_identity_bound']} to the start face"
+                  + ("" if s.get("evaluator_identity_bound_given") else
+                     " (the environment's bound, calibrated on the reward's embedder, not on the evaluator: "
+                     "set evaluator_identity_bound from the evaluator's own random-pair cosines)") + ".", ""]
+    if report.get("shared_backbone"):
+        lines += [report["shared_backbone"], ""]
+    lines += [
+        "| editor | target | success (reward nets) | success (evaluators) | final age error | age change "
+        "| age change (age evaluator) | bound held | bound held (evaluator) | similarity (reward emb.) "
+        "| similarity (evaluator) | steps |",
+        "| --- " * 12 + "|",
+    ]
+    dash = "—"
     for name, per_target in report["results"].items():
         for t, r in per_target.items():
-            evs = f"{r['mean_similarity_evaluator']:.3f}" if "mean_similarity_evaluator" in r else "—"
-            eva = f"{r['mean_age_change_evaluator']:+.2f}" if "mean_age_change_evaluator" in r else "—"
+            evs = f"{r['mean_similarity_evaluator']:.3f}" if "mean_similarity_evaluator" in r else dash
+            eva = f"{r['mean_age_change_evaluator']:+.2f}" if "mean_age_change_evaluator" in r else dash
+            evok = f"{r['success_rate_evaluators']:.3f}" if "success_rate_evaluators" in r else dash
+            evh = f"{r['bound_held_rate_evaluator']:.3f}" if "bound_held_rate_evaluator" in r else dash
             lines.append(
-                f"| {name} | {float(t):+g} | {r['success_rate']:.3f} | {r['mean_final_age_error']:.2f} | "
-                f"{r['mean_age_change']:+.2f} | {eva} | {r['bound_held_rate']:.3f} | {r['mean_similarity_reward_embedder']:.3f} | "
-                f"{evs} | {r['mean_steps_used']:.2f} |"
+                f"| {name} | {float(t):+g} | {r['success_rate']:.3f} | {evok} | {r['mean_final_age_error']:.2f} | "
+                f"{r['mean_age_change']:+.2f} | {eva} | {r['bound_held_rate']:.3f} | {evh} | "
+                f"{r['mean_similarity_reward_embedder']:.3f} | {evs} | {r['mean_steps_used']:.2f} |"
             )
     agree = _age_agreement(report["results"], report["age_evaluator"]) if report["age_evaluator"] != "none" else ""
-    lines += ["", f"Mean success over targets: " + ", ".join(
-        f"{n} {v:.3f}" for n, v in report["mean_success"].items()), "", *([agree, ""] if agree else []),
+    mean_lines = [f"Mean success over targets, by the reward's networks: " + ", ".join(
+        f"{n} {v:.3f}" for n, v in report["mean_success"].items())]
+    if by_ev:
+        mean_lines.insert(0, "Mean success over targets, by the evaluators: " + ", ".join(
+            f"{n} {v:.3f}" for n, v in report["mean_success_evaluators"].items()))
+    lines += [""] + [x for m in mean_lines for x in (m, "")] + ([agree, ""] if agree else []) + [
         f"Files: curves.png (age change vs identity similarity per step), grid_<editor>_<target>.png "
         f"(rows: the first {s['grid_starts']} starts; columns: steps 0..{s['max_steps']}). "
         f"Time: {report['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
-def _success_se(per_target: dict[str, dict], n: int) -> float:
+def _success_se(per_target: dict[str, dict], n: int, key: str = "success_rate") -> float:
     """Binomial standard error of an editor's mean success rate over targets (``n`` starts each)."""
-    rates = [float(r["success_rate"]) for r in per_target.values()]
+    rates = [float(r[key]) for r in per_target.values()]
     return math.sqrt(sum(p * (1.0 - p) / max(1, n) for p in rates)) / max(1, len(rates))
 
 
 def _verdict(mean_success: dict[str, float], policy: str | None, results: dict[str, dict] | None = None,
-             n: int = 0) -> str:
-    """The report's first line: does the policy beat the best baseline by more than twice the
-    standard error of the difference (binomial, unpaired: conservative for these paired starts)?"""
+             n: int = 0, key: str = "success_rate") -> str:
+    """Does the policy beat the best baseline by more than twice the standard error of the
+    difference (binomial, unpaired: conservative for these paired starts)? ``key``: the
+    per-target success figure judged (the reward networks' or the evaluators')."""
     if not mean_success:
         return "No editors were run."
     if policy is None or policy not in mean_success:
@@ -219,7 +267,7 @@ def _verdict(mean_success: dict[str, float], policy: str | None, results: dict[s
         return f"{policy}: mean success {mean_success[policy]:.3f} (no baseline run)."
     best = max(others, key=others.get)
     diff = mean_success[policy] - others[best]
-    se = math.hypot(_success_se(results[policy], n), _success_se(results[best], n)) if results and n else 0.0
+    se = math.hypot(_success_se(results[policy], n, key), _success_se(results[best], n, key)) if results and n else 0.0
     if se and abs(diff) <= 2 * se:
         word = "does not win beyond noise"
     else:
@@ -228,6 +276,46 @@ def _verdict(mean_success: dict[str, float], policy: str | None, results: dict[s
     return (f"The RL policy ({policy}) {word} on mean success rate at equal identity bound: "
             f"{mean_success[policy]:.3f} vs {others[best]:.3f} for the best baseline ({best}), "
             f"a difference of {diff:+.3f}{noise}.")
+
+
+def _full_verdict(report: dict, policy: str | None, n: int) -> str:
+    """The report's first line(s): on the evaluators' success when they judged, then on the reward networks'."""
+    s, results = report["settings"], report["results"]
+    reward = (f"judged by the networks the policy was optimized against ({s['steered_predictor']} age, "
+              f"{s['reward_embedder']} identity)")
+    v_reward = _verdict(report["mean_success"], policy, results, n)
+    if "mean_success_evaluators" not in report:
+        return f"{v_reward} (Success is {reward}; no independent evaluators judged it.)"
+    v_ev = _verdict(report["mean_success_evaluators"], policy, results, n, key="success_rate_evaluators")
+    bound = f"{s['evaluator_identity_bound']}" + ("" if s.get("evaluator_identity_bound_given") else
+                                                  ", the environment's bound, not calibrated for it")
+    return (f"By the independent evaluators ({report['age_evaluator']} age, {report['evaluator']} identity >= "
+            f"{bound}): {v_ev} {reward[0].upper() + reward[1:]}: {v_reward}")
+
+
+_SHARED = {frozenset({"HSEFaceRes", "HSEAgeGender"}): "Human's faceres graph (the HSE MobileNet)"}
+
+
+def _graph_sources(module: object) -> set[str]:
+    from exface.models.tfjs_graph import TFJSGraph
+
+    if not isinstance(module, torch.nn.Module):
+        return set()
+    return {str(m.source) for m in module.modules() if isinstance(m, TFJSGraph) and getattr(m, "source", None)}
+
+
+def _shared_backbone(evaluator: object, age_evaluator: object) -> str:
+    """A sentence when the two evaluators are one network (the same graph file, or a known pair); else ''."""
+    if evaluator is None or age_evaluator is None:
+        return ""
+    names = frozenset({type(evaluator).__name__, type(age_evaluator).__name__})
+    common = _graph_sources(evaluator) & _graph_sources(age_evaluator)
+    what = _SHARED.get(names) or (f"the graph {sorted(common)[0]}" if common else "")
+    if not what:
+        return ""
+    return (f"{type(evaluator).__name__} and {type(age_evaluator).__name__} share one backbone ({what}): they are "
+            f"independent of the reward's networks, not of each other, so their identity and age judgements "
+            f"are not two independent confirmations.")
 
 
 def _age_agreement(results: dict[str, dict], age_evaluator: str) -> str:
@@ -247,31 +335,69 @@ def _age_agreement(results: dict[str, dict], age_evaluator: str) -> str:
             f"same aging; near 0 = the edit mostly moves the steered net): " + ", ".join(parts) + ".")
 
 
-def _load_mergeable(path: Path, env: AgeEditEnv, targets: list[float], num_starts: int, start_seed: int) -> tuple[Path, dict]:
-    """An earlier report.json, refused (with the differing setting) when it was made otherwise."""
+def _records_differences(prefix: str, recorded: dict | None, given: dict, roles=None) -> list[str]:
+    recorded = recorded or {}
+    out = []
+    for role in roles if roles is not None else sorted(set(recorded) | set(given)):
+        out += part_differences(f"{prefix}.{role}", recorded.get(role), given.get(role))
+    return out
+
+
+def _load_mergeable(path: Path, env: AgeEditEnv, targets: list[float], num_starts: int, start_seed: int,
+                    records: dict | None = None, evaluator_identity_bound: float | None = None) -> tuple[Path, dict]:
+    """An earlier report.json, refused (with the differing setting) when it was made otherwise.
+
+    ``records``: ``{"parts": env_parts(env), "evaluators": {...}}`` of this run; the merged
+    run's must be the same parts (class, weights digest, non-path arguments).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"--merge {path}: no such report.json")
     old = json.loads(path.read_text())
     s = old.get("settings", {})
     want = {"num_starts": int(num_starts), "start_seed": int(start_seed), "identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
             "tolerance": env.tolerance, "space": env.space, "reward_embedder": type(env.embedder).__name__}
+    if evaluator_identity_bound is not None:
+        want["evaluator_identity_bound"] = float(evaluator_identity_bound)
     diff = [f"{k}: {s.get(k)!r} there, {v!r} here" for k, v in want.items() if s.get(k) != v]
+    if records is not None:
+        if "evaluators" not in s:
+            diff.append("it records no evaluators (made before age-report recorded its parts)")
+        else:
+            diff += _records_differences("parts", s.get("parts"), records["parts"])
+            diff += _records_differences("evaluators", s.get("evaluators"), records["evaluators"])
     if diff:
-        raise ValueError(f"--merge {path} was made with other settings ({'; '.join(diff)}); rerun it with these")
+        shown = diff[:6] + ([f"... and {len(diff) - 6} more"] if len(diff) > 6 else [])
+        raise ExfaceError(f"--merge: that report was made with other settings or parts: {'; '.join(shown)}",
+                          where=path, fix="rerun it with this run's environment and evaluators, or drop it from --merge")
     return path, old
 
 
-def _check_policy_env(editor: LatentEditor, env: AgeEditEnv) -> None:
-    """A trained policy runs only in an environment with its training bound, step and budget."""
+def _check_policy_env(editor: LatentEditor, env: AgeEditEnv, parts_here: dict | None = None) -> None:
+    """A trained policy runs only in an environment with its training bound, step, budget and parts."""
     rec = getattr(editor, "record", None)
     if not isinstance(rec, dict) or "env" not in rec:
         return
     trained = rec["env"]
     diff = [f"{k}: trained {trained[k]!r}, here {getattr(env, k)!r}" for k in ("identity_bound", "max_step", "max_steps",
                                                                                 "tolerance") if trained[k] != getattr(env, k)]
+    parts = trained.get("parts") or {}
+    if parts:  # the roles the file records (older files: no attribute_aligner, no weights digests)
+        diff += _records_differences("parts", parts, parts_here or env_parts(env), roles=sorted(parts))
     if diff:
-        raise ValueError(f"policy {getattr(editor, 'path', '')} was trained in another environment ({'; '.join(diff)}); "
-                         f"give the report the training recipe's env settings")
+        shown = diff[:6] + ([f"... and {len(diff) - 6} more"] if len(diff) > 6 else [])
+        raise ExfaceError(f"the policy was trained in another environment: {'; '.join(shown)}",
+                          where=getattr(editor, "path", None),
+                          fix="give the report the training recipe's env block (its parts, bound, step, budget, tolerance)")
+
+
+def _check_boundaries(editor: LatentEditor, env: AgeEditEnv) -> None:
+    """A boundary walk runs only on the generator (checkpoint, truncation) and space its boundaries were fit in."""
+    from exface.boundaries.base import Boundaries
+    from exface.interfacegan.directions import check_applicable
+
+    b = getattr(editor, "boundaries", None)
+    if isinstance(b, Boundaries):
+        check_applicable(b, env.generator, env.space)
 
 
 @command("age-report")
@@ -289,6 +415,7 @@ def age_report(
     grid_starts: int = 6,
     merge: list[str] = [],  # noqa: B006
     evaluator_batch_size: int = 16,
+    evaluator_identity_bound: float | None = None,
 ) -> dict:
     """Compare age editors (RL policy, InterFaceGAN walk, gradient walk) under one identity bound and step budget.
 
@@ -310,13 +437,30 @@ def age_report(
             editors run in separate processes, or an editor be added without rerunning the others.
         evaluator_batch_size: faces per forward pass of the evaluators (TF.js graph models keep
             every intermediate tensor of a batch, so keep it small).
+        evaluator_identity_bound: the identity cosine (by ``evaluator``) at or above which the
+            evaluators' success counts the bound as held (default: the environment's
+            ``identity_bound``, which was chosen for the reward's embedder; choose it from the
+            evaluator's own random-pair cosines).
     """
-    merged = [_load_mergeable(Path(p), env, targets, num_starts, start_seed) for p in merge]
+    ev_bound = float(env.identity_bound if evaluator_identity_bound is None else evaluator_identity_bound)
+    if not -1.0 <= ev_bound <= 1.0:
+        raise ValueError(f"evaluator_identity_bound is a cosine in [-1, 1], got {ev_bound}")
+    parts = env_parts(env)
+    evaluators = {
+        "evaluator": None if evaluator is None else part_fingerprint(evaluator),
+        "evaluator_aligner": None if evaluator is None else part_fingerprint(evaluator_aligner or env.aligner),
+        "age_evaluator": None if age_evaluator is None else part_fingerprint(age_evaluator),
+        "age_evaluator_aligner": None if age_evaluator is None else part_fingerprint(age_evaluator_aligner or env.aligner),
+    }
+    records = {"parts": parts, "evaluators": evaluators}
+    merged = [_load_mergeable(Path(p), env, targets, num_starts, start_seed, records,
+                              ev_bound if evaluator is not None else None) for p in merge]
     if not editors and not merged:
         raise ValueError("age-report needs at least one editor (e.g. --editors+ GradientWalkEditor) or --merge+ report.json")
     for ed in editors:
         env.check_editor(ed)
-        _check_policy_env(ed, env)
+        _check_policy_env(ed, env, parts)
+        _check_boundaries(ed, env)
     names = [editor_label(e) for e in editors]
     if len(set(names)) != len(names):
         names = [f"{n}{i}" for i, n in enumerate(names)]
@@ -337,7 +481,7 @@ def age_report(
             ev_sim = ((final_judged["embedding"] * start_judged["embedding"]).sum(1)
                       if "embedding" in final_judged else None)
             ev_age = final_judged["age"] - start_judged["age"] if "age" in final_judged else None
-            results[name][f"{float(t):+g}"] = summarize(traj, env.tolerance, ev_sim, ev_age)
+            results[name][f"{float(t):+g}"] = summarize(traj, env.tolerance, ev_sim, ev_age, ev_bound)
             _grid(env, traj.latents[:, : int(grid_starts)], out / f"grid_{name}_{float(t):+g}.png")
             print(f"{name} target {float(t):+g}: success {results[name][f'{float(t):+g}']['success_rate']:.3f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
@@ -361,22 +505,28 @@ def age_report(
     if incomplete:
         raise ValueError(f"editors lack targets (run or merge them): {incomplete}")
     mean_success = {n: sum(r["success_rate"] for r in rs.values()) / len(rs) for n, rs in results.items()}
+    judged = all("success_rate_evaluators" in r for rs in results.values() for r in rs.values())
     policy = next((n for n, d in descriptions.items() if d["class"] == "AgePolicyEditor"), None)
     report = {
-        "verdict": _verdict(mean_success, policy, results, int(num_starts)),
+        "verdict": "",
+        **({"mean_success_evaluators": {n: sum(r["success_rate_evaluators"] for r in rs.values()) / len(rs)
+                                        for n, rs in results.items()}} if judged else {}),
         "mean_success": mean_success,
         "results": results,
         "settings": {"num_starts": int(num_starts), "start_seed": int(start_seed), "targets": [float(t) for t in all_targets],
                      "identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
                      "tolerance": env.tolerance, "space": env.space, "grid_starts": int(grid_starts),
                      "reward_embedder": type(env.embedder).__name__,
-                     "parts": {"generator": part_record(env.generator), "aligner": part_record(env.aligner),
-                               "age_predictor": part_record(env.age_predictor), "embedder": part_record(env.embedder)}},
+                     "steered_predictor": type(env.age_predictor).__name__,
+                     "evaluator_identity_bound": ev_bound, "evaluator_identity_bound_given": evaluator_identity_bound is not None,
+                     "parts": parts, "evaluators": evaluators},
         "editors": descriptions,
         "evaluator": type(evaluator).__name__ if evaluator is not None else "none",
         "age_evaluator": type(age_evaluator).__name__ if age_evaluator is not None else "none",
+        "shared_backbone": _shared_backbone(evaluator, age_evaluator),
         "seconds": time.time() - t0,
     }
+    report["verdict"] = _full_verdict(report, policy, int(num_starts))
     _curves(results, env.identity_bound, out / "curves.png")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))

@@ -3,12 +3,16 @@
 A conditional direction (InterFaceGAN Sec. 2.3, ``project_boundary``) is the primary normal
 with its components along the condition normals removed, so moving along it leaves the
 condition attributes' signed distances unchanged. InterFaceGAN writes the projection out
-for one and two conditions and solves the normal equations for more; here every case is
-the same exact orthogonal projection onto the complement of the conditions' span
-(least squares in float64), which is what those formulas compute.
+for one and two conditions and solves the normal equations for more (genforce/interfacegan
+f717ada, 2022; its earlier ``project_boundary`` raised NotImplementedError beyond two);
+here every case is the same exact orthogonal projection onto the complement of the
+conditions' span (least squares in float64), which is what those formulas compute.
 
-Boundary files record the bank's generator and latent space (``meta["generator"]``,
-``Boundaries.space``); :func:`check_applicable` refuses to apply one elsewhere.
+Boundary files record the bank's generator (class, arguments and weights digest:
+``meta["generator"]``), its dimensions, the bank's truncation (``meta["bank"]``) and the
+latent space (``Boundaries.space``); :func:`check_applicable` refuses to apply one to
+another generator, another checkpoint of the same architecture, another truncation or
+another space.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import Tensor
 
 from exface.boundaries.base import Boundaries
 from exface.errors import ExfaceError, ExfaceFileError
+from exface.exfacegan.provenance import part_differences, part_fingerprint
 from exface.generators.base import Generator
 
 __all__ = ["EditDirection", "load_boundaries", "project_boundary", "select_direction", "check_applicable"]
@@ -111,16 +116,39 @@ def select_direction(boundaries: Boundaries, attribute: str, conditions: Sequenc
     return EditDirection(attribute, normal, offset, boundaries.space, list(conditions), layer_i)
 
 
+def _truncation_differences(boundaries: Boundaries, generator: Generator, listed: list[str]) -> list[str]:
+    """The bank's truncation (how its scored images were rendered) against the generator's."""
+    bank = boundaries.meta.get("bank") or {}
+    out = []
+    for key, cast in (("truncation_psi", float), ("truncation_cutoff", int)):
+        if key not in bank or any(d.startswith(f"generator.{key}:") for d in listed):
+            continue  # not recorded (older files), or already named by the generator's arguments
+        mine = getattr(generator, key, None)
+        mine = None if mine is None else cast(mine)
+        if bank[key] != mine:
+            out.append(f"{key}: the bank rendered with {bank[key]!r}, this generator renders with {mine!r}")
+    return out
+
+
 def check_applicable(boundaries: Boundaries, generator: Generator, space: str | None = None) -> None:
-    """Refuse a boundary file made for another generator or another latent space."""
+    """Refuse a boundary file made for another generator, checkpoint, truncation or latent space.
+
+    The generator is compared with the record of the bank the boundaries were fit on by
+    :func:`~exface.exfacegan.provenance.part_differences` (class, weights digest, non-path
+    arguments; a checkpoint at another path with the same weights is the same generator),
+    and the bank's ``truncation_psi`` / ``truncation_cutoff`` with the generator's: the
+    scores the boundaries separate were taken on images rendered with that truncation.
+    """
+    path = boundaries.meta.get("path")
     rec = boundaries.meta.get("generator") or {}
     want = rec.get("class")
     got = type(generator).__name__
     if want is not None and want != got:
         raise ExfaceError(
             f"the boundaries were learned in the latent space of {want}, not {got}",
-            where=boundaries.meta.get("path"),
-            fix=f"pass the generator they were fit on ({rec}), or fit boundaries for {got} with `exface interfacegan-fit`",
+            where=path,
+            fix=f"pass the generator they were fit on ({rec.get('args', {})}), or fit boundaries for {got} "
+                f"with `exface interfacegan-fit`",
         )
     dims = boundaries.meta.get("generator_dims") or {}
     mine = {"z_dim": int(generator.z_dim), "w_dim": int(generator.w_dim), "num_ws": int(generator.num_ws)}
@@ -128,12 +156,23 @@ def check_applicable(boundaries: Boundaries, generator: Generator, space: str | 
     if diff:
         raise ExfaceError(
             f"the boundaries were learned for a {want} with {dims}, this one has {mine}: they belong to another checkpoint",
-            where=boundaries.meta.get("path"), fix="pass that checkpoint, or fit boundaries for this one",
+            where=path, fix="pass that checkpoint, or fit boundaries for this one",
+        )
+    diffs = part_differences("generator", rec, part_fingerprint(generator)) if rec else []
+    diffs += _truncation_differences(boundaries, generator, diffs)
+    if diffs:
+        shown = diffs[:4] + ([f"... and {len(diffs) - 4} more"] if len(diffs) > 4 else [])
+        bank = (boundaries.meta.get("bank") or {}).get("root")
+        raise ExfaceError(
+            f"the boundaries were learned with another {got} checkpoint or setting than this one: " + "; ".join(shown),
+            where=path,
+            fix=f"pass the generator of the bank they were fit on ({bank or 'see the file'}: {rec.get('args', {})}), "
+                f"or fit boundaries for this one with `exface interfacegan-fit` (a new bank_dir)",
         )
     if space is not None and space != boundaries.space:
         raise ExfaceError(
             f"the boundaries live in space {boundaries.space!r}, the edit asks for {space!r}",
-            where=boundaries.meta.get("path"),
+            where=path,
             fix=f"use space {boundaries.space!r}, or fit boundaries in {space!r} (`exface interfacegan-fit --space {space}`)",
         )
     generator.check_space("w+" if boundaries.space == "w+" else boundaries.space)

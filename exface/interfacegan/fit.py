@@ -3,8 +3,9 @@
 Builds (or resumes) the latent bank, scores it with every attribute predictor (side files,
 only what is missing: :mod:`exface.interfacegan.scores`), and fits the requested
 attributes' boundaries at once (:class:`~exface.interfacegan.learner.InterFaceGANBoundary`)
-in z, w or w+. The boundary file records the attribute names, the space and the bank's
-generator, so ``exface edit`` refuses it for another generator or space. ``<output>.json`` /
+in z, w or w+. The boundary file records the attribute names, the space, the bank's
+generator (class, arguments, weights digest) and truncation, so ``exface edit`` and
+``exface edit-report`` refuse it for another generator, checkpoint, truncation or space. ``<output>.json`` /
 ``<output>.md`` beside it list each boundary's validation and remaining-sample accuracy.
 """
 
@@ -45,7 +46,8 @@ def generator_meta(generator: Generator, bank: LatentBank) -> dict:
         "generator": bank.manifest["parts"]["generator"],
         "generator_dims": {"z_dim": int(generator.z_dim), "w_dim": int(generator.w_dim), "num_ws": int(generator.num_ws)},
         "bank": {"root": str(bank.root), "num_latents": bank.num_latents, "seed": bank.manifest["seed"],
-                 "truncation_psi": bank.manifest.get("truncation_psi"), "parts": bank.manifest["parts"]},
+                 "truncation_psi": bank.manifest.get("truncation_psi"),
+                 "truncation_cutoff": bank.manifest.get("truncation_cutoff"), "parts": bank.manifest["parts"]},
     }
 
 

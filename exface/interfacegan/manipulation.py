@@ -110,6 +110,7 @@ class BoundaryEditor(LatentEditor):
             raise ValueError(f"step_size must be > 0, got {step_size}")
         b = boundaries if isinstance(boundaries, Boundaries) else load_boundaries(boundaries)
         self.boundaries_path = None if isinstance(boundaries, Boundaries) else str(boundaries)
+        self.boundaries = b  # for check_applicable against the driver's generator (the age report does)
         self.direction = select_direction(b, attribute, conditions, layer)
         self.attribute = attribute
         self.conditions = list(conditions)

@@ -15,8 +15,11 @@ report gives:
   attribute scores the boundaries were learned from);
 - the cosine matrix of the boundaries' normals.
 
-Each direction's re-scored steps are kept in ``output_dir/steps/`` (keyed by what made them):
-an interrupted report resumes, and runs over overlapping direction lists share the work.
+Each direction's re-scored steps are kept in ``output_dir/steps/``, keyed by what made them
+(the direction, the latents, the distances, and the fingerprint of every part: class,
+arguments and weights digest of the generator, the aligners, the embedder and each
+predictor, plus the generator's truncation): an interrupted report resumes, runs over
+overlapping direction lists share the work, and a changed part or checkpoint recomputes.
 
 Held-out latents are fresh draws ``generator.sample_z(num_latents, seed=seed)`` (mapped to w
 for w/w+ boundaries), not bank latents: the boundaries never saw them.
@@ -39,6 +42,7 @@ from exface.attributes.base import AttributePredictor
 from exface.boundaries.base import Boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
+from exface.exfacegan.provenance import part_fingerprint
 from exface.generators.base import Generator
 from exface.interfacegan.directions import EditDirection, check_applicable, load_boundaries, select_direction
 from exface.interfacegan.edit import FaceEvaluator, edit_latents
@@ -124,6 +128,17 @@ def _cached(path: Path | None, key: str, compute):
     return value
 
 
+def evaluator_parts(evaluator: FaceEvaluator) -> dict:
+    """What the evaluator's scores depend on: every part's fingerprint, the truncation and the space."""
+    g = evaluator.generator
+    return {"generator": part_fingerprint(g), "aligner": part_fingerprint(evaluator.aligner),
+            "attribute_aligner": part_fingerprint(evaluator.attribute_aligner),
+            "embedder": part_fingerprint(evaluator.embedder),
+            "predictors": [part_fingerprint(p) for p in evaluator.predictors],
+            "truncation_psi": getattr(g, "truncation_psi", None), "truncation_cutoff": getattr(g, "truncation_cutoff", None),
+            "space": evaluator.space}
+
+
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label)
 
@@ -134,11 +149,11 @@ def rescoring_report(boundaries: Boundaries, directions: Sequence[EditDirection]
     """The numbers of the report (see the module docstring) as a JSON-able dict.
 
     With ``cache_dir`` each direction's re-scored steps are kept there (keyed by the
-    direction, the latents, the distances and the parts), so an interrupted report resumes
-    and reports over overlapping direction lists share their work.
+    direction, the latents, the distances and :func:`evaluator_parts`), so an interrupted
+    report resumes, reports over overlapping direction lists share their work, and a report
+    with another part (arguments, crop, checkpoint, truncation) recomputes instead of reusing.
     """
-    parts = [type(evaluator.generator).__name__, type(evaluator.embedder).__name__,
-             [type(p).__name__ for p in evaluator.predictors]]
+    parts = evaluator_parts(evaluator)
     lat_key = _fingerprint(latents, extra=parts)
     start = _cached(cache_dir and cache_dir / "start.pt", lat_key,
                     lambda: {k: v for k, v in evaluator(latents.float()).items() if k != "image"})
@@ -176,7 +191,7 @@ def rescoring_report(boundaries: Boundaries, directions: Sequence[EditDirection]
     n = torch.nn.functional.normalize(boundaries.normals.double(), dim=1)
     return {"distances": distance_steps(start_distance, end_distance, steps).tolist(), "num_latents": len(latents),
             "attribute_std": std, "directions": rows, "boundary_names": names_b,
-            "boundary_cosine": (n @ n.T).tolist()}
+            "boundary_cosine": (n @ n.T).tolist(), "parts": parts}
 
 
 def _md_table(rows: list[dict], names: list[str], key: str) -> list[str]:
