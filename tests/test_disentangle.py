@@ -356,6 +356,53 @@ def test_fit_report_swap_and_report_command_from_a_cli_checkpoint(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["swap", "--checkpoint", str(tmp_path / "missing.ckpt"), "--id_seeds", "[1]", "--attr_seeds", "[3]"])
     assert "no checkpoint at" in capsys.readouterr().err
+    _malicious_checkpoint_is_refused(ckpt, tmp_path, capsys)
+
+
+def _run_marker(marker: str) -> str:
+    """Module-level so pickle can name it; the file it writes proves code from a checkpoint ran."""
+    with open(marker, "w") as f:
+        f.write("executed")
+    return marker
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_run_marker, (self.marker,))
+
+
+def _malicious_checkpoint_is_refused(ckpt, tmp_path, capsys):
+    """A real checkpoint with an object whose __reduce__ runs code: refused, and nothing runs."""
+    from exface.cli import main
+    from exface.disentangle.swap import load_disentangle_checkpoint
+    from exface.errors import ExfaceError
+
+    assert isinstance(load_disentangle_checkpoint(ckpt), DisentangleModule)  # the real one loads
+    marker = tmp_path / "pwned"
+    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    data["hyper_parameters"]["payload"] = _Payload(str(marker))
+    evil = tmp_path / "evil.ckpt"
+    torch.save(data, evil)
+    with pytest.raises(ExfaceError, match="refusing to load the checkpoint") as err:
+        load_disentangle_checkpoint(evil)
+    assert err.value.where == str(evil) and "_run_marker" in err.value.problem
+    capsys.readouterr()
+    for cmd in (["swap", "--checkpoint", str(evil), "--id_seeds", "[1]", "--attr_seeds", "[3]"],
+                ["disentangle-report", "--checkpoint", str(evil), "--output_dir", str(tmp_path / "evil_rep")]):
+        with pytest.raises(SystemExit) as exit_:
+            main(cmd)
+        assert exit_.value.code == 1 and "refusing to load the checkpoint" in capsys.readouterr().err
+    assert not marker.exists(), "code from the checkpoint ran"
+    torch.load(evil, map_location="cpu", weights_only=False)  # control: an unrestricted load runs it
+    assert marker.read_text() == "executed"
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[:1000])
+    for bad in ("junk.ckpt", "cut.ckpt"):
+        with pytest.raises(FileNotFoundError, match="not a readable checkpoint"):
+            load_disentangle_checkpoint(tmp_path / bad)
 
 
 def test_identity_center_uses_the_generators_mean_embedding_and_checkpoints_it():

@@ -132,6 +132,37 @@ def test_damaged_bins_are_clear_errors(tmp_path):
         load_insightface_bin(tmp_path / "nope.bin")
 
 
+@pytest.mark.parametrize("labels, index, bad", [
+    (["False", 7], 0, "'False'"),  # bool() would read both as True
+    ([True, 7], 1, "7"),
+    ([True, 1.0], 1, "1.0"),
+    ([True, None], 1, "None"),
+    ([True, b"\x00"], 1, "b'\\x00'"),
+])
+def test_bin_issame_accepts_only_bools_and_0_1(tmp_path, labels, index, bad):
+    from exface.errors import ExfaceError
+
+    path = tmp_path / "labels.bin"
+    path.write_bytes(pickle.dumps(([_jpeg(i) for i in range(4)], labels), protocol=2))
+    with pytest.raises(ExfaceError) as err:
+        load_insightface_bin(path)
+    assert f"issame label {index} " in err.value.problem and bad in err.value.problem
+    assert err.value.where == str(path) and err.value.fix
+
+
+def test_bin_issame_integers_0_1_and_bool_arrays_are_labels(tmp_path):
+    from exface.errors import ExfaceError
+
+    images = [_jpeg(i) for i in range(6)]
+    path = tmp_path / "ints.bin"
+    for labels in ([1, 0, True], (np.True_, 0, 1), np.array([True, False, True]), np.array([1, 0, 1], np.uint8)):
+        path.write_bytes(pickle.dumps((images, labels), protocol=2))
+        np.testing.assert_array_equal(load_insightface_bin(path).issame, [True, False, True])
+    path.write_bytes(pickle.dumps((images[:2], b"\x01"), protocol=2))  # bytes iterate as ints; not a list
+    with pytest.raises(ExfaceError, match="issame list of the .bin is a bytes"):
+        load_insightface_bin(path)
+
+
 # --------------------------------------------------------------------------- LFW pairs.txt
 
 

@@ -165,6 +165,30 @@ def test_missing_keys_are_named(tmp_path, ckpts):
         IResNetEmbedder("r18", tmp_path / "broken.pth")
 
 
+def test_shortcut_variant_follows_the_layout_not_the_keys(tmp_path, ckpts):
+    """An arcface_torch file without layer1.0's projection is damaged: it must not build
+    AdaFace's strided-identity variant (which would load strictly and embed wrongly)."""
+    state = torch.load(ckpts["arcface_torch"], weights_only=True)
+    assert not read_iresnet_checkpoint(ckpts["arcface_torch"]).strided_identity_shortcut
+    assert read_iresnet_checkpoint(ckpts["adaface"]).strided_identity_shortcut
+    cut = {k: v for k, v in state.items() if not k.startswith("layer1.0.downsample.")}
+    torch.save(cut, tmp_path / "cut.pth")
+    with pytest.raises(ValueError, match=r"missing keys: layer1\.0\.downsample\.\*.*damaged"):
+        read_iresnet_checkpoint(tmp_path / "cut.pth")
+    with pytest.raises(ValueError, match=r"layer1\.0\.downsample"):
+        IResNetEmbedder("r18", tmp_path / "cut.pth")
+    # Only part of the projection missing: the strict load names it.
+    part = {k: v for k, v in state.items() if k != "layer1.0.downsample.0.weight"}
+    torch.save(part, tmp_path / "part.pth")
+    with pytest.raises(ValueError, match=r"missing keys: layer1\.0\.downsample\.0\.weight"):
+        IResNetEmbedder("r18", tmp_path / "part.pth")
+    # An AdaFace-variant network saved under arcface_torch key names is refused with a pointer.
+    ada = IResNetEmbedder("r18", ckpts["adaface"])
+    torch.save(ada.state_dict(), tmp_path / "ada_embedder.pt")
+    with pytest.raises(ValueError, match="AdaFace's variant under arcface_torch key names"):
+        IResNetEmbedder("r18", tmp_path / "ada_embedder.pt")
+
+
 def test_unknown_format_names_the_keys_found(tmp_path, ckpts):
     torch.save({"encoder.stem.weight": torch.zeros(3), "encoder.head.bias": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="unrecognized layout.*encoder.stem.weight"):
@@ -217,3 +241,27 @@ def test_timm_embedder_pretrained_path(tmp_path, faces):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match="missing keys"):
         TimmEmbedder("test_resnet", pretrained_path=tmp_path / "wrong.pth")
+
+
+def test_fp16_runs_the_head_like_arcface_torch(faces):
+    """arcface_torch's fp16: bn2, flatten and dropout inside autocast; fc/features in float32."""
+    net = random_iresnet("r18", seed=0).eval()
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = (inputs[0].dtype, output.dtype)
+        return hook
+
+    for name in ("bn2", "dropout", "fc", "features"):
+        getattr(net, name).register_forward_hook(record(name))
+    with torch.no_grad():
+        want = net(faces)
+        assert all(i == o == torch.float32 for i, o in seen.values())
+        net.fp16 = True
+        got = net(faces)
+    low = torch.bfloat16  # autocast's type on CPU (float16 on CUDA)
+    assert seen["bn2"][0] == low and seen["dropout"][1] == low
+    assert seen["fc"] == (torch.float32, torch.float32) and seen["features"] == (torch.float32, torch.float32)
+    assert got.dtype == torch.float32
+    assert F.cosine_similarity(got, want).min() > 0.98

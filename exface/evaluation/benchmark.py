@@ -8,6 +8,16 @@ k-fold protocol plus AUC, EER and TAR@FAR. Results go to ``results.json`` and a 
 standard sets (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW) are among them, also the one-row table
 the papers print, with their average.
 
+Test-time flip follows insightface's ``eval/verification.py``: the *raw* (unnormalized)
+embeddings of an image and of its mirror image are summed, then the sum is L2-normalized.
+On the insightface ``.bin`` sets the accuracy is also computed by insightface's own rule
+(:func:`~exface.evaluation.verification.kfold_accuracy_insightface`: squared L2 distance of
+the normalized embeddings, thresholds ``np.arange(0, 4, 0.01)``, "same" iff
+``distance < threshold``, ``KFold(10, shuffle=False)``), the number the ArcFace/CosFace/
+AdaFace papers print: the table's ``accuracy (insightface protocol)`` column, the papers'
+one-row table, and ``insightface_protocol`` in ``results.json``, beside exface's own
+accuracy (cosine scores, exact midpoint thresholds), which every set gets.
+
 Photos (LFW ``pairs.txt`` sets) are aligned from a starting face box (``box``), or from the
 face a detector finds nearest that box when a ``detector`` is configured; the report counts
 (and names) images where no face or several faces were found. With ``save_embeddings`` the
@@ -34,6 +44,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from exface.alignment.base import Aligner
@@ -41,9 +52,12 @@ from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
 from exface.evaluation.datasets import VerificationSet, load_verification_set
 from exface.evaluation.verification import (
+    INSIGHTFACE_THRESHOLDS,
     contiguous_folds,
     cosine_scores,
     evaluate_verification,
+    insightface_distances,
+    kfold_accuracy_insightface,
     roc_curve,
     stratified_folds,
 )
@@ -51,6 +65,7 @@ from exface.evaluation.verification import (
 __all__ = [
     "default_aligner",
     "paper_flip",
+    "insightface_protocol",
     "embed_images",
     "SetEmbeddings",
     "benchmark_set",
@@ -87,6 +102,12 @@ def paper_flip(vs: VerificationSet) -> bool:
     image once.
     """
     return bool(vs.aligned)
+
+
+def insightface_protocol(vs: VerificationSet) -> bool:
+    """Whether ``vs`` is an insightface ``.bin`` set (aligned crops, no official folds), whose
+    published accuracies come from insightface's ``eval/verification.py`` rule."""
+    return bool(vs.aligned) and vs.folds is None
 
 
 def default_aligner(
@@ -144,20 +165,38 @@ def _image_batches(vs: VerificationSet, batch_size: int) -> Iterator[tuple[int, 
 @dataclass
 class SetEmbeddings:
     """Unit embeddings ``[M, D]`` of every image of a set, of their mirror images (or None),
-    and the faces found per image (``None`` when the aligner does not detect faces)."""
+    the faces found per image (``None`` when the aligner does not detect faces), and the
+    L2 norms ``[M]`` of the raw (unnormalized) embeddings, plain and mirrored: the raw
+    embedding is ``unit * norm``, which the test-time flip sums."""
 
     plain: np.ndarray
     flipped: np.ndarray | None = None
     face_counts: list[int] | None = None
+    plain_norm: np.ndarray | None = None
+    flipped_norm: np.ndarray | None = None
 
-    def combined(self, flip: bool) -> np.ndarray:
-        """The embeddings the protocol scores: with ``flip``, the normalized sum of each
-        image's and its mirror image's (insightface's test-time flip)."""
+    def summed(self, flip: bool) -> np.ndarray:
+        """With ``flip``, the unnormalized sum of each image's and its mirror image's *raw*
+        embeddings (what insightface's ``verification.py`` normalizes); else :attr:`plain`."""
         if not flip:
             return self.plain
         if self.flipped is None:
             raise ValueError("these embeddings were computed without their mirror images; flip needs them")
-        e = self.plain + self.flipped
+        if self.plain_norm is None or self.flipped_norm is None:
+            raise ValueError(
+                "flip sums the raw embeddings, and these embeddings lack the raw norms (saved by an older "
+                "exface); embed the set again"
+            )
+        return (self.plain * self.plain_norm[:, None].astype(np.float32)
+                + self.flipped * self.flipped_norm[:, None].astype(np.float32)).astype(np.float32)
+
+    def combined(self, flip: bool) -> np.ndarray:
+        """The embeddings the protocol scores: with ``flip``, the normalized sum of each
+        image's and its mirror image's raw embeddings (insightface's test-time flip: the
+        backbone outputs are summed, then normalized)."""
+        if not flip:
+            return self.plain
+        e = self.summed(True)
         return (e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
@@ -176,7 +215,12 @@ def compute_embeddings(
     with_flip: bool = False,
     device: str | torch.device = "cpu",
 ) -> SetEmbeddings:
-    """Align and embed every image of ``vs`` once (and its mirror crop with ``with_flip``)."""
+    """Align and embed every image of ``vs`` once (and its mirror crop with ``with_flip``).
+
+    The embedder's network runs once per crop (:meth:`~exface.embedders.base.IdentityEmbedder.embed_raw`
+    on its :meth:`~exface.embedders.base.IdentityEmbedder.preprocess`, as its ``forward`` does);
+    the unit embeddings (``forward``'s output) and the raw norms are kept.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     embedder = embedder.to(device).eval()
@@ -186,6 +230,13 @@ def compute_embeddings(
         tally.reset()
     plain = np.zeros((vs.num_images, embedder.embedding_dim), dtype=np.float32)
     flipped = np.zeros_like(plain) if with_flip else None
+    plain_norm = np.zeros(vs.num_images, dtype=np.float32)
+    flipped_norm = np.zeros_like(plain_norm) if with_flip else None
+
+    def embed(crops: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        raw = embedder.embed_raw(embedder.preprocess(crops)).float()  # forward's own steps
+        return F.normalize(raw, dim=1).cpu().numpy(), raw.norm(dim=1).cpu().numpy()
+
     for start, x in _image_batches(vs, batch_size):
         crops = aligner(x.to(device))
         if tuple(crops.shape[-2:]) != tuple(embedder.input_size):
@@ -193,11 +244,12 @@ def compute_embeddings(
                 f"the aligner {type(aligner).__name__} makes {tuple(crops.shape[-2:])} crops but "
                 f"{type(embedder).__name__} takes {tuple(embedder.input_size)}; set the aligner's output size"
             )
-        plain[start : start + len(x)] = embedder(crops).float().cpu().numpy()
+        sl = slice(start, start + len(x))
+        plain[sl], plain_norm[sl] = embed(crops)
         if flipped is not None:
-            flipped[start : start + len(x)] = embedder(crops.flip(-1)).float().cpu().numpy()
+            flipped[sl], flipped_norm[sl] = embed(crops.flip(-1))
     counts = list(tally.counts) if tally is not None else None
-    return SetEmbeddings(plain, flipped, counts)
+    return SetEmbeddings(plain, flipped, counts, plain_norm, flipped_norm)
 
 
 def embed_images(
@@ -211,7 +263,7 @@ def embed_images(
     """Unit-length embeddings ``[M, D]`` of every image of ``vs`` (aligned, then embedded).
 
     With ``flip`` each crop's embedding is the normalized sum of the crop's and its mirror
-    image's embeddings (insightface's test-time flip).
+    image's raw embeddings (insightface's test-time flip).
     """
     return compute_embeddings(vs, embedder, aligner, batch_size, flip, device).combined(flip)
 
@@ -295,6 +347,10 @@ def score_set(
     split), ``aligner``, ``flip`` (and ``flip_is_paper_default``), ``faces`` (images with no
     face / several faces, when the aligner detects faces), ``seconds``, ``embedded`` (False
     when ``embeddings`` were given) and ``notes`` (caveats, e.g. a one-class set has no AUC).
+    insightface ``.bin`` sets (:func:`insightface_protocol`) also get ``insightface_protocol``:
+    ``accuracy``, ``accuracy_std``, ``fold_accuracies``, ``fold_thresholds`` (squared L2
+    distance), ``threshold`` and ``rule`` by insightface's ``verification.py`` (the number
+    their papers print); ``accuracy`` stays exface's (cosine, exact midpoint thresholds).
     ``flip`` ``None`` means the set's published protocol (:func:`paper_flip`). Pass
     ``embeddings`` (from an earlier run of the same embedder and aligner) to skip embedding;
     ``keep_mirror`` embeds the mirror crops even without flip (to save them for later runs).
@@ -334,9 +390,13 @@ def score_set(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="all pairs belong to one class")
         res = evaluate_verification(scores, vs.issame, fold_ids, fars=tuple(fars))
+    extra = {}
+    if insightface_protocol(vs):
+        extra["insightface_protocol"] = insightface_result(embeddings.summed(flip), vs, min(folds, len(vs)))
     out = {
         "dataset": vs.name,
         **res.to_dict(),
+        **extra,
         "folds": how,
         "aligner": _describe(aligner),
         "flip": flip,
@@ -349,6 +409,26 @@ def score_set(
         "notes": notes,
     }
     return _nan_to_none(out), embeddings, scores
+
+
+def insightface_result(embeddings: np.ndarray, vs: VerificationSet, folds: int = 10) -> dict[str, Any]:
+    """Accuracy of ``vs`` by insightface's ``eval/verification.py``: ``embeddings`` (``[M, D]``:
+    the raw sum of image and mirror with flip, as they sum them) are L2-normalized, pairs
+    scored by squared L2 distance and searched on ``np.arange(0, 4, 0.01)`` with ``distance <
+    threshold`` over ``KFold(folds, shuffle=False)``
+    (:func:`~exface.evaluation.verification.kfold_accuracy_insightface`)."""
+    dist = insightface_distances(embeddings[vs.pairs[:, 0]], embeddings[vs.pairs[:, 1]])
+    accs, thr = kfold_accuracy_insightface(dist, vs.issame, folds)
+    return {
+        "accuracy": float(accs.mean()),
+        "accuracy_std": float(accs.std()),
+        "fold_accuracies": [float(a) for a in accs],
+        "fold_thresholds": [float(t) for t in thr],
+        "threshold": float(thr.mean()),
+        "rule": (f"insightface eval/verification.py: squared L2 distance of L2-normalized embeddings, "
+                 f"thresholds np.arange(0, 4, 0.01) ({len(INSIGHTFACE_THRESHOLDS)}), same iff distance < "
+                 f"threshold, KFold({folds}, shuffle=False)"),
+    }
 
 
 def benchmark_set(
@@ -377,20 +457,32 @@ def _far_label(key: str) -> str:
     return f"{mant}e{int(exp)}" if mant != "1" else f"1e{int(exp)}"
 
 
+def _insightface_accuracy(r: dict[str, Any]) -> float | None:
+    ins = r.get("insightface_protocol")
+    return None if not ins else ins["accuracy"]
+
+
 def format_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
-    """The per-dataset figures as a text (or Markdown) table; rates in percent."""
+    """The per-dataset figures as a text (or Markdown) table; rates in percent. When a set
+    has insightface's protocol (``.bin``), its accuracy by their rule has its own column
+    (``-`` for the other sets)."""
     far_keys = list(results[0].get("tar_at_far") or {}) if results else []
-    head = ["dataset", "pairs", "flip", "accuracy %", "threshold", "AUC %", "EER %"]
+    with_ins = any(_insightface_accuracy(r) is not None for r in results)
+    head = ["dataset", "pairs", "flip", "accuracy %"]
+    head += ["accuracy (insightface protocol) %"] if with_ins else []
+    head += ["threshold", "AUC %", "EER %"]
     head += [f"TAR@FAR={_far_label(k)} %" for k in far_keys]
     rows = []
     for r in results:
         tar = r.get("tar_at_far") or {}
         flip = ("yes" if r["flip"] else "no") + ("" if r.get("flip_is_paper_default", True) else "*")
+        ins = r.get("insightface_protocol")
         rows.append([
             r["dataset"],
             str(r["num_pairs"]),
             flip,
             f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}",
+            *([f"{100 * ins['accuracy']:.2f} ± {100 * ins['accuracy_std']:.2f}" if ins else "-"] if with_ins else []),
             _fmt(r["threshold"], pct=False),
             _fmt(r["auc"]),
             _fmt(r["eer"]),
@@ -417,12 +509,15 @@ def _standard_name(path: str | Path) -> str | None:
 def papers_table(results: list[dict[str, Any]], embedder_name: str, markdown: bool = False) -> str | None:
     """The one-row table verification papers print (accuracy % on LFW, CFP-FP, AgeDB-30,
     CALFW, CPLFW and their average), or ``None`` when no standard set was benchmarked.
-    Missing sets show "-" and the average is over the sets present (the header says so)."""
+    Missing sets show "-" and the average is over the sets present (the header says so).
+    A ``.bin`` set shows its accuracy by insightface's protocol, as the papers print it (LFW's
+    ``pairs.txt`` has no such figure and shows exface's)."""
     acc = {}
     for r in results:
         name = _standard_name(r.get("path", r["dataset"]))
         if name is not None and name not in acc:
-            acc[name] = (100 * r["accuracy"], r["flip"])
+            ins = _insightface_accuracy(r)
+            acc[name] = (100 * (r["accuracy"] if ins is None else ins), r["flip"])
     if not acc:
         return None
     names = list(STANDARD_SETS.values())
@@ -541,6 +636,8 @@ def _cache_paths(out: Path, name: str) -> dict[str, Path]:
         "key": out / f"{stem}.embeddings.json",
         "plain": out / f"{stem}.embeddings.npy",
         "flipped": out / f"{stem}.embeddings_flip.npy",
+        "plain_norm": out / f"{stem}.embeddings_norm.npy",
+        "flipped_norm": out / f"{stem}.embeddings_flip_norm.npy",
         "scores": out / f"{stem}.scores.npy",
     }
 
@@ -561,7 +658,12 @@ def load_saved_embeddings(out: Path, name: str, key: dict[str, Any]) -> tuple[Se
     flipped = np.load(paths["flipped"]) if paths["flipped"].is_file() else None
     if plain.shape[0] != key["num_images"] or (flipped is not None and flipped.shape != plain.shape):
         return None, "saved embeddings have the wrong shape"
-    return SetEmbeddings(plain, flipped, saved.get("face_counts")), f"reused {paths['plain']}"
+    norms = {}
+    for k, arr in (("plain_norm", plain), ("flipped_norm", flipped)):
+        # raw-embedding norms (what flip sums); absent in folders of older runs
+        norm = np.load(paths[k]) if arr is not None and paths[k].is_file() else None
+        norms[k] = norm if norm is not None and norm.shape == (arr.shape[0],) else None
+    return SetEmbeddings(plain, flipped, saved.get("face_counts"), **norms), f"reused {paths['plain']}"
 
 
 def save_embeddings_files(out: Path, name: str, key: dict[str, Any], emb: SetEmbeddings, scores: np.ndarray) -> None:
@@ -570,6 +672,9 @@ def save_embeddings_files(out: Path, name: str, key: dict[str, Any], emb: SetEmb
     _save_npy_atomic(paths["plain"], emb.plain)
     if emb.flipped is not None:
         _save_npy_atomic(paths["flipped"], emb.flipped)
+    for k in ("plain_norm", "flipped_norm"):
+        if getattr(emb, k) is not None:
+            _save_npy_atomic(paths[k], getattr(emb, k))
     _save_npy_atomic(paths["scores"], scores.astype(np.float32))
     _write_atomic(paths["key"], json.dumps({"key": key, "face_counts": emb.face_counts}, indent=1) + "\n")
 
@@ -583,22 +688,30 @@ def _report(results: list[dict[str, Any]], settings: dict[str, Any], papers: str
     lines += [
         "",
         "Accuracy: mean ± std over folds of held-out accuracy, the cosine threshold chosen on the "
-        "other folds (threshold: mean over folds). AUC, EER and TAR@FAR over all pairs. flip: each "
-        "image's embedding plus its mirror image's (test-time augmentation); `*` marks a flip "
-        "setting other than the set's published protocol (the insightface .bin sets flip, LFW's "
-        "pairs.txt protocol does not).",
+        "other folds (threshold: mean over folds). Accuracy (insightface protocol), on the insightface "
+        ".bin sets: the same folds scored by insightface's eval/verification.py (squared L2 distance "
+        "of the normalized embeddings, thresholds 0, 0.01, ..., 3.99, same iff distance < threshold), "
+        "the figure the ArcFace/CosFace/AdaFace papers print. AUC, EER and TAR@FAR over all pairs. "
+        "flip: each image's raw embedding plus its mirror image's, then normalized (insightface's "
+        "test-time augmentation); `*` marks a flip setting other than the set's published protocol "
+        "(the insightface .bin sets flip, LFW's pairs.txt protocol does not).",
         "",
         format_table(results, markdown=True),
         "",
     ]
     if papers is not None:
-        lines += ["Accuracy % as verification papers print it:", "", papers, ""]
+        lines += ["Accuracy % as verification papers print it (.bin sets: insightface's protocol):", "", papers, ""]
     for r in results:
         lines.append(f"## {r['dataset']}")
         lines.append(f"- pairs: {r['num_pairs']} ({r['num_same']} same person), split into {r['folds']}")
         lines.append(f"- aligner: `{r['aligner']}`; flip: {r['flip']}; {r['seconds']} s"
                      + ("" if r.get("embedded", True) else " (saved embeddings reused)"))
         lines.append("- fold accuracies %: " + ", ".join(f"{100 * a:.2f}" for a in r["fold_accuracies"]))
+        ins = r.get("insightface_protocol")
+        if ins:
+            lines.append(f"- insightface protocol: {100 * ins['accuracy']:.2f} ± {100 * ins['accuracy_std']:.2f} %, "
+                         f"fold accuracies %: " + ", ".join(f"{100 * a:.2f}" for a in ins["fold_accuracies"])
+                         + f"; mean distance threshold {ins['threshold']:.2f}")
         faces = r.get("faces")
         if faces is not None:
             lines.append(f"- faces found: {faces['images']} images, {faces['no_face']} with no face, "
@@ -672,6 +785,8 @@ def run_benchmark(
             want_flip = paper_flip(vs) if flip is None else flip
             if saved is not None and want_flip and saved.flipped is None:
                 saved, why = None, "saved embeddings have no mirror-image embeddings"
+            elif saved is not None and want_flip and (saved.plain_norm is None or saved.flipped_norm is None):
+                saved, why = None, "saved embeddings have no raw-embedding norms (flip sums raw embeddings)"
         if saved is None:  # one line per stage: embedding a set is most of a benchmark's time
             print(f"benchmark: embedding {name} ({vs.num_images} images, {len(vs)} pairs) with "
                   f"{type(embedder).__name__}", flush=True)
@@ -735,6 +850,10 @@ def benchmark_command(
 ) -> None:
     """Face-verification accuracy (k-fold), AUC, EER and TAR@FAR of an embedder on pair sets.
 
+    insightface .bin sets also get their accuracy by insightface's protocol (squared L2
+    distance, thresholds 0..3.99 step 0.01), the figure papers print: a column of its own,
+    and the papers' one-row table.
+
     Args:
         datasets: insightface verification ``.bin`` files (lfw.bin, cfp_fp.bin, agedb_30.bin,
             calfw.bin, cplfw.bin ...) and/or LFW ``pairs.txt`` files (or folders holding one).
@@ -752,8 +871,9 @@ def benchmark_command(
             the one nearest the box when there are several; the box where there is none.
         batch_size: images per forward pass.
         folds: number of folds of the protocol (10 is LFW's and insightface's).
-        flip: add the mirror image's embedding (test-time flip); default: as the set's papers
-            do (on for the insightface .bin sets, off for LFW's pairs.txt).
+        flip: add the mirror image's raw embedding before normalizing (insightface's
+            test-time flip); default: as the set's papers do (on for the insightface .bin
+            sets, off for LFW's pairs.txt).
         fars: false-accept rates the true-accept rate is reported at.
         save_embeddings: keep each set's embeddings (plain and mirrored) and pair scores as .npy
             beside results.json, and reuse them when a later run has the same images, embedder

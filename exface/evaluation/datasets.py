@@ -237,6 +237,33 @@ class _BinUnpickler(pickle.Unpickler):
             ) from None
 
 
+def _bin_issame(labels: Any, path: Path) -> np.ndarray:
+    """The ``issame_list`` of a ``.bin`` as a bool array, accepting only labels that are
+    unambiguous: Python/numpy bools and the integers 0 and 1 (any other value, e.g. the
+    string ``'False'`` that ``bool()`` would read as True, is an error naming its index)."""
+    from exface.errors import ExfaceError
+
+    if not isinstance(labels, (list, tuple, np.ndarray)) or (isinstance(labels, np.ndarray) and labels.ndim != 1):
+        raise ExfaceError(
+            f"the issame list of the .bin is a {type(labels).__name__}"
+            + (f" of shape {labels.shape}" if isinstance(labels, np.ndarray) else "")
+            + ", expected a list of booleans (one per pair)",
+            where=path, fix="use an insightface verification .bin (pickled (bins, issame_list)); rebuild the file")
+    out = np.empty(len(labels), dtype=bool)
+    for i, x in enumerate(labels):
+        if isinstance(x, (bool, np.bool_)):
+            out[i] = bool(x)
+        elif isinstance(x, (int, np.integer)) and int(x) in (0, 1):
+            out[i] = bool(int(x))
+        else:
+            shown = repr(x) if len(repr(x)) <= 60 else repr(x)[:57] + "..."
+            raise ExfaceError(
+                f"issame label {i} (of pair {i}) in the .bin is {shown} ({type(x).__name__}); labels must be "
+                f"booleans or the integers 0/1",
+                where=path, fix="use an insightface verification .bin whose issame_list holds True/False; rebuild the file")
+    return out
+
+
 def load_insightface_bin(path: str | Path, image_size: tuple[int, int] = (112, 112)) -> VerificationSet:
     """Read an insightface verification ``.bin`` (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin`` ...).
 
@@ -263,7 +290,7 @@ def load_insightface_bin(path: str | Path, image_size: tuple[int, int] = (112, 1
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
         raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(obj).__name__}")
     bins, issame = obj
-    issame = np.asarray([bool(x) for x in issame], dtype=bool)
+    issame = _bin_issame(issame, path)
     if len(bins) != 2 * len(issame):
         raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected two images per pair")
     h, w = image_size

@@ -451,6 +451,18 @@ def read_iresnet_checkpoint(path: str | Path, checkpoint_format: str = "auto") -
         if any("se_block" in k for k in state):
             raise ValueError(f"{path}: IResNet-SE checkpoints (se_block keys) are not supported")
         layers = _iresnet_layers(state)
+        # arcface_torch/ElasticFace always give layer1.0 a projection shortcut: the variant
+        # follows from the layout, never from which keys happen to be there (a file missing
+        # them is damaged, and would otherwise build AdaFace's variant and load strictly).
+        projection = [k for k in state if k.startswith("layer1.0.downsample.")]
+        if not projection:
+            raise ValueError(
+                f"{path}: missing keys: layer1.0.downsample.* (the projection shortcut every "
+                f"arcface_torch/ElasticFace IResNet has in layer1.0). The file is damaged, or it holds "
+                f"an IResNet of AdaFace's variant under arcface_torch key names (e.g. the state dict of "
+                f"an IResNetEmbedder built from an AdaFace .ckpt): load the AdaFace .ckpt itself, or an "
+                f"exface FR training checkpoint with FRCheckpointEmbedder"
+            )
     for key in ("fc.weight", "conv1.weight"):
         if key not in state:
             raise ValueError(f"{path}: missing keys: {key} (found {_key_summary(list(state))})")
@@ -467,6 +479,6 @@ def read_iresnet_checkpoint(path: str | Path, checkpoint_format: str = "auto") -
         layers=layers,
         num_features=int(fc.shape[0]),
         input_size=side * 16,
-        strided_identity_shortcut="layer1.0.downsample.0.weight" not in state,
+        strided_identity_shortcut=(layout == "adaface"),
         ignored_keys=ignored,
     )

@@ -85,9 +85,10 @@ class IResNet(nn.Module):
         input_size: side of the square input; the head's ``fc`` sees
             ``512 * (input_size / 16) ** 2`` inputs (112 -> 7x7, AdaFace also has 224).
         strided_identity_shortcut: AdaFace layout (no projection in ``layer1.0``).
-        fp16: run the stem and the four stages under autocast (float16 on CUDA, bfloat16 on
-            CPU) and the head (``bn2``, ``fc``, ``features``) in float32, as arcface_torch's
-            ``fp16`` option does; the output is float32 either way.
+        fp16: as arcface_torch's ``fp16`` option: the stem, the four stages, ``bn2``, the
+            flatten and the dropout run under autocast (float16 on CUDA, bfloat16 on CPU),
+            and only ``fc`` and ``features`` in float32 (on the float32 cast of the
+            dropout's output); the output is float32 either way.
 
     Initialization follows arcface_torch (conv ~ N(0, 0.1), BN scale 1 / shift 0,
     ``features`` scale fixed at 1 and not trained), so training from scratch behaves
@@ -160,14 +161,13 @@ class IResNet(nn.Module):
                 f"IResNet built for {self.input_size}x{self.input_size} input, got "
                 f"{tuple(x.shape[-2:])}"
             )
-        if self.fp16:
+        if self.fp16:  # arcface_torch: bn2/flatten/dropout inside autocast, fc on x.float()
             dtype = torch.float16 if x.device.type == "cuda" else torch.bfloat16
             with torch.autocast(device_type=x.device.type, dtype=dtype):
-                x = self.forward_trunk(x)
+                x = self.dropout(torch.flatten(self.bn2(self.forward_trunk(x)), 1))
             x = x.float()
         else:
-            x = self.forward_trunk(x)
-        x = self.dropout(torch.flatten(self.bn2(x), 1))
+            x = self.dropout(torch.flatten(self.bn2(self.forward_trunk(x)), 1))
         return self.features(self.fc(x))
 
 

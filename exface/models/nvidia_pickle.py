@@ -511,6 +511,21 @@ def _load_torch_zip(path_or_buf: Any) -> Any:
         if not pkl:
             raise pickle.UnpicklingError("zip file without data.pkl: not a torch.save checkpoint")
         prefix = pkl[0][: -len("data.pkl")]
+        # torch.save records the writer's byte order (``byteorder``: ``little``/``big``;
+        # files older than torch 1.12 have none and are little-endian). Storages are read
+        # as this machine's little-endian bytes, so a big-endian file would load as garbage.
+        if f"{prefix}byteorder" in names:
+            order = zf.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
+            if order == "big":
+                raise pickle.UnpicklingError(
+                    "big-endian torch.save zip checkpoints are not supported (its byteorder record "
+                    "says 'big'); re-save it with torch.save on a little-endian machine"
+                )
+            if order != "little":
+                raise pickle.UnpicklingError(
+                    f"the torch zip checkpoint's byteorder record is {order[:20]!r}, not 'little' or 'big'; "
+                    f"the file is damaged"
+                )
         storages: dict[str, _Storage] = {}
 
         def persistent_load(pid: Any) -> Any:
