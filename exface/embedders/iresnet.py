@@ -29,7 +29,8 @@ class IResNetEmbedder(IdentityEmbedder):
             ``elasticface`` or ``adaface``. Without weights it picks the layout.
         dropout: dropout before the embedding layer, for training (ExFaceGAN trains
             IResNet-50 with 0.4; arcface_torch uses 0).
-        fp16: everything up to the final BN, flatten and dropout under autocast, the `fc` and `features` layers in float32 (arcface_torch's ``fp16``).
+        fp16: the trunk, final BN, flatten and dropout under autocast, the ``fc`` and
+            ``features`` layers in float32 (arcface_torch's ``fp16``).
 
     Preprocessing follows each project's inference code: arcface_torch and ElasticFace
     take RGB ``(x - 127.5) / 127.5``; AdaFace takes BGR ``((x / 255) - 0.5) / 0.5``, the
