@@ -21,6 +21,15 @@ the grids use copies area-downscaled to at most :data:`REPORT_SIZE` pixels, so t
 memory does not grow with the generator's resolution (10k StyleGAN 1024 px images would be
 31 GB) and diversities of different generators are measured at one scale.
 
+Like for like: the dataset's images passed synthesize's face check (failures resampled for
+``filter_rounds`` rounds, then dropped); given the dataset's landmark ``crop_aligner`` the
+baselines are face-checked the same way (:func:`render_checked_set`), and their counts of
+failures and drops are reported. The dataset side is always measured on lossless frames,
+as the baselines are: the stored PNG frames, or frames re-rendered from the latents where
+the files are crops or JPEGs. What stays unlike (no crop aligner given for a landmark face
+check; the identity filter, which only the dataset's images passed; different image
+counts) is named in the verdict.
+
 Every set is scored twice: by the labeler (the embedder that made the bank's labels and
 the boundaries) and by an independent **evaluator**, a face network that had no part in the
 labels (:mod:`exface.exfacegan.evaluator`: face-api labels are judged by HSE's MobileNet,
@@ -53,7 +62,7 @@ from exface.embedders.base import IdentityEmbedder
 from exface.evaluation.verification import equal_error_rate
 from exface.exfacegan.samplers import NoiseSampler, RandomSampler, anchor_latent, render_latents
 from exface.generators.base import Generator
-from exface.tensors import to_uint8
+from exface.tensors import module_device, to_uint8
 
 __all__ = [
     "set_metrics",
@@ -61,6 +70,8 @@ __all__ = [
     "calibrate_noise_sigma",
     "calibrate_sigma_to_diversity",
     "render_set",
+    "render_checked_set",
+    "report_face_check",
     "check_report_parts",
     "check_report_sources",
     "quality_report",
@@ -163,6 +174,8 @@ Judge = tuple[Aligner, IdentityEmbedder]
 #: How latents are truncated when rendered: (psi, cutoff) or (psi, cutoff, centre), as
 #: :func:`~exface.exfacegan.samplers.render_latents` takes them.
 Truncation = tuple[float | None, int | None] | tuple[float | None, int | None, str]
+#: synthesize's face check: (landmark crop aligner, max_error, rounds), see :func:`report_face_check`.
+FaceCheck = tuple[Aligner, float, int]
 
 
 def check_report_parts(settings: dict, generator: Generator, aligner: Aligner, embedder: IdentityEmbedder,
@@ -259,6 +272,98 @@ def render_set(gan: Generator, judges: list[Judge], latents: Tensor, space: str,
 
 
 @torch.no_grad()
+def render_checked_set(gan: Generator, judges: list[Judge], draw, num_identities: int, k: int, space: str,
+                       batch_size: int = 64, truncation: Truncation | None = None,
+                       face_check: FaceCheck | None = None) -> tuple[np.ndarray, list[np.ndarray], Tensor, np.ndarray, dict]:
+    """:func:`render_set` of ``num_identities`` x ``k`` images, face-checked as synthesize does.
+
+    ``draw(j, n)`` gives ``n`` latents of identity ``j``. With ``face_check`` (crop aligner,
+    max_error, rounds) each round renders the draws still missing, images failing
+    :func:`~exface.exfacegan.crops.aligned_crops`' check are resampled the next round, and
+    after ``rounds`` rounds the missing ones are dropped. Without it (or for an aligner
+    without landmarks, whose check every image passes) it is one round: the draws and the
+    images of :func:`render_set`. Returns the images, per judge the embeddings, the latents,
+    each row's identity index (rows ordered by identity, then draw) and ``{"face_check_failed",
+    "dropped"}``.
+    """
+    from exface.alignment.landmark_aligner import LandmarkAligner
+    from exface.exfacegan.crops import aligned_crops
+    from exface.exfacegan.synthesis import embed_images
+
+    checking = face_check is not None and face_check[1] is not None and isinstance(face_check[0], LandmarkAligner)
+    rounds = max(1, int(face_check[2])) if checking else 1
+    need = [int(k)] * num_identities
+    rows: list[tuple[int, np.ndarray, Tensor, list[np.ndarray]]] = []  # (identity, image, latent, embeddings)
+    failed = 0
+    for _ in range(rounds):
+        todo = [j for j in range(num_identities) if need[j] > 0]
+        if not todo:
+            break
+        lat = torch.cat([draw(j, need[j]).float() for j in todo])
+        owner = [j for j in todo for _ in range(need[j])]
+        for s in range(0, len(lat), batch_size):
+            u8 = to_uint8(render_latents(gan, lat[s:s + batch_size], space, *(truncation or (None, None)))).cpu()
+            if checking:
+                ok = aligned_crops(face_check[0], u8, face_check[1], module_device(face_check[0]))[1].bool()
+            else:
+                ok = torch.ones(len(u8), dtype=torch.bool)
+            failed += int((~ok).sum())
+            if not ok.any():
+                continue
+            keep = ok.nonzero().flatten()
+            small = shrink(u8[keep])
+            embs = [embed_images(a, e, u8[keep]).cpu().numpy() for a, e in judges]
+            for q, i in enumerate(keep.tolist()):
+                j = owner[s + i]
+                need[j] -= 1
+                rows.append((j, small[q], lat[s + i], [e[q] for e in embs]))
+    rows.sort(key=lambda r: r[0])  # stable: by identity, then draw order
+    d = int(lat.shape[1]) if num_identities else 0
+    imgs = np.stack([r[1] for r in rows]) if rows else np.zeros((0, 3, 1, 1), np.uint8)
+    embs = [np.stack([r[3][i] for r in rows]) if rows else np.zeros((0, 0), np.float32) for i in range(len(judges))]
+    lats = torch.stack([r[2] for r in rows]) if rows else torch.zeros(0, d)
+    return imgs, embs, lats, np.array([r[0] for r in rows], dtype=np.int64), \
+        {"face_check_failed": failed, "dropped": int(sum(need))}
+
+
+def report_face_check(settings: dict, crop_aligner: Aligner | None, where: object = None) -> tuple[FaceCheck | None, str]:
+    """The face check the baselines get (None: none) and what it is, from ``synthesis.json``.
+
+    ``"same"``: the dataset's landmark face check, with its rounds; ``"none"``: the dataset had
+    no landmark face check (none, or a crop aligner without landmarks, which every image
+    passes), so neither side has one; ``"not applied"``: the dataset's images passed a landmark
+    face check but no ``crop_aligner`` was given, so the baselines' were not checked (the
+    verdict says so). A given crop aligner must be the dataset's (the comparison resume uses).
+    """
+    from exface.errors import ExfaceError
+    from exface.exfacegan.crops import crop_part_fingerprints, describe_crop
+    from exface.exfacegan.provenance import part_differences
+
+    crop, max_error = settings.get("crop"), settings.get("face_check")
+    if crop is None or max_error is None or "template" not in crop:  # describe_crop: landmark aligners only
+        return None, "none"
+    if crop_aligner is None:
+        warnings.warn(f"the dataset's images passed a face check by its {crop.get('class')} crop aligner, but the "
+                      f"report was given no crop_aligner: its baselines are not face-checked (the verdict says "
+                      f"so); pass the dataset's crop_aligner", stacklevel=3)
+        return None, "not applied"
+    recorded = {r: v for r, v in (settings.get("parts") or {}).items() if r.startswith("crop_aligner")}
+    given = crop_part_fingerprints(crop_aligner)
+    diffs = [d for role in sorted(set(recorded) | set(given))
+             for d in part_differences(role, recorded.get(role), given.get(role))]
+    now = json.loads(json.dumps(describe_crop(crop_aligner), sort_keys=True))
+    if now != json.loads(json.dumps(crop, sort_keys=True)):
+        diffs.append(f"crop: the dataset's is {crop}, the given aligner's {now}")
+    if diffs:
+        raise ExfaceError(
+            "the report was given another crop_aligner than the dataset was made with:\n  " + "\n  ".join(diffs),
+            where=where, fix="pass the dataset's crop_aligner (synthesis.json 'parts'), or none (the baselines are "
+                             "then not face-checked, and the verdict says so)",
+        )
+    return (crop_aligner.eval(), float(max_error), max(1, int(settings.get("filter_rounds") or 1))), "same"
+
+
+@torch.no_grad()
 def _embed_files(root: Path, rows: list[dict], judge: Judge, batch_size: int) -> np.ndarray:
     """Embeddings of a dataset's stored frames (full resolution) by one judge."""
     from PIL import Image
@@ -278,22 +383,27 @@ def calibrate_sigma_to_diversity(gan: Generator, boundaries: Boundaries, referen
                                  idents: list[tuple[int, int]], k: int, space: str, target: float,
                                  start_sigma: float, normalize_z: bool,
                                  truncation: Truncation | None,
-                                 seed: int = 0, batch_size: int = 64, steps: int = 7) -> tuple[float, float]:
+                                 seed: int = 0, batch_size: int = 64, steps: int = 7,
+                                 face_check: FaceCheck | None = None) -> tuple[float, float]:
     """Noise sigma whose rendered images have pixel diversity ``target``, and the diversity reached.
 
     Pixel diversity grows with sigma, so it is found by geometric bisection, each step
     rendering ``k`` images for each of ``idents`` (a subset of the identities keeps it cheap),
-    with ``truncation`` (psi, cutoff[, centre]; None: none) applied at render time.
+    with ``truncation`` (psi, cutoff[, centre]; None: none) applied at render time, and
+    ``face_check`` as the set it calibrates gets it (:func:`render_checked_set`).
     When even very large noise stays below ``target`` the largest sigma tried is returned.
     """
-    labels = np.repeat(np.arange(len(idents)), k)
-
     def diversity(sigma: float) -> float:
         gen = torch.Generator().manual_seed(seed + 777)
         sam = NoiseSampler(sigma, normalize_z=normalize_z)
-        lats = torch.cat([sam.sample(boundaries, b, s, references[b], k, gen, gan) for b, s in idents])
-        imgs, _ = render_set(gan, [], lats.float(), space, batch_size, truncation)
-        return _pixel_diversity(imgs, labels)
+
+        def draw(j: int, n: int) -> Tensor:
+            b, s = idents[j]
+            return sam.sample(boundaries, b, s, references[b], n, gen, gan)
+
+        imgs, _, _, owner, _ = render_checked_set(gan, [], draw, len(idents), k, space, batch_size, truncation,
+                                                  face_check)
+        return _pixel_diversity(imgs, owner)
 
     lo, hi = 0.0, max(start_sigma, 1e-3)
     d_hi = diversity(hi)
@@ -389,8 +499,12 @@ def quality_report(
     evaluator: IdentityEmbedder | None = None,
     evaluator_aligner: Aligner | None = None,
     independent_evaluator: bool = True,
+    crop_aligner: Aligner | None = None,
 ) -> dict:
     """Write the report for the dataset in ``dataset_dir`` (made by ``exface synthesize``).
+
+    ``crop_aligner``: the dataset's crop aligner; with a landmark one the baselines get the
+    dataset's face check (:func:`report_face_check`).
 
     ``evaluator`` (with ``evaluator_aligner``; default: the labeler's crop at its size) scores
     every set beside the labeler ``embedder`` and decides the verdict. None picks
@@ -440,13 +554,17 @@ def quality_report(
              settings.get("truncation_center", "w_avg"))
     ev_emb = None
     _stage(f"reading the dataset's {len(rows)} images ({len(idents)} identities)")
-    if settings.get("crop") is None or all("frame" in r for r in rows):  # the frames are on disk
+    # the baselines are lossless frames: measure the dataset on its PNG frames where they are on
+    # disk, else (crops, or JPEG files) on frames re-rendered from its latents
+    lossless_files = settings.get("crop") is None and settings.get("image_format", "png") != "jpeg"
+    measured_on = "stored frames" if lossless_files or all("frame" in r for r in rows) else "re-rendered frames"
+    if measured_on == "stored frames":
         images = np.concatenate([shrink(np.asarray(Image.open(root / r.get("frame", r["file"])).convert("RGB"))
                                         .transpose(2, 0, 1)[None]) for r in rows])
         if evaluator is not None:
             _stage(f"embedding the dataset's {len(rows)} images with the evaluator {type(evaluator).__name__}")
             ev_emb = _embed_files(root, rows, judges[1], batch_size)
-    else:  # the dataset stores crops: re-render its frames, as the baselines are measured on frames
+    else:  # crops or JPEGs on disk: re-render the frames, as the baselines are measured on frames
         images, es = render_set(generator, judges[1:], lat.float(), space, batch_size, trunc)
         ev_emb = es[0] if evaluator is not None else None
 
@@ -458,10 +576,16 @@ def quality_report(
                     "num_identities": len(idents), "space": space, "labeler": type(embedder).__name__,
                     "evaluator": type(evaluator).__name__ if evaluator is not None else None,
                     "evaluator_choice": why,
-                    "face_check": {k2: settings.get(k2) for k2 in ("crop", "face_check", "face_check_failed", "dropped")}}
+                    "face_check": {k2: settings.get(k2) for k2 in ("crop", "face_check", "face_check_failed", "dropped")},
+                    "identity_filter": settings.get("identity_filter"),
+                    "image_format": settings.get("image_format", "png"), "jpeg_quality": settings.get("jpeg_quality"),
+                    "dataset_measured_on": measured_on}
     grids = {"boundary": "grid.png"}
     _grid(images, labels, out / "grid.png")
     if baselines:
+        face_check, fc_status = report_face_check(settings, crop_aligner, where=root / SETTINGS)
+        result["baseline_face_check"] = {"status": fc_status, "face_check": face_check[1] if face_check else None,
+                                         "rounds": face_check[2] if face_check else None, "sets": {}}
         bnd = load_boundaries(settings["boundaries"])
         _, refs = load_bank_references(settings["bank"], generator, embedder, aligner)
         check_report_sources(settings, bnd, refs, where=root / SETTINGS)
@@ -474,18 +598,27 @@ def quality_report(
         normalize_z = bool(settings["sampler"].get("normalize_z", False))
         sigma = calibrate_noise_sigma(bnd, references, [(b, s) for _, b, s in idents], spread, normalize_z, seed=seed)
         samplers = {"random": RandomSampler(), "noise": NoiseSampler(sigma, normalize_z=normalize_z)}
+        names_of = np.array([n for n, _, _ in idents])
+
+        def baseline(sam) -> tuple[np.ndarray, list[np.ndarray], Tensor, np.ndarray, dict]:
+            def draw(j: int, n: int) -> Tensor:
+                _, b, s = idents[j]
+                return sam.sample(bnd, b, s, references[b], n, gen, generator)
+
+            return render_checked_set(generator, judges, draw, len(idents), k, space, batch_size, trunc, face_check)
+
         for name, sam in samplers.items():
             _stage(f"rendering and embedding the {name} baseline ({len(idents) * k} images)")
-            lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator) for _, b, s in idents])
-            imgs, es = render_set(generator, judges, lats.float(), space, batch_size, trunc)
-            lab = np.repeat([n for n, _, _ in idents], k)
+            imgs, es, lats, owner, counts = baseline(sam)
+            result["baseline_face_check"]["sets"][name] = counts
+            lab = names_of[owner]
             sets[name] = set_metrics(es[0], lab, imgs, seed=seed, latents=lats.numpy())
             if evaluator is not None:
                 ev_sets[name] = set_metrics(es[1], lab, imgs, seed=seed, latents=lats.numpy())
             if name == "noise":
                 sets[name]["latent_spread"] = float(
-                    (lats - torch.stack([anchor_latent(bnd, b, s, references[b]) for _, b, s in idents])
-                     .repeat_interleave(k, 0)).norm(dim=1).mean())
+                    (lats - torch.stack([anchor_latent(bnd, b, s, references[b]) for _, b, s in idents])[owner])
+                    .norm(dim=1).mean())
             _grid(imgs, lab, out / f"grid_{name}.png")
             grids[name] = f"grid_{name}.png"
         sets["boundary"]["latent_spread"] = spread
@@ -497,12 +630,12 @@ def quality_report(
         _stage("calibrating the noise baseline to the dataset's pixel diversity")
         sigma_div, reached = calibrate_sigma_to_diversity(
             generator, bnd, references, sub, k, space, target, sigma, normalize_z, trunc, seed=seed,
-            batch_size=batch_size)
+            batch_size=batch_size, face_check=face_check)
         sam = NoiseSampler(sigma_div, normalize_z=normalize_z)
         _stage(f"rendering and embedding the equal-diversity noise baseline ({len(idents) * k} images)")
-        lats = torch.cat([sam.sample(bnd, b, s, references[b], k, gen, generator) for _, b, s in idents])
-        imgs, es = render_set(generator, judges, lats.float(), space, batch_size, trunc)
-        lab = np.repeat([n for n, _, _ in idents], k)
+        imgs, es, lats, owner, counts = baseline(sam)
+        result["baseline_face_check"]["sets"]["noise_equal_diversity"] = counts
+        lab = names_of[owner]
         sets["noise_equal_diversity"] = set_metrics(es[0], lab, imgs, seed=seed, latents=lats.numpy())
         if evaluator is not None:
             ev_sets["noise_equal_diversity"] = set_metrics(es[1], lab, imgs, seed=seed, latents=lats.numpy())
@@ -515,7 +648,7 @@ def quality_report(
     result["sets"] = {n: {k2: v for k2, v in m.items() if not k2.startswith("_")} for n, m in sets.items()}
     if ev_sets:
         for name in ("noise", "boundary"):  # the latent spreads are properties of the latents
-            if "latent_spread" in sets[name]:
+            if name in sets and "latent_spread" in sets[name]:
                 ev_sets[name]["latent_spread"] = sets[name]["latent_spread"]
         result["evaluator_sets"] = {n: {k2: v for k2, v in m.items() if not k2.startswith("_")}
                                     for n, m in ev_sets.items()}
@@ -538,6 +671,24 @@ def _judged_by(result: dict) -> str:
             f"not an independent check ({result.get('evaluator_choice', 'no evaluator')})")
 
 
+def _unlike(result: dict) -> list[str]:
+    """What differs between the dataset's images and the baselines' besides the sampler (for the verdict)."""
+    out = []
+    fc, ds = result.get("baseline_face_check") or {}, result.get("face_check") or {}
+    if fc.get("status") == "not applied":
+        out.append(f"the dataset's images passed the face check ({ds.get('face_check_failed') or 0} draws failed and "
+                   f"were resampled, {ds.get('dropped') or 0} dropped), the baselines' were not face-checked (the "
+                   f"report was given no crop_aligner)")
+    if result.get("identity_filter") is not None:
+        out.append(f"only the dataset's images passed the identity filter (cosine >= {result['identity_filter']} to "
+                   f"the anchor by the labeler {result.get('labeler')}, resampled below it)")
+    sets = result.get("evaluator_sets") or result["sets"]
+    counts = {n: m["num_images"] for n, m in sets.items()}
+    if len(set(counts.values())) > 1:
+        out.append("image counts differ (" + ", ".join(f"{n} {c}" for n, c in counts.items()) + ")")
+    return out
+
+
 def _verdict(result: dict) -> str:
     s = result.get("evaluator_sets") or result["sets"]
     if "noise" not in s:
@@ -552,6 +703,9 @@ def _verdict(result: dict) -> str:
             f"latent distance: EER {b['eer']:.4f} vs {d['eer']:.4f}, pixel diversity {b['pixel_diversity']:.4f} vs "
             f"{d['pixel_diversity']:.4f}")
     nums = f"{nums}; {_judged_by(result)}"
+    unlike = _unlike(result)
+    if unlike:
+        nums = f"{nums}; not like for like: {'; '.join(unlike)}"
     if eer_better and div_ok:
         return f"**Yes: the boundary sampler beats the noise baseline** (lower EER at equal or greater diversity): {nums}."
     why = []
@@ -606,6 +760,19 @@ def _markdown(result: dict) -> list[str]:
             f"{'off' if fc.get('face_check') is None else fc['face_check']}: {fc.get('face_check_failed') or 0} draws "
             f"failed it (resampled), {fc.get('dropped') or 0} images dropped. Pixel diversity is measured on the frames."
         )
+    bfc = result.get("baseline_face_check") or {}
+    if bfc.get("status") == "same":
+        lines.append(
+            f"The baselines got the same face check (max error {bfc['face_check']}, {bfc['rounds']} rounds): "
+            + ", ".join(f"{n} {c['face_check_failed']} draws failed, {c['dropped']} dropped"
+                        for n, c in bfc["sets"].items()) + "."
+        )
+    elif bfc.get("status") == "not applied":
+        lines.append("The baselines were not face-checked (no crop_aligner was given to the report): not like for "
+                     "like, see the verdict.")
+    if result.get("image_format") == "jpeg" and result.get("dataset_measured_on") == "re-rendered frames":
+        lines.append(f"The dataset stores JPEG (quality {result.get('jpeg_quality')}); its images are measured on "
+                     f"lossless frames re-rendered from its latents, as the baselines' are.")
     if result.get("evaluator_sets"):
         lines += ["", f"## Judged by the evaluator {result['evaluator']} (no part in the labels; the verdict's figures)",
                   "", _table(result, "evaluator_sets"),
@@ -638,6 +805,7 @@ def report(
     evaluator: IdentityEmbedder | None = None,
     evaluator_aligner: Aligner | None = None,
     independent_evaluator: bool = True,
+    crop_aligner: Aligner | None = None,
 ) -> None:
     """Quality report of a dataset made by `exface synthesize` (vs random and noise baselines).
 
@@ -653,10 +821,13 @@ def report(
             than the labeler, e.g. HSEFaceRes for FaceApiResNet34 labels).
         evaluator_aligner: its crops (default: the labeler's crop at its input size).
         independent_evaluator: False skips the evaluator (the labeler then judges alone).
+        crop_aligner: the dataset's crop aligner (checked against synthesis.json's "parts"); with a
+            landmark one the baselines get the dataset's face check. Without it a landmark face
+            check is the dataset's alone, and the verdict says so.
     """
-    for m in (generator, aligner, embedder):
+    for m in (generator, aligner, embedder) + ((crop_aligner,) if crop_aligner is not None else ()):
         m.eval()
     quality_report(dataset_dir, report_dir or str(Path(dataset_dir).resolve().parent / "report"), generator,
                    aligner, embedder, batch_size=batch_size, seed=seed, max_identities=report_identities,
                    baselines=baselines, evaluator=evaluator, evaluator_aligner=evaluator_aligner,
-                   independent_evaluator=independent_evaluator)
+                   independent_evaluator=independent_evaluator, crop_aligner=crop_aligner)

@@ -20,16 +20,24 @@ Layout of ``output_dir``::
     synthesis.json         the settings, identities and acceptance rate of the run
     .work/<identity>/c<chunk>.pt   per work item record (what resuming checks)
 
-Work is split into items (identity, chunk of up to ``batch_size`` images), run by
-``lightning.Trainer.predict`` so ``devices``/``accelerator`` shard items over GPUs (DDP);
-each item's random stream is seeded from ``(seed, boundary, side, chunk)``, so results do
-not depend on the device split or on resuming. Images whose landmarks fail the crop
+Work is split into items (identity, chunk of up to ``batch_size`` images); each item's
+random stream is seeded from ``(seed, boundary, side, chunk)``. Forward passes render fixed
+*groups* of the whole plan: group g is items ``[g*G, (g+1)*G)`` with ``G = batch_size //
+chunk`` (``forward_items`` in ``synthesis.json``; a resume keeps the recorded value), always
+rendered together, the same shapes every time. Conv nets can give batch-composition
+dependent results (oneDNN, cuDNN's algorithm choice, TF32), so batching only the items a
+resume still lacks could flip a uint8 rounding or a filter decision; with fixed groups every
+image's bytes are independent of where a run was interrupted and of how the groups are spread
+over devices (on the same hardware and libraries).
+``lightning.Trainer.predict`` shards the groups over ``devices`` (DDP, each group on one
+device). A resume renders every group that holds an incomplete item, whole, and writes only
+its incomplete items. Images whose landmarks fail the crop
 aligner's face check (:func:`exface.exfacegan.crops.plausible_faces`) are resampled for up
 to ``filter_rounds`` rounds, then dropped; both are counted (``face_check_failed``,
 ``dropped`` in ``synthesis.json``). Embeddings and the identity filter always use the
 embedder's own ``aligner`` on the frame. Files are written atomically (tmp file +
 ``os.replace``); an item is complete when its record exists and all its images do, and a
-re-run redoes only incomplete items (writing only their missing images).
+re-run rewrites only incomplete items.
 """
 
 from __future__ import annotations
@@ -92,6 +100,7 @@ __all__ = [
     "check_boundaries_bank",
     "plan_identities",
     "plan_work",
+    "plan_groups",
     "item_rng",
     "embed_images",
     "SynthesisModule",
@@ -245,6 +254,16 @@ def plan_work(num_identities: int, images_per_identity: int, chunk: int) -> list
     return items
 
 
+def plan_groups(num_items: int, items_per_forward: int) -> list[range]:
+    """The forward-pass groups of a plan of ``num_items`` items: ``[g*G, (g+1)*G)`` (indices into the plan).
+
+    A group is always rendered together (whatever of it is already on disk), so that the
+    batch every image is rendered in does not depend on resuming or on the device split.
+    """
+    g = max(1, int(items_per_forward))
+    return [range(s, min(s + g, num_items)) for s in range(0, num_items, g)]
+
+
 def item_rng(seed: int, boundary: int, side: int, chunk: int, salt: int = 0) -> torch.Generator:
     """A torch RNG seeded from the work item alone (independent of devices and batching)."""
     state = np.random.SeedSequence([int(seed), int(boundary), int(side) + 1, int(chunk), int(salt)]).generate_state(2)
@@ -261,20 +280,22 @@ def embed_images(aligner: Aligner, embedder: IdentityEmbedder, images_u8: Tensor
 # ----------------------------------------------------------------------------- Lightning
 
 
-class _Items(Dataset):
-    def __init__(self, items: list[WorkItem]) -> None:
-        self.items = items
+class _Groups(Dataset):
+    """One element per forward-pass group: its items as ``(identity, chunk, start, count, write)``."""
+
+    def __init__(self, groups: list[list[tuple[WorkItem, bool]]]) -> None:
+        self.groups = groups
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.groups)
 
-    def __getitem__(self, i: int) -> tuple[int, int, int, int]:
-        it = self.items[i]  # plain tuples: Lightning moves batches with apply_to_collection
-        return (it.identity, it.chunk, it.start, it.count)
+    def __getitem__(self, i: int) -> list[tuple[int, int, int, int, int]]:
+        # plain tuples: Lightning moves batches with apply_to_collection
+        return [(it.identity, it.chunk, it.start, it.count, int(write)) for it, write in self.groups[i]]
 
 
-def _as_list(batch: list[tuple]) -> list[tuple]:
-    return list(batch)
+def _one_group(batch: list[list[tuple]]) -> list[tuple]:
+    return list(batch[0])  # the loader's batch_size is 1: one group per forward pass
 
 
 class SynthesisModule(LightningModule):
@@ -337,7 +358,14 @@ class SynthesisModule(LightningModule):
 
     @torch.no_grad()
     def predict_step(self, batch: list[tuple], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict]:
-        batch = [WorkItem(*map(int, t)) for t in batch]
+        """Render one group: ``(identity, chunk, start, count[, write])`` tuples, all in the same forward passes.
+
+        Only items whose ``write`` is true (default) are returned; the others (complete on
+        disk) are rendered too, so the batch the written items are rendered in is the
+        group's whatever was already done.
+        """
+        write = [bool(int(t[4])) if len(t) > 4 else True for t in batch]
+        batch = [WorkItem(*map(int, t[:4])) for t in batch]
         idents = [self.identities[it.identity] for it in batch]
         anchors = self.anchor_embeddings(idents)
         need = [it.count for it in batch]
@@ -374,6 +402,8 @@ class SynthesisModule(LightningModule):
                 (kept if passed else spare)[j].append((lat[q], imgs[q], emb[q], sim, passed, crops[q]))
         out = []
         for j, it in enumerate(batch):
+            if not write[j]:
+                continue
             recs = kept[j]
             if len(recs) < need[j]:  # retry budget spent: fill with the most similar rejects
                 spare[j].sort(key=lambda r: -r[3])
@@ -744,6 +774,7 @@ def synthesize_dataset(
     primary = is_primary_process()
     root.mkdir(parents=True, exist_ok=True)
     spath = root / SETTINGS
+    per_forward = settings["forward_items"] = _forward_items(spath, key, max(1, batch_size // chunk))
     lock = FolderLock(root, "exface synthesize") if primary else None
     if lock is not None:
         lock.__enter__()
@@ -754,7 +785,10 @@ def synthesize_dataset(
             old = json.loads(spath.read_text()) if spath.is_file() else {}
             keep = {k: old[k] for k in ("images", "candidates_drawn", "passed_filter", "acceptance_rate") if k in old}
             atomic_write_bytes(spath, json.dumps({**settings, **keep, "status": "running"}, indent=1).encode())
-        todo = [it for it in items if not item_complete(root, identities[it.identity].name, it.chunk, key)]
+        complete = [item_complete(root, identities[it.identity].name, it.chunk, key) for it in items]
+        todo = [it for it, done in zip(items, complete) if not done]
+        groups = [[(items[i], not complete[i]) for i in g] for g in plan_groups(len(items), per_forward)
+                  if not all(complete[i] for i in g)]
         if todo:
             module = SynthesisModule(
                 generator, aligner, embedder, boundaries, references[space], references["embedding"], identities,
@@ -762,8 +796,7 @@ def synthesize_dataset(
                 truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, crop_aligner=crop_aligner,
                 face_check=face_check, save_frames=save_frames, truncation_center=truncation_center,
             )
-            per_batch = max(1, batch_size // chunk)
-            loader = DataLoader(_Items(todo), batch_size=per_batch, shuffle=False, collate_fn=_as_list, num_workers=0)
+            loader = DataLoader(_Groups(groups), batch_size=1, shuffle=False, collate_fn=_one_group, num_workers=0)
             trainer = Trainer(
                 accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
                 enable_model_summary=False, enable_progress_bar=progress,
@@ -781,13 +814,34 @@ def synthesize_dataset(
             raise ExfaceStateError(f"{len(missing)} work items did not complete (first: {missing[0]})", where=root,
                                    fix="run the same command again to resume")
         stats = _consolidate(root, identities, items)
-        settings.update(stats, redone_items=len(todo), total_items=len(items), bytes_on_disk=dataset_bytes(root),
-                        status="complete")
+        settings.update(stats, redone_items=len(todo), rendered_items=sum(len(g) for g in groups),
+                        total_items=len(items), bytes_on_disk=dataset_bytes(root), status="complete")
         atomic_write_bytes(spath, json.dumps(settings, indent=1).encode())
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
     return settings
+
+
+def _forward_items(spath: Path, settings_key: str, planned: int) -> int:
+    """Work items per forward pass: the dataset's recorded ``forward_items`` on a resume, else ``planned``.
+
+    The groups decide the batch each image is rendered in, so a resume keeps the grouping the
+    dataset was started with (batch_size is no content setting: it may differ on a resume).
+    A dataset of an older exface records none; it batched ``planned`` items per forward
+    pass of a fresh run, the same groups.
+    """
+    try:
+        old = json.loads(spath.read_text()) if spath.is_file() else {}
+    except (OSError, ValueError):
+        old = {}
+    rec = old.get("forward_items") if isinstance(old, dict) and old.get("settings_key") == settings_key else None
+    if not isinstance(rec, int) or isinstance(rec, bool) or rec < 1:
+        return planned
+    if rec != planned:
+        warnings.warn(f"resuming with the dataset's {rec} work items per forward pass (this batch_size gives "
+                      f"{planned}): the same batches as the images already rendered", stacklevel=3)
+    return rec
 
 
 _PART_KINDS = {"generator": "generators", "aligner": "aligners", "embedder": "embedders"}
@@ -861,7 +915,8 @@ def synthesize(
         both_sides: the negative side of each boundary is a second identity ('<id>_neg').
         identity_filter: reject images whose cosine to the identity's anchor embedding is below this.
         filter_rounds: resampling rounds for rejected images before keeping the best rejects.
-        batch_size: images per forward pass (also the largest work item).
+        batch_size: images per forward pass (also the largest work item); a resume keeps the dataset's
+            grouping of work items into forward passes (synthesis.json forward_items).
         seed: base seed; every work item's stream derives from it and the item.
         report: write the quality report (boundary sampler vs random / noise baselines).
         report_dir: report folder (default: output_dir/../report).
@@ -916,4 +971,4 @@ def synthesize(
         rdir = report_dir or str(Path(output_dir).resolve().parent / "report")
         quality_report(output_dir, rdir, generator, aligner, embedder, batch_size=batch_size, seed=seed,
                        max_identities=report_identities, evaluator=evaluator, evaluator_aligner=evaluator_aligner,
-                       independent_evaluator=independent_evaluator)
+                       independent_evaluator=independent_evaluator, crop_aligner=crop_aligner)
