@@ -26,6 +26,7 @@ from exface.disentangle.losses import (
 )
 from exface.disentangle.module import FROZEN, DisentangleModule
 from exface.models.id_mapper import LatentDiscriminator, LatentMapper
+from exface.testing.pickle_payload import CodeRunningPayload
 from exface.testing.tiny import TinyEmbedder, TinyGenerator, TinyLandmarks
 
 
@@ -359,21 +360,6 @@ def test_fit_report_swap_and_report_command_from_a_cli_checkpoint(tmp_path, caps
     _malicious_checkpoint_is_refused(ckpt, tmp_path, capsys)
 
 
-def _run_marker(marker: str) -> str:
-    """Module-level so pickle can name it; the file it writes proves code from a checkpoint ran."""
-    with open(marker, "w") as f:
-        f.write("executed")
-    return marker
-
-
-class _Payload:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_run_marker, (self.marker,))
-
-
 def _malicious_checkpoint_is_refused(ckpt, tmp_path, capsys):
     """A real checkpoint with an object whose __reduce__ runs code: refused, and nothing runs."""
     from exface.cli import main
@@ -383,7 +369,7 @@ def _malicious_checkpoint_is_refused(ckpt, tmp_path, capsys):
     assert isinstance(load_disentangle_checkpoint(ckpt), DisentangleModule)  # the real one loads
     marker = tmp_path / "pwned"
     data = torch.load(ckpt, map_location="cpu", weights_only=True)
-    data["hyper_parameters"]["payload"] = _Payload(str(marker))
+    data["hyper_parameters"]["payload"] = CodeRunningPayload(str(marker))
     evil = tmp_path / "evil.ckpt"
     torch.save(data, evil)
     with pytest.raises(ExfaceError, match="refusing to load the checkpoint") as err:

@@ -14,6 +14,7 @@ from exface.models.checkpoint_io import adaface_to_iresnet, iresnet_to_adaface, 
 from exface.models.iresnet import build_iresnet
 from exface.registry import get_registry
 from exface.testing.iresnet_checkpoints import make_iresnet_checkpoint, random_iresnet
+from exface.testing.pickle_payload import CodeRunningPayload
 
 
 @pytest.fixture(scope="module")
@@ -124,27 +125,12 @@ def test_random_init_without_weights(faces):
         IResNetEmbedder("auto")
 
 
-def _record_call(marker: str) -> str:
-    """Module-level so pickle can name it; running it proves code from a file was executed."""
-    with open(marker, "w") as f:
-        f.write("executed")
-    return marker
-
-
-class _Payload:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_record_call, (self.marker,))
-
-
 def test_lightning_objects_are_not_executed(tmp_path, faces):
     """Hyper-parameter objects in a .ckpt become inert stand-ins; their pickled code never runs."""
     path = make_iresnet_checkpoint(tmp_path / "ada.ckpt", "r18", "adaface", seed=3)
     ckpt = load_torch_file(path)
     marker = tmp_path / "marker"
-    ckpt["hyper_parameters"] = {"payload": _Payload(str(marker)), "lr": 0.1}
+    ckpt["hyper_parameters"] = {"payload": CodeRunningPayload(str(marker)), "lr": 0.1}
     torch.save(ckpt, path)
     assert not marker.exists()
     emb = IResNetEmbedder("r18", path)

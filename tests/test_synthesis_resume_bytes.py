@@ -70,22 +70,27 @@ def test_the_batch_sensitive_generator_is_batch_sensitive(parts):
         assert not torch.equal(gan.synthesize(z[:2], "z"), gan.synthesize(z, "z")[:2])
 
 
-@pytest.mark.parametrize("records_before_kill", [1, 2, 3, 4])
-def test_killed_run_resumes_to_the_same_bytes(tmp_path, parts, reference, monkeypatch, records_before_kill):
-    """Killed after n item records (1, 2, 4: inside a forward batch; 3: between two), then resumed."""
+def _run_killed_after(root, parts, records: int, monkeypatch) -> None:
+    """Run synthesis in ``root`` and kill it (an exception) when it would write record number ``records + 1``."""
     real_save = syn.atomic_torch_save
     saved = []
 
     def save_then_die(obj, path):
-        if len(saved) >= records_before_kill:
+        if len(saved) >= records:
             raise _Killed()
         saved.append(path)
         real_save(obj, path)
 
     monkeypatch.setattr(syn, "atomic_torch_save", save_then_die)
     with pytest.raises(_Killed):
-        _run(tmp_path / "killed", *parts)
+        _run(root, *parts)
     monkeypatch.undo()
+
+
+@pytest.mark.parametrize("records_before_kill", [1, 2, 3, 4])
+def test_killed_run_resumes_to_the_same_bytes(tmp_path, parts, reference, monkeypatch, records_before_kill):
+    """Killed after n item records (1, 2, 4: inside a forward batch; 3: between two), then resumed."""
+    _run_killed_after(tmp_path / "killed", parts, records_before_kill, monkeypatch)
     ds = tmp_path / "killed" / "ds"
     assert len(list((ds / syn.WORK).rglob("*.pt"))) == records_before_kill
     stats = _run(tmp_path / "killed", *parts)
@@ -110,19 +115,7 @@ def test_lost_files_inside_a_batch_are_rewritten_to_the_same_bytes(tmp_path, par
 
 def test_a_resume_with_another_batch_size_keeps_the_datasets_groups(tmp_path, parts, reference, monkeypatch):
     """batch_size is no content setting; the groups are the dataset's (synthesis.json forward_items)."""
-    real_save = syn.atomic_torch_save
-    saved = []
-
-    def save_then_die(obj, path):
-        if saved:
-            raise _Killed()
-        saved.append(path)
-        real_save(obj, path)
-
-    monkeypatch.setattr(syn, "atomic_torch_save", save_then_die)
-    with pytest.raises(_Killed):
-        _run(tmp_path / "b", *parts)
-    monkeypatch.undo()
+    _run_killed_after(tmp_path / "b", parts, 1, monkeypatch)
     ds = tmp_path / "b" / "ds"
     assert json.loads((ds / syn.SETTINGS).read_text())["forward_items"] == 3
     with pytest.warns(UserWarning, match="the dataset's 3 work items per forward pass"):
