@@ -60,11 +60,11 @@ def fit_boundaries(work: Path, references: int, latents: int, labeler: str = "Fa
     """Bank + boundaries with the default recipe (skipped when boundaries.pt exists); ``labeler``
     replaces the recipe's embedder, its face box kept at the labeler's input size."""
     from exface.cli import main
-    from exface.registry import create_part
+    from exface.registry import get_registry
 
     bnd = work / "boundaries.pt"
     if not bnd.is_file():
-        size = list(create_part("embedders", labeler).input_size)
+        size = list(get_registry("embedders").get(labeler).input_size)  # a class attribute: no weights loaded
         main(["fit", "--config", str(REPO / "recipes" / "dcgan_faceapi.yaml"),
               "--data.init_args.embedder.class_path", labeler,
               "--data.init_args.aligner.init_args.output_size", json.dumps(size),
