@@ -1,5 +1,6 @@
 """PartialFC sharded over 2 gloo processes on the CPU: checkpoints hold the full centre matrix
-(and its full optimizer state) and resume on any number of ranks; validation scores all centres."""
+(and its full optimizer state), gathered on rank 0 only (the other ranks keep just their block),
+and resume on any number of ranks; validation scores all centres."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from exface.fr.module import FaceRecognitionModule
-from exface.losses.partial_fc import PartialFC
+from exface.losses.partial_fc import PartialFC, gather_rows
 from exface.testing.tiny import TinyEmbedder
 
 CLASSES, DIM, WORLD = 5, 8, 2  # uneven shards: rank 0 holds classes [0, 3), rank 1 [3, 5)
@@ -97,6 +98,16 @@ def _worker(rank: int, tmp: str) -> None:
             assert module._pfc_state_slots({"optimizer_states": [opt.state_dict()]}) == slots_walked
             # the live optimizer state is untouched: still this rank's block
             assert all(opt.state[weight][name].shape == weight.shape for name in STATE[kind])
+            if rank != 0:  # not the writer: its checkpoint keeps the live block itself, nothing for all classes
+                assert checkpoint["state_dict"]["loss.weight"].data_ptr() == weight.data_ptr()
+                state = checkpoint["optimizer_states"][0]["state"][4]
+                assert all(state[name] is opt.state[weight][name] for name in STATE[kind])
+            # gather_centres: the full matrix on dst only (default rank 0); dst=None: on every rank
+            gathered = module.loss.gather_centres()
+            assert (gathered is None) == (rank != 0)
+            assert module.loss.gather_centres(dst=None).shape == (CLASSES, DIM)
+            if rank == 0:
+                assert torch.equal(gathered, checkpoint["state_dict"]["loss.weight"])
             if rank == 0:  # Lightning: only rank 0 writes the file
                 torch.save(checkpoint, tmp_path / f"{kind}.ckpt")
             dist.barrier()
@@ -134,6 +145,13 @@ def _worker(rank: int, tmp: str) -> None:
                              saved=checkpoint, restored=restored, from_single=from_single_state,
                              acc=float(acc), acc_n=n, pred=pred, labels=labels)
 
+        # fewer classes than ranks (rank 1's block is empty), and an uneven gather to rank 1
+        tiny = PartialFC(DIM, 1)
+        assert tiny.num_local == 1 - rank
+        got = tiny.gather_centres()
+        out["tiny"] = None if got is None else (tuple(got.shape), torch.equal(got, tiny.weight.detach()))
+        out["to_rank1"] = gather_rows(torch.full((rank + 1, 2), float(rank)), dst=1)
+
         # a checkpoint holding one rank's shard (as written before the fix) is refused when sharded
         legacy = {"state_dict": {"loss.weight": torch.zeros(3, DIM)}}
         try:
@@ -165,20 +183,30 @@ def test_sharded_partial_fc_checkpoints_the_full_matrix_and_validates_against_al
     mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
     res = [torch.load(tmp_path / f"out{r}.pt", weights_only=False) for r in range(WORLD)]
     assert res[0]["legacy_refused"] and res[1]["legacy_refused"]
+    assert res[0]["tiny"] == ((1, DIM), True) and res[1]["tiny"] is None
+    assert res[0]["to_rank1"] is None
+    assert torch.equal(res[1]["to_rank1"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
 
     for kind in OPTIMIZERS:
         r0, r1 = res[0][kind], res[1][kind]
         assert (r0["start"], r0["n"], r1["start"], r1["n"]) == (0, 3, 3, 2)
         saved = torch.load(tmp_path / f"{kind}.ckpt", weights_only=True)  # rank 0's file
-        assert saved["partial_fc"]["full"] and saved["partial_fc"]["saved_world_size"] == WORLD
+        assert saved["partial_fc"] == {"num_classes": CLASSES, "full": True, "saved_world_size": WORLD,
+                                       "optimizer_params": [[0, 4]]}
         idx = saved["partial_fc"]["optimizer_params"][0][1]
+        # rank 1 does not write: its checkpoint dict holds only its own block, and says so
+        assert r1["saved"]["partial_fc"] == {**saved["partial_fc"], "full": False, "class_start": 3, "num_local": 2}
+        with pytest.raises(RuntimeError, match="shard"):
+            _module(0).on_load_checkpoint(r1["saved"])
         names = ["weight", *STATE[kind]]
         for name in names:
             full = torch.cat([r0["local"][name], r1["local"][name]])
             assert full.shape == (CLASSES, DIM)
             assert torch.equal(_entry(saved, idx, name), full), (kind, name)
-            # every rank built the same full checkpoint (any rank could write it)
-            assert torch.equal(_entry(r1["saved"], idx, name), full), (kind, name)
+            assert torch.equal(_entry(r0["saved"], idx, name), full), (kind, name)
+            # only rank 0 assembled the full matrix: rank 1 kept just its block
+            assert torch.equal(_entry(r1["saved"], idx, name), r1["local"][name]), (kind, name)
+            assert _entry(r1["saved"], idx, name).shape == (2, DIM)
             for r in (r0, r1):  # resumed on 2 ranks: each rank its own block
                 assert torch.equal(r["restored"][name], r["local"][name]), (kind, name)
                 block = singles[kind][name][r["start"]:r["start"] + r["n"]]
@@ -237,6 +265,24 @@ class _Record(pl.Callback):
             self._save(trainer, pl_module)
 
 
+class _RecordingModule(FaceRecognitionModule):
+    """Also saves, on every rank, what its checkpoint dict holds for the centres after on_save_checkpoint."""
+
+    record_to: str | None = None
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.record_to is None:
+            return
+        w, live = checkpoint["state_dict"]["loss.weight"], self.loss.weight
+        idx = checkpoint["partial_fc"]["optimizer_params"][0][1]
+        momentum = checkpoint["optimizer_states"][0]["state"][idx]["momentum_buffer"]
+        torch.save({"shape": tuple(w.shape), "momentum_shape": tuple(momentum.shape),
+                    "full": checkpoint["partial_fc"]["full"], "weight_is_live": w.data_ptr() == live.data_ptr(),
+                    "momentum_is_live": momentum is self.trainer.optimizers[0].state[live]["momentum_buffer"]},
+                   Path(self.record_to) / f"saved_rank{self.global_rank}.pt")
+
+
 def _fit(tmp_path: Path, devices: int, max_steps: int, tag: str, when: str, ckpt_path: str | None = None) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -245,8 +291,10 @@ def _fit(tmp_path: Path, devices: int, max_steps: int, tag: str, when: str, ckpt
     pl.seed_everything(0, verbose=False)
     dm = IdentityFolderDataModule(str(tmp_path / "ds"), (16, 16), batch_size=2, num_workers=0, in_memory=True,
                                   val_fraction=0.25, flip=False)
-    model = FaceRecognitionModule(TinyEmbedder((16, 16), DIM).requires_grad_(True),
-                                  functools.partial(PartialFC, sample_rate=1.0, s=16.0, m2=0.3), lr=0.1)
+    model = _RecordingModule(TinyEmbedder((16, 16), DIM).requires_grad_(True),
+                             functools.partial(PartialFC, sample_rate=1.0, s=16.0, m2=0.3), lr=0.1)
+    if tag == "first":
+        model.record_to = str(tmp_path)
     save = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, every_n_train_steps=2, save_top_k=0)
     strategy = {"strategy": "ddp_spawn"} if devices > 1 else {}
     trainer = pl.Trainer(accelerator="cpu", devices=devices, max_steps=max_steps, val_check_interval=2,
@@ -275,6 +323,12 @@ def test_lightning_ddp_checkpoint_resumes_each_ranks_centres(tmp_path):
             "momentum_buffer": saved["optimizer_states"][0]["state"][idx]["momentum_buffer"]}
     for name, value in full.items():
         assert torch.equal(value, torch.cat([f[name] for f in first])), name
+    # what each rank's on_save_checkpoint left in its checkpoint: the full matrix on rank 0 (which
+    # wrote the file above), only its own live block on rank 1
+    built = [torch.load(tmp_path / f"saved_rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert (built[0]["shape"], built[0]["momentum_shape"], built[0]["full"]) == ((CLASSES, DIM), (CLASSES, DIM), True)
+    assert built[1] == {"shape": (2, DIM), "momentum_shape": (2, DIM), "full": False,
+                        "weight_is_live": True, "momentum_is_live": True}
 
     _fit(tmp_path, devices=2, max_steps=3, tag="resumed", when="start", ckpt_path=str(last))
     for r in range(WORLD):

@@ -15,8 +15,11 @@ from the checkpoint file alone.
 With a :class:`~exface.losses.partial_fc.PartialFC` sharded across ranks, the checkpoint holds
 the *full* centre matrix ``loss.weight`` (and the full optimizer state of it), gathered from
 every rank when saving (``checkpoint["partial_fc"]`` records the layout); loading cuts each
-rank's block again, so a run saved on N ranks resumes on M (1 included). Validation scores
-every rank's embeddings against all centres (each rank its block, the best over ranks).
+rank's block again, so a run saved on N ranks resumes on M (1 included). The gather goes to
+global rank 0 only, the one rank Lightning lets write the file: the other ranks' checkpoint
+dicts (built and discarded) keep just their own block, so only rank 0 ever holds memory for
+all classes. Validation scores every rank's embeddings against all centres (each rank its
+block, the best over ranks).
 """
 
 from __future__ import annotations
@@ -258,37 +261,64 @@ class FaceRecognitionModule(pl.LightningModule):
         return slots
 
     def _save_full_partial_fc(self, checkpoint: dict[str, Any]) -> None:
-        """Sharded PartialFC: put the full centre matrix and its full optimizer state in ``checkpoint``.
-        Collective (Lightning runs on_save_checkpoint on every rank; only rank 0 writes the file)."""
+        """Sharded PartialFC: put the full centre matrix and its full optimizer state in rank 0's ``checkpoint``.
+
+        Collective: Lightning runs on_save_checkpoint on every rank, but only global rank 0
+        writes the file (``Strategy.save_checkpoint``), so the blocks are gathered to rank 0
+        alone (:meth:`PartialFC.gather_centres`), one collective per tensor, in the same order
+        on every rank. Rank 0's checkpoint gets the full tensors (``partial_fc["full"]``); the
+        other ranks' checkpoints are left with their own block, the live tensors themselves (no
+        copy), and say so (``"full": False``, with their ``class_start``/``num_local``): they
+        are not meant to be written, and loading one is refused.
+        """
         loss = self.loss
         if not isinstance(loss, PartialFC):
             return
         slots = self._pfc_state_slots(checkpoint)
+        writer = True
         if loss.world_size > 1:
+            writer = _world()[0] == 0  # the rank that writes the file: the gathers' dst
             sd = checkpoint.get("state_dict")
             if sd is not None and self._PFC_KEY in sd:
-                sd[self._PFC_KEY] = loss.gather_centres(sd[self._PFC_KEY])
+                full = loss.gather_centres(sd[self._PFC_KEY], dst=0)
+                if writer:
+                    sd[self._PFC_KEY] = full
             states = checkpoint.get("optimizer_states") or []
             for k, i in slots:
                 state = states[k].get("state", {}) if k < len(states) else {}
                 if i not in state:
                     continue
-                # a copy: Optimizer.state_dict() shares these per-parameter dicts with the live optimizer
-                entry = dict(state[i])
+                # rank 0 edits a copy: Optimizer.state_dict() shares these per-parameter dicts with the
+                # live optimizer; the other ranks only read theirs (the same names, in the same order)
+                entry = dict(state[i]) if writer else state[i]
                 for name in sorted(entry, key=str):
                     v = entry[name]
                     if torch.is_tensor(v) and tuple(v.shape) == tuple(loss.weight.shape):
-                        entry[name] = loss.gather_centres(v)
-                state[i] = entry
-        checkpoint["partial_fc"] = {"num_classes": int(loss.num_classes), "full": True,
-                                    "saved_world_size": int(loss.world_size),
-                                    "optimizer_params": [[int(k), int(i)] for k, i in slots]}
+                        full = loss.gather_centres(v, dst=0)
+                        if writer:
+                            entry[name] = full
+                if writer:
+                    state[i] = entry
+        record = {"num_classes": int(loss.num_classes), "full": writer,
+                  "saved_world_size": int(loss.world_size),
+                  "optimizer_params": [[int(k), int(i)] for k, i in slots]}
+        if not writer:
+            record.update(class_start=int(loss.class_start), num_local=int(loss.num_local))
+        checkpoint["partial_fc"] = record
 
     def _load_partial_fc_block(self, checkpoint: dict[str, Any]) -> None:
-        """Sharded PartialFC: cut this rank's block of the full centre matrix and of its optimizer state."""
+        """Sharded PartialFC: cut this rank's block of the full centre matrix and of its optimizer state.
+
+        Needs no collective: every rank slices the full tensors rank 0 saved, for any number of
+        ranks (1 included: loaded as is)."""
         loss = self.loss
         if not isinstance(loss, PartialFC):
             return
+        if (checkpoint.get("partial_fc") or {}).get("full") is False:
+            raise RuntimeError(
+                "this checkpoint holds only one rank's shard of the PartialFC centres (it was built on a "
+                "rank other than 0, which does not write checkpoints): load the one rank 0 wrote"
+            )
         if _world()[1] > 1 and loss.world_size == 1:
             loss.shard_()  # not run yet: shard now, before the optimizer holds any state
         if loss.world_size == 1:

@@ -22,9 +22,11 @@ Distributed notes (the training module must honour them):
 - Sharding happens when the loss first runs with ``torch.distributed`` initialized
   (or at construction if it already is), before any optimizer step.
 - Checkpoints must hold the full centre matrix (and the full optimizer state of the
-  centres), since only rank 0 writes the file: gather it with :meth:`PartialFC.gather_centres`
-  on every rank before saving and cut this rank's block with :meth:`PartialFC.local_block`
-  when loading (``FaceRecognitionModule`` does both in its checkpoint hooks).
+  centres), since only rank 0 writes the file: call :meth:`PartialFC.gather_centres` on every
+  rank before saving (it is collective) -- it assembles the full tensor on rank 0 only, the
+  other ranks just send their block, so no rank but the writer ever holds memory for all
+  classes -- and cut this rank's block with :meth:`PartialFC.local_block` when loading
+  (``FaceRecognitionModule`` does both in its checkpoint hooks).
 - To score against all centres (validation), gather the embeddings with
   :func:`all_gather_rows` and call :meth:`PartialFC.nearest_class` on every rank.
 """
@@ -41,7 +43,7 @@ from torch import Tensor, nn
 from exface.losses.base import FRLoss
 from exface.losses.margin import MarginFunction, _check_labels, normalized_cosine
 
-__all__ = ["PartialFC", "all_gather_rows", "exclude_partial_fc_from_ddp"]
+__all__ = ["PartialFC", "all_gather_rows", "exclude_partial_fc_from_ddp", "gather_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,42 @@ def all_gather_rows(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x)
     return torch.cat([p[:size] for p, size in zip(parts, sizes)])
+
+
+def gather_rows(x: Tensor, dst: int = 0) -> Tensor | None:
+    """Every rank's ``x`` concatenated along dim 0, in rank order, on rank ``dst`` only (no autograd).
+
+    Collective: every rank must call it (with the same ``dst``, a global rank). Rank ``dst``
+    returns the concatenation; the other ranks send their ``x`` and return None, so unlike
+    :func:`all_gather_rows` only ``dst`` ever allocates memory for all the rows (this is what
+    checkpointing millions of class centres needs: only the rank that writes the file holds
+    them). Works with gloo and nccl (``torch.distributed.gather``; under nccl ``x`` must be on
+    this rank's GPU). The ranks' first dimensions may differ (e.g. uneven centre blocks): the
+    tensors are padded to the largest for the collective, then cut on ``dst`` (when all are the
+    same size the gathered buffer is returned without a further copy). Without a process group:
+    ``x`` itself.
+    """
+    rank, world = _world()
+    if world == 1:
+        return x
+    x = x.detach().contiguous()
+    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    counts = [torch.empty_like(n) for _ in range(world)]
+    dist.all_gather(counts, n)  # every rank needs the largest size, to pad to it
+    sizes = [int(c) for c in counts]
+    top = max(sizes)
+    if top == 0:
+        return x if rank == dst else None
+    if x.shape[0] < top:
+        x = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))])
+    if rank != dst:
+        dist.gather(x, None, dst=dst)
+        return None
+    buf = x.new_empty((world * top, *x.shape[1:]))
+    dist.gather(x, list(buf.split(top)), dst=dst)  # views: the parts land in one buffer
+    if all(size == top for size in sizes):
+        return buf
+    return torch.cat([buf[r * top : r * top + size] for r, size in enumerate(sizes)])
 
 
 class _AllGather(torch.autograd.Function):
@@ -188,17 +226,25 @@ class PartialFC(FRLoss):
         log.info("PartialFC rank %d/%d holds classes [%d, %d)", rank, world, self.class_start,
                  self.class_start + self.num_local)
 
-    def gather_centres(self, local: Tensor | None = None) -> Tensor:
-        """The full ``[num_classes, ...]`` tensor from every rank's block ``local`` (default: the
-        centres; also e.g. their optimizer state); collective when sharded: every rank must call
-        it. Unsharded: ``local`` as is."""
+    def gather_centres(self, local: Tensor | None = None, dst: int | None = 0) -> Tensor | None:
+        """The full ``[num_classes, ...]`` tensor assembled from every rank's block ``local``
+        (default: the centres; also e.g. their optimizer state).
+
+        Collective when sharded: every rank must call it, with tensors of its own block's rows.
+        The full tensor is built on global rank ``dst`` only (default 0, the rank that writes
+        checkpoints); the other ranks send their block and get None, so they never allocate
+        memory proportional to the number of classes (see :func:`gather_rows`). ``dst=None``:
+        every rank gets the full tensor (an all-gather; memory for all classes on every rank).
+        Unsharded: ``local`` as is.
+        """
         local = self.weight.detach() if local is None else local
         if self.world_size == 1:
             return local
         if local.shape[0] != self.num_local:
             raise ValueError(f"expected this rank's {self.num_local} rows, got a tensor of shape {tuple(local.shape)}")
-        full = all_gather_rows(local)
-        assert full.shape[0] == self.num_classes, (full.shape, self.num_classes)
+        full = all_gather_rows(local) if dst is None else gather_rows(local, dst)
+        if full is not None:
+            assert full.shape[0] == self.num_classes, (full.shape, self.num_classes)
         return full
 
     def local_block(self, full: Tensor) -> Tensor:
