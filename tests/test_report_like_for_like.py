@@ -13,7 +13,7 @@ from exface.alignment import FixedCropAligner, LandmarkAligner
 from exface.alignment.templates import ArcFaceTemplate
 from exface.errors import ExfaceError
 from exface.exfacegan.crops import aligned_crops
-from exface.exfacegan.report import quality_report, render_checked_set, render_set
+from exface.exfacegan.report import candidate_draw, quality_report, render_checked_set, render_set
 from exface.exfacegan.samplers import ExFaceGANSampler, RandomSampler
 from exface.exfacegan.synthesis import synthesize_dataset
 from exface.testing.tiny import TinyEmbedder
@@ -50,10 +50,7 @@ def _crop():
 def test_render_checked_set_resamples_drops_and_keeps_only_faces(tmp_path):
     gan, aligner, emb, bnd, refs = make_tiny_bank(tmp_path)
     crop = _crop()
-    gen = torch.Generator().manual_seed(0)
-
-    def draw(j, n):
-        return RandomSampler().sample(bnd, j, 1, refs["w"][j], n, gen, gan)
+    draw = candidate_draw(RandomSampler(), bnd, refs["w"], [(j, 1) for j in range(3)], gan, 0, 1)
 
     imgs, (e,), lats, owner, counts = render_checked_set(gan, [(aligner, emb)], draw, 3, 8, "w", 5, None,
                                                          (crop, 0.35, 1))
@@ -64,18 +61,16 @@ def test_render_checked_set_resamples_drops_and_keeps_only_faces(tmp_path):
     # embeddings and images are of the latents' renders
     again, (e2,) = render_set(gan, [(aligner, emb)], lats, "w", 64)
     assert np.array_equal(again, imgs) and np.allclose(e2, e, atol=1e-5)
-    # more rounds resample the failures: fewer drops
-    gen.manual_seed(0)
+    # more rounds resample the failures: fewer drops (round 0 draws the same candidates)
     *_, more = render_checked_set(gan, [(aligner, emb)], draw, 3, 8, "w", 5, None, (crop, 0.35, 8))
     assert more["dropped"] < counts["dropped"] and more["face_check_failed"] > counts["face_check_failed"]
-    # without a check it is render_set of the same draws
-    gen.manual_seed(0)
-    imgs3, (e3,), lats3, owner3, c3 = render_checked_set(gan, [(aligner, emb)], draw, 3, 8, "w", 5)
-    gen.manual_seed(0)
-    lat_ref = torch.cat([draw(j, 8) for j in range(3)])
-    ref_imgs, (ref_e,) = render_set(gan, [(aligner, emb)], lat_ref, "w", 5)
+    # without a check it is render_set of the same draws, one identity per forward pass
+    imgs3, (e3,), lats3, owner3, c3 = render_checked_set(gan, [(aligner, emb)], draw, 3, 8, "w", 8)
+    lat_ref = torch.stack([draw(j, i, 0) for j in range(3) for i in range(8)])
+    ref = [render_set(gan, [(aligner, emb)], lat_ref[8 * j:8 * j + 8], "w", 8) for j in range(3)]
     assert c3 == {"face_check_failed": 0, "dropped": 0} and torch.equal(lats3, lat_ref)
-    assert np.array_equal(imgs3, ref_imgs) and np.array_equal(e3, ref_e) and list(owner3) == [0] * 8 + [1] * 8 + [2] * 8
+    assert np.array_equal(imgs3, np.concatenate([r[0] for r in ref]))
+    assert np.array_equal(e3, np.concatenate([r[1][0] for r in ref])) and list(owner3) == [0] * 8 + [1] * 8 + [2] * 8
 
 
 def test_baselines_get_the_datasets_face_check(tmp_path):
@@ -109,13 +104,22 @@ def test_without_the_crop_aligner_the_verdict_names_the_unchecked_baselines(tmp_
 
 
 def test_a_crop_without_landmarks_and_the_identity_filter(tmp_path):
-    """A fixed crop has no face check to share (nothing is unlike); the identity filter only the dataset passed."""
+    """A fixed crop has no face check to share (nothing is unlike); the baselines pass the dataset's identity filter."""
     _, (gan, aligner, emb, *_) = _synth(tmp_path, FixedCropAligner((0.1, 0.1, 0.9, 0.9), (16, 16)))
     res = quality_report(tmp_path / "ds", tmp_path / "rep", gan, aligner, emb, batch_size=6, seed=0)
     assert res["baseline_face_check"]["status"] == "none" and "not like for like" not in res["verdict"]
+    assert res["baseline_identity_filter"] == {"status": "none", "identity_filter": None, "sets": {}}
     _, (gan, aligner, emb, *_) = _synth(tmp_path / "f", identity_filter=0.99, filter_rounds=3)
     res = quality_report(tmp_path / "f" / "ds", tmp_path / "f" / "rep", gan, aligner, emb, batch_size=6, seed=0)
-    assert "only the dataset's images passed the identity filter (cosine >= 0.99" in res["verdict"]
+    assert "identity filter" not in res["verdict"]
+    bif = res["baseline_identity_filter"]
+    assert bif["status"] == "same" and bif["identity_filter"] == 0.99 and bif["rounds"] == 3
+    assert set(bif["sets"]) == {"noise", "noise_equal_diversity"}
+    assert sum(c["identity_filter_failed"] for c in bif["sets"].values()) > 0
+    for name, c in bif["sets"].items():
+        assert res["sets"][name]["num_images"] == c["passed_filter"] + c["kept_below_filter"] == 12
+    md = (tmp_path / "f" / "rep" / "report.md").read_text()
+    assert "The baselines got the dataset's identity filter (cosine >= 0.99" in md
 
 
 def test_a_jpeg_dataset_is_measured_on_lossless_frames_like_its_baselines(tmp_path):

@@ -24,11 +24,26 @@ memory does not grow with the generator's resolution (10k StyleGAN 1024 px image
 Like for like: the dataset's images passed synthesize's face check (failures resampled for
 ``filter_rounds`` rounds, then dropped); given the dataset's landmark ``crop_aligner`` the
 baselines are face-checked the same way (:func:`render_checked_set`), and their counts of
-failures and drops are reported. The dataset side is always measured on lossless frames,
-as the baselines are: the stored PNG frames, or frames re-rendered from the latents where
-the files are crops or JPEGs. What stays unlike (no crop aligner given for a landmark face
-check; the identity filter, which only the dataset's images passed; different image
-counts) is named in the verdict.
+failures and drops are reported. A dataset made with an ``identity_filter`` (cosine to the
+identity's anchor embedding by the labeler, on the labeler's crop of the frame) has its
+baselines filtered the same way: the same threshold, anchors (:func:`anchor_embeddings`) and
+``filter_rounds``, draws below it resampled, and where the rounds run out the most similar
+rejects kept, as synthesize keeps them; the counts are reported. The ``random`` set is not
+filtered: it is the chance floor (unconditioned latents, no identity to pass a filter for),
+and filtering it would make it another sampler at up to ``filter_rounds`` times the renders.
+The dataset side is always
+measured on lossless frames, as the baselines are: the stored PNG frames, or frames
+re-rendered from the latents where the files are crops or JPEGs. What stays unlike (no crop
+aligner given for a landmark face check; different image counts) is named in the verdict.
+
+Reproducible for any eval ``batch_size``: every baseline candidate (identity, image slot,
+resampling round) draws its latent from its own seeded stream (:func:`candidate_rng`), and
+the forward passes that render, face-check and embed it hold only its identity's candidates
+of that round (:func:`render_checked_set`), so no draw, check or filter decision depends on
+the other identities, on their order, or on how many images a forward pass takes, as long
+as ``batch_size`` is at least ``images_per_identity`` (a smaller one splits an identity's
+pass, and conv/matmul kernels can round differently for another batch shape). The dataset's
+evaluator embeddings are taken per identity likewise. Networks are put in eval mode.
 
 Every set is scored twice: by the labeler (the embedder that made the bank's labels and
 the boundaries) and by an independent **evaluator**, a face network that had no part in the
@@ -70,6 +85,9 @@ __all__ = [
     "calibrate_noise_sigma",
     "calibrate_sigma_to_diversity",
     "render_set",
+    "candidate_rng",
+    "candidate_draw",
+    "anchor_embeddings",
     "render_checked_set",
     "report_face_check",
     "check_report_parts",
@@ -176,6 +194,12 @@ Judge = tuple[Aligner, IdentityEmbedder]
 Truncation = tuple[float | None, int | None] | tuple[float | None, int | None, str]
 #: synthesize's face check: (landmark crop aligner, max_error, rounds), see :func:`report_face_check`.
 FaceCheck = tuple[Aligner, float, int]
+#: synthesize's identity filter: (the labeler's judge, cosine threshold, unit anchor embeddings
+#: ``[identities, D]`` (:func:`anchor_embeddings`), rounds), see :func:`render_checked_set`.
+IdentityFilter = tuple[Judge, float, Tensor, int]
+#: One random stream per baseline set (:func:`candidate_rng`); the equal-diversity calibration
+#: draws from the stream of the set it calibrates, so it measures that set's own noise.
+BASELINE_STREAMS = {"random": 1, "noise": 2, "noise_equal_diversity": 3}
 
 
 def check_report_parts(settings: dict, generator: Generator, aligner: Aligner, embedder: IdentityEmbedder,
@@ -271,59 +295,153 @@ def render_set(gan: Generator, judges: list[Judge], latents: Tensor, space: str,
     return np.concatenate(imgs), [np.concatenate(e) for e in embs]
 
 
+def candidate_rng(seed: int, stream: int, boundary: int, side: int, slot: int, rnd: int) -> torch.Generator:
+    """The random stream of one baseline candidate: image ``slot`` of (``boundary``, ``side``) in round ``rnd``.
+
+    Seeded from these numbers alone (``stream``: the set, :data:`BASELINE_STREAMS`), so a
+    candidate's latent does not depend on which other candidates were drawn before it: not
+    on the other identities, their order or their failures, nor on the other sets.
+    """
+    state = np.random.SeedSequence([int(seed), int(stream), int(boundary), int(side) + 1, int(slot),
+                                    int(rnd)]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+
+
+def candidate_draw(sampler, boundaries: Boundaries, references: Tensor, idents: list[tuple[int, int]],
+                   gan: Generator, seed: int, stream: int):
+    """``draw(j, i, r)`` for :func:`render_checked_set`: one latent of identity ``idents[j]`` = (boundary, side).
+
+    Each candidate is sampled alone (``num=1``) from :func:`candidate_rng`: a sampler that runs
+    a network (``RandomSampler`` in w maps z) then sees the same input shape for every candidate.
+    """
+    def draw(j: int, i: int, r: int) -> Tensor:
+        b, s = idents[j]
+        return sampler.sample(boundaries, b, s, references[b], 1, candidate_rng(seed, stream, b, s, i, r), gan)[0]
+
+    return draw
+
+
+@torch.no_grad()
+def anchor_embeddings(gan: Generator, judge: Judge, boundaries: Boundaries, references: Tensor,
+                      reference_embeddings: Tensor, idents: list[tuple[int, int]], space: str,
+                      truncation: Truncation | None = None) -> Tensor:
+    """``[len(idents), D]`` unit anchors of the identity filter, as synthesize takes them.
+
+    Side +1: the bank's embedding of the reference; side -1: the labeler ``judge``'s
+    embedding of the mirrored reference (:func:`~exface.exfacegan.samplers.anchor_latent`),
+    rendered with ``truncation``, one identity per forward pass (so an anchor does not depend
+    on which other identities the report covers).
+    """
+    from exface.exfacegan.synthesis import embed_images
+
+    out = []
+    for b, s in idents:
+        if s > 0:
+            out.append(torch.nn.functional.normalize(reference_embeddings[b].float().cpu(), dim=0))
+        else:
+            lat = anchor_latent(boundaries, b, -1, references[b]).unsqueeze(0)
+            u8 = to_uint8(render_latents(gan, lat, space, *(truncation or (None, None)))).cpu()
+            out.append(embed_images(judge[0], judge[1], u8)[0].float().cpu())
+    return torch.stack(out) if out else torch.zeros(0, reference_embeddings.shape[1])
+
+
 @torch.no_grad()
 def render_checked_set(gan: Generator, judges: list[Judge], draw, num_identities: int, k: int, space: str,
                        batch_size: int = 64, truncation: Truncation | None = None,
-                       face_check: FaceCheck | None = None) -> tuple[np.ndarray, list[np.ndarray], Tensor, np.ndarray, dict]:
-    """:func:`render_set` of ``num_identities`` x ``k`` images, face-checked as synthesize does.
+                       face_check: FaceCheck | None = None, identity_filter: IdentityFilter | None = None,
+                       ) -> tuple[np.ndarray, list[np.ndarray], Tensor, np.ndarray, dict]:
+    """:func:`render_set` of ``num_identities`` x ``k`` images, face-checked and filtered as synthesize does.
 
-    ``draw(j, n)`` gives ``n`` latents of identity ``j``. With ``face_check`` (crop aligner,
-    max_error, rounds) each round renders the draws still missing, images failing
-    :func:`~exface.exfacegan.crops.aligned_crops`' check are resampled the next round, and
-    after ``rounds`` rounds the missing ones are dropped. Without it (or for an aligner
-    without landmarks, whose check every image passes) it is one round: the draws and the
-    images of :func:`render_set`. Returns the images, per judge the embeddings, the latents,
-    each row's identity index (rows ordered by identity, then draw) and ``{"face_check_failed",
-    "dropped"}``.
+    ``draw(j, i, r)`` gives the latent of identity ``j``'s image slot ``i`` in round ``r``
+    (:func:`candidate_draw`). With ``face_check`` (crop aligner, max_error, rounds) images
+    failing :func:`~exface.exfacegan.crops.aligned_crops`' check are resampled the next round;
+    with ``identity_filter`` (labeler judge, threshold, anchors, rounds) so are images whose
+    labeler embedding has cosine below the threshold to their identity's anchor. After the
+    rounds (the larger of the two) a slot still open takes the most similar of the identity's
+    below-threshold rejects (synthesize's "best rejects"), else it is dropped. Without either
+    (or for a crop aligner without landmarks, whose check every image passes) it is one
+    round: the draws and the images of :func:`render_set`.
+
+    Identities are done one after the other, and each forward pass (render, face check,
+    embeddings) holds one identity's candidates of one round, in slot order, at most
+    ``batch_size`` of them: with ``batch_size >= k`` nothing about a candidate depends on the
+    batch size, on the other identities or on their order.
+
+    Returns the images, per judge the embeddings, the latents, each row's identity index (rows
+    by identity: its passing images in slot order, then the rejects kept, most similar first)
+    and ``{"face_check_failed", "dropped"}``; with ``identity_filter`` also
+    ``"candidates_drawn"``, ``"identity_filter_failed"`` (draws that passed the face check but
+    not the filter, resampled), ``"kept_below_filter"`` (rejects kept for open slots) and
+    ``"passed_filter"`` (images kept that passed it).
     """
     from exface.alignment.landmark_aligner import LandmarkAligner
     from exface.exfacegan.crops import aligned_crops
     from exface.exfacegan.synthesis import embed_images
 
     checking = face_check is not None and face_check[1] is not None and isinstance(face_check[0], LandmarkAligner)
-    rounds = max(1, int(face_check[2])) if checking else 1
-    need = [int(k)] * num_identities
+    filtering = identity_filter is not None
+    rounds = max([1] + ([int(face_check[2])] if checking else []) + ([int(identity_filter[3])] if filtering else []))
+    if filtering:
+        (f_aligner, f_embedder), threshold, anchors = identity_filter[0], float(identity_filter[1]), identity_filter[2]
+        anchors = anchors.float().cpu()
+        # the labeler is usually judges[0]: reuse its embeddings
+        f_judge = next((q for q, (a, e) in enumerate(judges) if a is f_aligner and e is f_embedder), None)
+    counts = {"face_check_failed": 0, "dropped": 0}
+    if filtering:
+        counts.update(candidates_drawn=0, identity_filter_failed=0, kept_below_filter=0, passed_filter=0)
     rows: list[tuple[int, np.ndarray, Tensor, list[np.ndarray]]] = []  # (identity, image, latent, embeddings)
-    failed = 0
-    for _ in range(rounds):
-        todo = [j for j in range(num_identities) if need[j] > 0]
-        if not todo:
-            break
-        lat = torch.cat([draw(j, need[j]).float() for j in todo])
-        owner = [j for j in todo for _ in range(need[j])]
-        for s in range(0, len(lat), batch_size):
-            u8 = to_uint8(render_latents(gan, lat[s:s + batch_size], space, *(truncation or (None, None)))).cpu()
-            if checking:
-                ok = aligned_crops(face_check[0], u8, face_check[1], module_device(face_check[0]))[1].bool()
-            else:
-                ok = torch.ones(len(u8), dtype=torch.bool)
-            failed += int((~ok).sum())
-            if not ok.any():
-                continue
-            keep = ok.nonzero().flatten()
-            small = shrink(u8[keep])
-            embs = [embed_images(a, e, u8[keep]).cpu().numpy() for a, e in judges]
-            for q, i in enumerate(keep.tolist()):
-                j = owner[s + i]
-                need[j] -= 1
-                rows.append((j, small[q], lat[s + i], [e[q] for e in embs]))
-    rows.sort(key=lambda r: r[0])  # stable: by identity, then draw order
-    d = int(lat.shape[1]) if num_identities else 0
+    latent_shape: tuple[int, ...] = (0,)
+    for j in range(num_identities):
+        open_slots = list(range(int(k)))
+        filled: dict[int, tuple] = {}  # slot -> (image, latent, embeddings)
+        rejects: list[tuple] = []  # (-similarity, round, slot, (image, latent, embeddings))
+        for r in range(rounds):
+            if not open_slots:
+                break
+            lat = torch.stack([draw(j, i, r).float() for i in open_slots])
+            latent_shape = tuple(lat.shape[1:])
+            if filtering:
+                counts["candidates_drawn"] += len(open_slots)
+            still_open: list[int] = []
+            for s in range(0, len(open_slots), batch_size):
+                slots, part = open_slots[s:s + batch_size], lat[s:s + batch_size]
+                u8 = to_uint8(render_latents(gan, part, space, *(truncation or (None, None)))).cpu()
+                if checking:
+                    ok = aligned_crops(face_check[0], u8, face_check[1], module_device(face_check[0]))[1].bool()
+                else:
+                    ok = torch.ones(len(u8), dtype=torch.bool)
+                counts["face_check_failed"] += int((~ok).sum())
+                still_open += [slots[q] for q in (~ok).nonzero().flatten().tolist()]  # no face: resampled
+                if not ok.any():
+                    continue
+                keep = ok.nonzero().flatten()
+                small = shrink(u8[keep])
+                embs = [embed_images(a, e, u8[keep]).cpu().numpy() for a, e in judges]
+                if filtering:
+                    fe = torch.from_numpy(embs[f_judge]) if f_judge is not None else \
+                        embed_images(f_aligner, f_embedder, u8[keep]).float().cpu()
+                    sims = (fe.float() @ anchors[j]).tolist()  # as synthesize: emb . anchor
+                for q, i in enumerate(keep.tolist()):
+                    rec = (small[q], part[i], [e[q] for e in embs])
+                    if not filtering or sims[q] >= threshold:
+                        filled[slots[i]] = rec
+                    else:  # below the threshold: resampled, kept aside as a reject
+                        counts["identity_filter_failed"] += 1
+                        rejects.append((-sims[q], r, slots[i], rec))
+                        still_open.append(slots[i])
+            open_slots = sorted(still_open)
+            # only the k - filled most similar rejects can ever be used (filled only grows)
+            rejects = sorted(rejects, key=lambda t: t[:3])[:int(k) - len(filled)]
+        fill = [t[3] for t in rejects[:len(open_slots)]]
+        if filtering:
+            counts["kept_below_filter"] += len(fill)
+            counts["passed_filter"] += len(filled)
+        counts["dropped"] += len(open_slots) - len(fill)
+        rows += [(j, *filled[i]) for i in sorted(filled)] + [(j, *rec) for rec in fill]
     imgs = np.stack([r[1] for r in rows]) if rows else np.zeros((0, 3, 1, 1), np.uint8)
     embs = [np.stack([r[3][i] for r in rows]) if rows else np.zeros((0, 0), np.float32) for i in range(len(judges))]
-    lats = torch.stack([r[2] for r in rows]) if rows else torch.zeros(0, d)
-    return imgs, embs, lats, np.array([r[0] for r in rows], dtype=np.int64), \
-        {"face_check_failed": failed, "dropped": int(sum(need))}
+    lats = torch.stack([r[2] for r in rows]) if rows else torch.zeros(0, *latent_shape)
+    return imgs, embs, lats, np.array([r[0] for r in rows], dtype=np.int64), counts
 
 
 def report_face_check(settings: dict, crop_aligner: Aligner | None, where: object = None) -> tuple[FaceCheck | None, str]:
@@ -363,18 +481,33 @@ def report_face_check(settings: dict, crop_aligner: Aligner | None, where: objec
     return (crop_aligner.eval(), float(max_error), max(1, int(settings.get("filter_rounds") or 1))), "same"
 
 
+def _identity_batches(labels, batch_size: int) -> list[slice]:
+    """Forward-pass slices of rows grouped by identity: each run of one identity's rows, split at ``batch_size``.
+
+    The dataset's images are embedded one identity per pass, as the baselines' are
+    (:func:`render_checked_set`), so their embeddings do not change with the batch size
+    (for ``batch_size >= images_per_identity``) or with the identities the report covers.
+    """
+    out, start, labels = [], 0, list(labels)
+    for q in range(1, len(labels) + 1):
+        if q == len(labels) or labels[q] != labels[start] or q - start == batch_size:
+            out.append(slice(start, q))
+            start = q
+    return out
+
+
 @torch.no_grad()
 def _embed_files(root: Path, rows: list[dict], judge: Judge, batch_size: int) -> np.ndarray:
-    """Embeddings of a dataset's stored frames (full resolution) by one judge."""
+    """Embeddings of a dataset's stored frames (full resolution) by one judge, one identity per pass."""
     from PIL import Image
 
     from exface.exfacegan.synthesis import embed_images
 
     out = []
-    for s in range(0, len(rows), batch_size):
+    for sl in _identity_batches([r["identity"] for r in rows], batch_size):
         u8 = torch.from_numpy(np.stack([np.asarray(Image.open(root / r.get("frame", r["file"])).convert("RGB"))
                                         .transpose(2, 0, 1)
-                                        for r in rows[s:s + batch_size]]))
+                                        for r in rows[sl]]))
         out.append(embed_images(judge[0], judge[1], u8).cpu().numpy())
     return np.concatenate(out)
 
@@ -384,25 +517,25 @@ def calibrate_sigma_to_diversity(gan: Generator, boundaries: Boundaries, referen
                                  start_sigma: float, normalize_z: bool,
                                  truncation: Truncation | None,
                                  seed: int = 0, batch_size: int = 64, steps: int = 7,
-                                 face_check: FaceCheck | None = None) -> tuple[float, float]:
+                                 face_check: FaceCheck | None = None,
+                                 identity_filter: IdentityFilter | None = None,
+                                 stream: int = BASELINE_STREAMS["noise_equal_diversity"]) -> tuple[float, float]:
     """Noise sigma whose rendered images have pixel diversity ``target``, and the diversity reached.
 
     Pixel diversity grows with sigma, so it is found by geometric bisection, each step
     rendering ``k`` images for each of ``idents`` (a subset of the identities keeps it cheap),
     with ``truncation`` (psi, cutoff[, centre]; None: none) applied at render time, and
-    ``face_check`` as the set it calibrates gets it (:func:`render_checked_set`).
-    When even very large noise stays below ``target`` the largest sigma tried is returned.
+    ``face_check`` and ``identity_filter`` (anchors of ``idents``) as the set it calibrates
+    gets them (:func:`render_checked_set`). Every step draws the same candidates' noise
+    (``stream``: by default the equal-diversity set's own, so the subset's draws are that
+    set's), scaled by its sigma. When even very large noise stays below ``target`` the
+    largest sigma tried is returned.
     """
     def diversity(sigma: float) -> float:
-        gen = torch.Generator().manual_seed(seed + 777)
-        sam = NoiseSampler(sigma, normalize_z=normalize_z)
-
-        def draw(j: int, n: int) -> Tensor:
-            b, s = idents[j]
-            return sam.sample(boundaries, b, s, references[b], n, gen, gan)
-
+        draw = candidate_draw(NoiseSampler(sigma, normalize_z=normalize_z), boundaries, references, idents, gan,
+                              seed, stream)
         imgs, _, _, owner, _ = render_checked_set(gan, [], draw, len(idents), k, space, batch_size, truncation,
-                                                  face_check)
+                                                  face_check, identity_filter)
         return _pixel_diversity(imgs, owner)
 
     lo, hi = 0.0, max(start_sigma, 1e-3)
@@ -518,6 +651,8 @@ def quality_report(
 
     root, out = Path(dataset_dir), Path(report_dir)
     settings = json.loads((root / SETTINGS).read_text())
+    for m in (generator, aligner, embedder):  # inference: batch norm on its running statistics, not the batch's
+        m.eval()
     check_report_parts(settings, generator, aligner, embedder, where=root / SETTINGS)
 
     why = "given"
@@ -565,8 +700,10 @@ def quality_report(
             _stage(f"embedding the dataset's {len(rows)} images with the evaluator {type(evaluator).__name__}")
             ev_emb = _embed_files(root, rows, judges[1], batch_size)
     else:  # crops or JPEGs on disk: re-render the frames, as the baselines are measured on frames
-        images, es = render_set(generator, judges[1:], lat.float(), space, batch_size, trunc)
-        ev_emb = es[0] if evaluator is not None else None
+        parts = [render_set(generator, judges[1:], lat[sl].float(), space, batch_size, trunc)
+                 for sl in _identity_batches(labels, batch_size)]
+        images = np.concatenate([p[0] for p in parts])
+        ev_emb = np.concatenate([p[1][0] for p in parts]) if evaluator is not None else None
 
     sets = {"boundary": set_metrics(emb, labels, images, seed=seed, latents=lat.numpy())}
     ev_sets: dict[str, dict] = {}
@@ -590,7 +727,6 @@ def quality_report(
         _, refs = load_bank_references(settings["bank"], generator, embedder, aligner)
         check_report_sources(settings, bnd, refs, where=root / SETTINGS)
         references = refs[space].float()
-        gen = torch.Generator().manual_seed(seed + 12345)
         pos = np.array([r["side"] > 0 for r in rows])
         ref_of = references[torch.tensor([r["boundary"] for r in rows])]
         spread = float((lat[torch.from_numpy(pos)] - ref_of[torch.from_numpy(pos)]).norm(dim=1).mean()) if pos.any() \
@@ -599,18 +735,37 @@ def quality_report(
         sigma = calibrate_noise_sigma(bnd, references, [(b, s) for _, b, s in idents], spread, normalize_z, seed=seed)
         samplers = {"random": RandomSampler(), "noise": NoiseSampler(sigma, normalize_z=normalize_z)}
         names_of = np.array([n for n, _, _ in idents])
+        pairs = [(b, s) for _, b, s in idents]
+        # synthesize's identity filter, applied to the baselines alike: same threshold, the labeler's
+        # embedding of the same crop, the same anchors and rounds
+        id_filter: IdentityFilter | None = None
+        threshold = settings.get("identity_filter")
+        result["baseline_identity_filter"] = {"status": "none", "identity_filter": threshold, "sets": {}}
+        if threshold is not None:
+            filter_rounds = max(1, int(settings.get("filter_rounds") or 1))
+            _stage(f"embedding the anchors of the identity filter ({len(idents)} identities)")
+            anchors = anchor_embeddings(generator, judges[0], bnd, references, refs["embedding"], pairs, space, trunc)
+            id_filter = (judges[0], float(threshold), anchors, filter_rounds)
+            result["baseline_identity_filter"].update(
+                status="same", rounds=filter_rounds,
+                dataset={"images": len(rows), "kept_below_filter": sum(not r.get("passed_filter", True) for r in rows)})
+        face_keys = ("face_check_failed", "dropped")
 
-        def baseline(sam) -> tuple[np.ndarray, list[np.ndarray], Tensor, np.ndarray, dict]:
-            def draw(j: int, n: int) -> Tensor:
-                _, b, s = idents[j]
-                return sam.sample(bnd, b, s, references[b], n, gen, generator)
-
-            return render_checked_set(generator, judges, draw, len(idents), k, space, batch_size, trunc, face_check)
+        def baseline(name: str, sam) -> tuple[np.ndarray, list[np.ndarray], Tensor, np.ndarray, dict]:
+            draw = candidate_draw(sam, bnd, references, pairs, generator, seed, BASELINE_STREAMS[name])
+            # the random set is the chance floor: never filtered (see the module docstring)
+            res = render_checked_set(generator, judges, draw, len(idents), k, space, batch_size, trunc, face_check,
+                                     None if name == "random" else id_filter)
+            counts = res[4]
+            result["baseline_face_check"]["sets"][name] = {k2: counts[k2] for k2 in face_keys}
+            if id_filter is not None and name != "random":
+                result["baseline_identity_filter"]["sets"][name] = {k2: v for k2, v in counts.items()
+                                                                    if k2 not in face_keys}
+            return res
 
         for name, sam in samplers.items():
             _stage(f"rendering and embedding the {name} baseline ({len(idents) * k} images)")
-            imgs, es, lats, owner, counts = baseline(sam)
-            result["baseline_face_check"]["sets"][name] = counts
+            imgs, es, lats, owner, counts = baseline(name, sam)
             lab = names_of[owner]
             sets[name] = set_metrics(es[0], lab, imgs, seed=seed, latents=lats.numpy())
             if evaluator is not None:
@@ -626,15 +781,16 @@ def quality_report(
         result["matched_latent_spread"] = spread
         # The comparison the verdict uses: noise of the same pixel diversity as the boundary sampler.
         target = sets["boundary"]["pixel_diversity"]
-        sub = [(b, s) for _, b, s in idents[:24]]
+        sub = pairs[:24]
+        sub_filter = None if id_filter is None else (id_filter[0], id_filter[1], id_filter[2][:len(sub)], id_filter[3])
         _stage("calibrating the noise baseline to the dataset's pixel diversity")
         sigma_div, reached = calibrate_sigma_to_diversity(
             generator, bnd, references, sub, k, space, target, sigma, normalize_z, trunc, seed=seed,
-            batch_size=batch_size, face_check=face_check)
+            batch_size=batch_size, face_check=face_check, identity_filter=sub_filter,
+            stream=BASELINE_STREAMS["noise_equal_diversity"])
         sam = NoiseSampler(sigma_div, normalize_z=normalize_z)
         _stage(f"rendering and embedding the equal-diversity noise baseline ({len(idents) * k} images)")
-        imgs, es, lats, owner, counts = baseline(sam)
-        result["baseline_face_check"]["sets"]["noise_equal_diversity"] = counts
+        imgs, es, lats, owner, counts = baseline("noise_equal_diversity", sam)
         lab = names_of[owner]
         sets["noise_equal_diversity"] = set_metrics(es[0], lab, imgs, seed=seed, latents=lats.numpy())
         if evaluator is not None:
@@ -679,7 +835,9 @@ def _unlike(result: dict) -> list[str]:
         out.append(f"the dataset's images passed the face check ({ds.get('face_check_failed') or 0} draws failed and "
                    f"were resampled, {ds.get('dropped') or 0} dropped), the baselines' were not face-checked (the "
                    f"report was given no crop_aligner)")
-    if result.get("identity_filter") is not None:
+    bif = result.get("baseline_identity_filter") or {}
+    # the baselines get the dataset's identity filter; only a report.json made before they did lacks it
+    if result.get("identity_filter") is not None and bif.get("status") != "same":
         out.append(f"only the dataset's images passed the identity filter (cosine >= {result['identity_filter']} to "
                    f"the anchor by the labeler {result.get('labeler')}, resampled below it)")
     sets = result.get("evaluator_sets") or result["sets"]
@@ -770,6 +928,18 @@ def _markdown(result: dict) -> list[str]:
     elif bfc.get("status") == "not applied":
         lines.append("The baselines were not face-checked (no crop_aligner was given to the report): not like for "
                      "like, see the verdict.")
+    bif = result.get("baseline_identity_filter") or {}
+    if bif.get("status") == "same":
+        ds = bif.get("dataset") or {}
+        lines.append(
+            f"The baselines got the dataset's identity filter (cosine >= {bif['identity_filter']} to the identity's "
+            f"anchor by the labeler {result.get('labeler')}, {bif['rounds']} rounds; draws below it resampled, and "
+            f"where the rounds ran out the most similar rejects kept, as synthesize keeps them): "
+            + ", ".join(f"{n} {c['identity_filter_failed']} of {c['candidates_drawn']} draws below it, "
+                        f"{c['kept_below_filter']} images kept below it" for n, c in bif["sets"].items())
+            + f"; the dataset: {ds.get('kept_below_filter', 0)} of {ds.get('images', 0)} images kept below it. "
+            f"`random`, the chance floor, is not filtered."
+        )
     if result.get("image_format") == "jpeg" and result.get("dataset_measured_on") == "re-rendered frames":
         lines.append(f"The dataset stores JPEG (quality {result.get('jpeg_quality')}); its images are measured on "
                      f"lossless frames re-rendered from its latents, as the baselines' are.")
@@ -814,7 +984,8 @@ def report(
             (checked against synthesis.json's "parts"; the bank and boundaries it reloads by their
             recorded paths are checked against its recorded digests).
         report_dir: where to write (default: dataset_dir/../report).
-        batch_size: images per forward pass. seed: seed of the baselines and impostor pairs.
+        batch_size: images per forward pass, of one identity at a time (the report is the same for any
+            batch_size >= images_per_identity). seed: seed of the baselines and impostor pairs.
         report_identities: only the first this many identities (default all).
         baselines: also render the random and noise baselines.
         evaluator: the independent network the verdict uses (default: another offline network
