@@ -58,22 +58,67 @@ def build_module(loss_embedder: str):
     return m
 
 
-def search(m, id_img: torch.Tensor, attr_img: torch.Tensor, start: torch.Tensor, landmark_weight: float, steps: int,
-           lr: float) -> torch.Tensor:
-    """Latents ``[N, dim]`` minimizing the module's identity + landmark loss per pair, from ``start``."""
-    from exface.disentangle.losses import identity_loss, landmark_loss
+def centred_member(m, name: str):
+    """A second loss network for an ensemble identity loss: ``name``'s unit embeddings of the
+    recipe's identity box at its input size, centred on the same ``CENTER_SEED`` samples as the
+    module's own (each member centred on its own mean, as the module centres its embedder)."""
+    import torch.nn.functional as F
 
+    from exface.alignment import FixedCropAligner
+    from exface.disentangle.datamodule import CENTER_SEED
+    from exface.registry import create_part
+
+    emb = create_part("embedders", name).eval().requires_grad_(False)
+    crop = FixedCropAligner(box=ID_BOX, output_size=tuple(emb.input_size))
     with torch.no_grad():
-        e_i = m.embed(id_img)
+        seeds = torch.arange(CENTER_SEED, CENTER_SEED + m.identity_center)
+        mean = torch.cat([emb(crop(m.render(m.latents(seeds[i:i + 64])))) for i in range(0, len(seeds), 64)]).mean(0)
+    return lambda x: F.normalize(emb(crop(x)) - mean, dim=-1)
+
+
+def start_latents(zi: torch.Tensor, za: torch.Tensor, start: str) -> torch.Tensor:
+    """The search's start: the attribute source's latent, the identity source's, or ``mid``,
+    the great-circle midpoint of the two (slerp 0.5), where neither source's traits lead."""
+    if start == "attr":
+        return za
+    if start == "id":
+        return zi
+    mid = zi / zi.norm(dim=1, keepdim=True) + za / za.norm(dim=1, keepdim=True)
+    return mid * (zi.shape[1] ** 0.5 / mid.norm(dim=1, keepdim=True))
+
+
+def search(m, id_img: torch.Tensor, attr_img: torch.Tensor, start: torch.Tensor, landmark_weight: float, steps: int,
+           lr: float, members: tuple = (), augment: str = "none", seed: int = 0) -> torch.Tensor:
+    """Latents ``[N, dim]`` minimizing the module's identity + landmark loss per pair, from ``start``.
+
+    ``members``: further centred identity networks whose L1 losses are added to the module's
+    (an ensemble loss). ``augment``: ``identity`` -- the identity losses see ``random_views``
+    random views (flips included) and the landmark loss the output itself; ``both`` -- both
+    losses see one random view (no flip), the landmark target moved into it.
+    """
+    from exface.disentangle.losses import identity_loss, landmark_loss, points_in_views, random_views
+
+    embedders = (m.embed, *members)
+    with torch.no_grad():
+        targets = [e(id_img) for e in embedders]
         l_a = m.landmarks_160(attr_img)
+    gen = torch.Generator().manual_seed(seed)
     radius = start.shape[1] ** 0.5
     z = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     n = len(z)
     for _ in range(steps):
         out = m.render(z)
+        view, lmk_view, lmk_target = out, out, l_a
+        if augment == "identity":
+            view, _ = random_views(out, gen)
+        elif augment == "both":
+            view, theta = random_views(out, gen, flip=False)
+            lmk_view, lmk_target = view, points_in_view(l_a, theta, m.landmark_frame_size)
+        ident = sum(identity_loss(e(view), t) for e, t in zip(embedders, targets))
+        lmk = landmark_loss(m.landmarks_160(lmk_view), lmk_target) if landmark_weight else 0.0
         # sums over pairs (x n) so that each pair's gradient is its own loss's, whatever the batch
-        loss = n * (identity_loss(m.embed(out), e_i) + landmark_weight * landmark_loss(m.landmarks_160(out), l_a))
+        loss = n * (ident + landmark_weight * lmk)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -94,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--landmark_weights", type=float, nargs="+", default=[0.0, 0.001, 0.01, 0.1])
     ap.add_argument("--loss_embedder", default="FaceApiResNet34",
                     help="the identity network of the loss (its default evaluator judges beside it)")
+    ap.add_argument("--ensemble", nargs="+", default=[],
+                    help="further identity networks in the loss (each centred, L1 added): an ensemble loss; "
+                         "a judge that is in the loss is marked not independent")
+    ap.add_argument("--start", choices=["attr", "id", "mid"], default="attr",
+                    help="start the search at the attribute source's latent (pose right), the identity source's, "
+                         "or halfway between them on the prior's sphere (slerp 0.5)")
+    ap.add_argument("--augment", choices=["none", "identity", "both"], default="none",
+                    help="random views of the output (exface.disentangle.losses.random_views: expectation over "
+                         "transformation) for the identity "
+                         "losses, or for the identity and landmark losses alike")
     ap.add_argument("--mobileface_judge", action="store_true",
                     help="also judge identity by HumanMobileFace (a third network, 112-px ArcFace box)")
     ap.add_argument("--threads", type=int, default=2)
@@ -110,14 +165,24 @@ def main(argv: list[str] | None = None) -> int:
 
         mf, crop = HumanMobileFace().eval(), FixedCropAligner(box=ARCFACE_BOX, output_size=(112, 112))
         ids.append(IdentityJudge("HumanMobileFace", lambda x: mf(crop(x)), True))
+    members = tuple(centred_member(m, name) for name in args.ensemble)
+    for j in ids:  # a judge whose network is in the (ensemble) loss is not independent
+        if j.name in args.ensemble:
+            j.name, j.independent = f"{j.name}-loss", False
     id_s, attr_s = held_out_seeds(args.pairs)
     rows: dict[str, dict[str, list[torch.Tensor]]] = {}
     for b in range(0, args.pairs, args.batch):
         with torch.no_grad():
             zi, za = m.latents(id_s[b:b + args.batch]), m.latents(attr_s[b:b + args.batch])
             id_img, attr_img = m.render(zi), m.render(za)
+        if args.start == "mid":  # the start itself, unsearched: what the search adds is measured against it
+            with torch.no_grad():
+                res = pair_metrics(m.render(start_latents(zi, za, "mid")), id_img, attr_img, ids, lmks)
+            for k, v in res.items():
+                rows.setdefault("start", {}).setdefault(k, []).append(v)
         for w in args.landmark_weights:
-            z = search(m, id_img, attr_img, za, w, args.steps, args.lr)
+            z = search(m, id_img, attr_img, start_latents(zi, za, args.start), w, args.steps, args.lr,
+                       members, args.augment, seed=b)
             with torch.no_grad():
                 res = pair_metrics(m.render(z), id_img, attr_img, ids, lmks)
             for k, v in res.items():
@@ -125,16 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - t0:.0f} s] {min(args.pairs, b + args.batch)}/{args.pairs} pairs", flush=True)
 
     keys = [f"{j.name}/id_margin" for j in ids] + [f"{j.name}/lmk_margin" for j in lmks]
-    both = f"{ids[1].name}+{lmks[-1].name}/both_margins_positive" if len(ids) > 1 else \
-        f"{ids[0].name}+{lmks[-1].name}/both_margins_positive"
+    indep = [j for j in ids if j.independent] or ids
+    both = f"{indep[-1].name}+{lmks[-1].name}/both_margins_positive"
     summary = {}
-    print(f"\nper-pair latent search from the attribute source's latent, {args.steps} Adam steps (lr {args.lr}), "
+    print(f"\nper-pair latent search from the {args.start} source's latent, {args.steps} Adam steps (lr {args.lr}), "
+          f"loss: {' + '.join([type(m.identity_embedder).__name__, *args.ensemble])}{'' if args.augment == 'none' else f' (random views: {args.augment})'}, "
           f"{args.pairs} held-out pairs; margins mean ± std (landmark margins: % of the side)")
-    print(f"{'source':<26}" + "".join(f"{k:>28}" for k in keys) + f"{'both > 0 (indep.)':>20}")
+    print(f"{'source':<26}" + "".join(f"{k:>28}" for k in keys) + f"{'both > 0 (' + both.split('/')[0] + ')':>20}")
     first = next(iter(rows.values()))
     for label, method, table in [("corner: attribute latent", "attr_latent", first),
                                  ("corner: identity latent", "id_latent", first)] + \
-            [(f"search, landmark w {w}", "mapper", t) for w, t in rows.items()]:
+            [("start: slerp midpoint" if w == "start" else f"search, landmark w {w}", "mapper", t)
+             for w, t in rows.items()]:
         cat = {k: torch.cat(v) for k, v in table.items()}
         s = {k: (float(cat[f"{method}/{k}"].mean()), float(cat[f"{method}/{k}"].std())) for k in keys}
         s["both_positive"] = float(cat[f"{method}/{both}"].mean())

@@ -22,9 +22,11 @@ from exface.disentangle.losses import (
     inverse_gaussian_mask,
     landmark_frame,
     landmark_loss,
+    points_in_views,
     r1_penalty,
+    random_views,
 )
-from exface.disentangle.module import FROZEN, DisentangleModule
+from exface.disentangle.module import FROZEN, VIEW_SEED, DisentangleModule
 from exface.models.id_mapper import LatentDiscriminator, LatentMapper
 from exface.testing.pickle_payload import CodeRunningPayload
 from exface.testing.tiny import TinyEmbedder, TinyGenerator, TinyLandmarks
@@ -104,6 +106,58 @@ def test_r1_penalty_of_a_linear_discriminator():
 
 
 # ----------------------------------------------------------------------------- networks
+def test_random_views_move_points_where_points_in_views_says():
+    """A bright dot of an image lands in each view where points_in_views puts its coordinates."""
+    side = 96
+    yy, xx = torch.meshgrid(torch.arange(side) + 0.5, torch.arange(side) + 0.5, indexing="ij")
+    pts = torch.tensor([[[30.0, 40.0], [70.0, 25.0]]]).repeat(5, 1, 1)
+    img = sum(torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 6) for x, y in pts[0].tolist()).expand(5, 3, side, side)
+    for flip in (False, True):
+        views, theta = random_views(img.contiguous(), torch.Generator().manual_seed(3), flip=flip, noise=0.0)
+        moved = points_in_views(pts, theta, side)
+        for n in range(5):
+            for k in range(2):
+                win = torch.exp(-((xx - moved[n, k, 0]) ** 2 + (yy - moved[n, k, 1]) ** 2) / 40)
+                w = views[n, 0] * win
+                centre = torch.stack([(w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()])
+                assert torch.allclose(centre, moved[n, k], atol=0.15), (flip, n, k)
+    # seeded: the same views again; no transform (all ranges 0) is the image itself
+    a, _ = random_views(img, torch.Generator().manual_seed(1))
+    b, _ = random_views(img, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    same, theta = random_views(img, torch.Generator().manual_seed(1), flip=False, rotate_deg=0, scale=0, shift=0,
+                               noise=0)
+    assert torch.allclose(same, img, atol=1e-5) and torch.allclose(points_in_views(pts, theta, side), pts, atol=1e-5)
+
+
+def test_loss_views_feed_the_identity_and_landmark_losses_a_seeded_view():
+    """``loss_views``: the identity loss (and with ``both`` the landmark loss, target moved into
+    the view) sees random_views of the output drawn from VIEW_SEED + k; ``none`` is the paper's."""
+    seen = {}
+    for views in ("none", "identity", "both"):
+        m = _tiny_module(loss_views=views)
+        m.eval()
+        emb_in, lmk_in = [], []
+        real_embed, real_lmk = m.embed, m.landmarks_160
+        m.embed = lambda x: emb_in.append(x) or real_embed(x)
+        m.landmarks_160 = lambda x: lmk_in.append(x) or real_lmk(x)
+        terms, fake, _ = m.losses(_batch(0))
+        with torch.no_grad():
+            out = m.render(fake)
+        view, theta = random_views(out, torch.Generator().manual_seed(VIEW_SEED + 0), flip=views == "identity")
+        # [identity source, output]; [attribute source, output]
+        assert torch.allclose(emb_in[1], out if views == "none" else view, atol=1e-6)
+        assert torch.allclose(lmk_in[1], view if views == "both" else out, atol=1e-6)
+        if views == "both":
+            target = points_in_views(real_lmk(lmk_in[0]), theta, m.landmark_frame_size)
+            expect = m.w["landmark"] * landmark_loss(real_lmk(view), target, m.landmark_first)
+            assert torch.allclose(terms["landmark"], expect, atol=1e-6)
+        seen[views] = float(terms["id"])
+    assert seen["none"] != seen["identity"]
+    with pytest.raises(ValueError, match="loss_views"):
+        _tiny_module(loss_views="all")
+
+
 def test_mapper_and_discriminator_shapes():
     m = LatentMapper(8, 6, 5, (32, 16, 12))
     sizes = [(lin.in_features, lin.out_features) for lin in m.net if isinstance(lin, torch.nn.Linear)]

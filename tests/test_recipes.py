@@ -198,15 +198,21 @@ def test_recipe_fast_dev_run(recipe: Path, tmp_path: Path):
         assert bank.references()["indices"].tolist() == list(range(len(b)))
 
 
-def test_disentangle_landmark_encoder_variant_fast_dev_run(tmp_path: Path):
-    """The variant recipe layered on the default disentanglement recipe (LightningCLI: later configs win)."""
+@pytest.mark.parametrize("views", [False, True], ids=["landmark_encoder", "landmark_encoder+views"])
+def test_disentangle_variant_recipes_fast_dev_run(tmp_path: Path, views: bool):
+    """The variant recipes layered on the default disentanglement recipe (LightningCLI: later configs win)."""
+    import exface.disentangle.module as dm
     from exface.disentangle.encoders import LandmarkAttributeEncoder
 
     overrides = _dcgan_faceapi_disentangle(tmp_path)
-    calls = []
-    real_forward = LandmarkAttributeEncoder.forward
+    layers = ["--config", str(RECIPES / "dcgan_faceapi_disentangle_landmark_encoder.yaml")]
+    if views:
+        layers += ["--config", str(RECIPES / "dcgan_faceapi_disentangle_views.yaml")]
+    calls, view_calls = [], []
+    real_forward, real_views = LandmarkAttributeEncoder.forward, dm.random_views
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(LandmarkAttributeEncoder, "forward", lambda self, x: calls.append(len(x)) or real_forward(self, x))
-        _fit(RECIPES / "dcgan_faceapi_disentangle.yaml", tmp_path, "--config",
-             str(RECIPES / "dcgan_faceapi_disentangle_landmark_encoder.yaml"), *overrides)
+        mp.setattr(dm, "random_views", lambda x, g, flip=True: view_calls.append(flip) or real_views(x, g, flip=flip))
+        _fit(RECIPES / "dcgan_faceapi_disentangle.yaml", tmp_path, *layers, *overrides)
     assert calls  # the variant's encoder made the attribute codes
+    assert view_calls == ([False] * len(view_calls) if views else []) and bool(view_calls) == views

@@ -19,6 +19,12 @@ options), not here.
   weight does not grow with the batch size; MS-SSIM is torchmetrics' with configurable
   scales, because 5 scales with an 11-px window need images of at least 160 px
   (:data:`MS_SSIM_BETAS_3` is what the 64-px DCGAN recipe uses).
+- :func:`random_views` / :func:`points_in_views`: an exface extra, not the paper's. Random
+  similarity transforms (plus a little noise) of the output that the identity and landmark
+  losses may see instead of the output itself: an expectation over transformations, so that
+  the mapper is not paid for changes that only one exact rendering makes the loss network read
+  as the identity or the pose (per-pair latent search on the 64-px DCGAN finds such changes:
+  ``benchmarks/disentangle_latent_oracle.py``).
 - :func:`generator_adversarial_loss` / :func:`discriminator_loss`: the non-saturating logistic
   GAN loss on latents (binary cross-entropy on logits) and :func:`r1_penalty`,
   ``gamma / 2 * E ||grad_x D(x)||^2`` on real latents.
@@ -40,6 +46,8 @@ __all__ = [
     "landmark_loss",
     "inverse_gaussian_mask",
     "PixelLoss",
+    "random_views",
+    "points_in_views",
     "generator_adversarial_loss",
     "discriminator_loss",
     "r1_penalty",
@@ -60,6 +68,43 @@ def identity_loss(pred_embedding: Tensor, target_embedding: Tensor) -> Tensor:
 def landmark_frame(points: Tensor, image_size: int, frame: float = 160.0) -> Tensor:
     """Pixel landmarks of ``image_size``-px images -> pixels of the same image resized to ``frame`` px."""
     return points * (float(frame) / float(image_size))
+
+
+def random_views(images: Tensor, generator: torch.Generator, flip: bool = True, rotate_deg: float = 5.0,
+                 scale: float = 0.07, shift: float = 0.025, noise: float = 0.02) -> tuple[Tensor, Tensor]:
+    """A random view of each image ``[N, C, H, W]`` and its map ``theta`` ``[N, 2, 3]``.
+
+    Each view is a similarity transform of its image (rotation up to +-``rotate_deg``, scale
+    1 +- ``scale``, shift up to +-``shift`` of the side, mirrored half the time when ``flip``;
+    reflection padding) plus Gaussian noise of std ``noise``, drawn from ``generator`` (CPU) so
+    that a seeded run draws the same views. A view's pixel at normalized position ``p`` (in
+    [-1, 1], ``align_corners=False``) shows the image's point ``theta @ (p, 1)``. Differentiable
+    in ``images``.
+    """
+    n = len(images)
+    u = torch.rand(n, 5, generator=generator)
+    ang = (u[:, 0] - 0.5) * 2 * (rotate_deg * torch.pi / 180.0)
+    sc = 1 + (u[:, 1] - 0.5) * 2 * scale
+    sign = torch.where(u[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones(n)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = sc * torch.cos(ang) * sign, -sc * torch.sin(ang)
+    theta[:, 1, 0], theta[:, 1, 1] = sc * torch.sin(ang) * sign, sc * torch.cos(ang)
+    theta[:, :, 2] = (u[:, 2:4] - 0.5) * 2 * (2 * shift)  # normalized units: the side is 2
+    theta = theta.to(images)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    views = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if noise:
+        views = views + noise * torch.randn(images.shape, generator=generator).to(images)
+    return views, theta
+
+
+def points_in_views(points: Tensor, theta: Tensor, side: float) -> Tensor:
+    """Points ``[N, K, 2]`` (x, y in pixels of a ``side``-px frame, 0 at the image's edge) moved
+    into the views :func:`random_views` made with ``theta`` (its inverse map)."""
+    p = points * (2.0 / side) - 1.0
+    a, t = theta[:, :, :2], theta[:, :, 2]
+    q = torch.linalg.solve(a, (p - t[:, None, :]).transpose(1, 2)).transpose(1, 2)
+    return (q + 1.0) * (side / 2.0)
 
 
 def landmark_loss(pred_points: Tensor, target_points: Tensor, first: int = 17) -> Tensor:

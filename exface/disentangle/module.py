@@ -63,7 +63,9 @@ from exface.disentangle.losses import (
     identity_loss,
     landmark_frame,
     landmark_loss,
+    points_in_views,
     r1_penalty,
+    random_views,
 )
 from exface.embedders.base import IdentityEmbedder
 from exface.generators.base import Generator
@@ -72,6 +74,9 @@ from exface.models.id_mapper import LatentDiscriminator, LatentMapper
 __all__ = ["DisentangleModule", "FROZEN"]
 
 log = logging.getLogger(__name__)
+
+#: Seed of the random loss views of batch 0 (``loss_views``); batch k draws from VIEW_SEED + k.
+VIEW_SEED = 7_000_003
 
 #: Submodules that are never trained (and are not stored in checkpoints).
 FROZEN = ("generator", "identity_embedder", "identity_aligner", "landmarks",
@@ -106,6 +111,15 @@ class DisentangleModule(pl.LightningModule):
         r1_gamma: R1 penalty weight of the latent discriminator (10).
         latent_weight: exface extra, off by default: MSE of the mapped latent to the source's
             latent on same-image steps.
+        loss_views: exface extra, ``none`` (the paper) by default: ``identity`` -- the identity
+            loss sees a random view of each output (:func:`~exface.disentangle.losses.random_views`:
+            rotation, scale, shift, mirror, noise), ``both`` -- the identity and landmark losses
+            see one random view (not mirrored; the landmark target moved into it). The pixel
+            loss always sees the output itself. Why: a per-pair latent search on the 64-px DCGAN
+            satisfies face-api's identity and landmark losses with changes that other networks
+            do not read (``benchmarks/disentangle_latent_oracle.py``); a random view each step
+            pays only for changes that survive small transformations. The views of batch ``k``
+            are drawn from seed ``VIEW_SEED + k``, so a resumed run draws the same ones.
         identity_center: exface extra, 0 (off, the paper) by default: subtract the mean identity
             embedding of this many generator samples (fixed seeds from
             :data:`~exface.disentangle.datamodule.CENTER_SEED`, never used for training or
@@ -159,6 +173,7 @@ class DisentangleModule(pl.LightningModule):
         adversarial_weight: float = 1.0,
         r1_gamma: float = 10.0,
         latent_weight: float = 0.0,
+        loss_views: Literal["none", "identity", "both"] = "none",
         identity_center: int = 0,
         cross_every: int = 3,
         adversarial_every: int = 2,
@@ -216,6 +231,9 @@ class DisentangleModule(pl.LightningModule):
         self.w = dict(id=float(id_weight), landmark=float(landmark_weight), pixel=float(pixel_weight),
                       adversarial=float(adversarial_weight), latent=float(latent_weight))
         self.landmark_first, self.landmark_frame_size = int(landmark_first), float(landmark_frame)
+        if loss_views not in ("none", "identity", "both"):
+            raise ValueError(f"loss_views must be 'none', 'identity' or 'both', got {loss_views!r}")
+        self.loss_views = loss_views
         self.r1_gamma, self.cross_every, self.adversarial_every = float(r1_gamma), int(cross_every), int(adversarial_every)
         self.lr, self.adversarial_lr_factor, self.discriminator_lr_factor = float(lr), float(adversarial_lr_factor), float(discriminator_lr_factor)
         self.adam_betas = tuple(adam_betas)
@@ -308,11 +326,21 @@ class DisentangleModule(pl.LightningModule):
             attr_lmk = self.landmarks_160(attr_img) if self.w["landmark"] else None
         fake = self.mapper(id_emb, self.attribute_encoder(attr_img))
         out = self.render(fake)
+        id_view, lmk_view = out, out
+        if self.loss_views != "none":
+            gen = torch.Generator().manual_seed(VIEW_SEED + k)
+            view, theta = random_views(out, gen, flip=self.loss_views == "identity")
+            id_view = view
+            if self.loss_views == "both":
+                lmk_view = view
+                if attr_lmk is not None:
+                    attr_lmk = points_in_views(attr_lmk, theta, self.landmark_frame_size)
         terms: dict[str, Tensor] = {}
         if self.w["id"]:
-            terms["id"] = self.w["id"] * identity_loss(self.embed(out), id_emb)
+            terms["id"] = self.w["id"] * identity_loss(self.embed(id_view), id_emb)
         if self.w["landmark"]:
-            terms["landmark"] = self.w["landmark"] * landmark_loss(self.landmarks_160(out), attr_lmk, self.landmark_first)
+            terms["landmark"] = self.w["landmark"] * landmark_loss(self.landmarks_160(lmk_view), attr_lmk,
+                                                                   self.landmark_first)
         if not cross and self.w["pixel"]:
             terms["pixel"] = self.w["pixel"] * self.pixel_loss(out, attr_img)
         if not cross and self.w["latent"]:
