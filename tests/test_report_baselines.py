@@ -103,3 +103,19 @@ def test_anchors_are_synthesizes(tmp_path):
     sims = (e * anchors[[index[r["identity"]] for r in rows]]).sum(1)
     assert {s for _, s in idents} == {1, -1}
     assert np.allclose(sims.numpy(), [r["similarity_to_reference"] for r in rows], atol=1e-5)
+
+
+def test_filter_anchors_must_match_the_identities_and_a_split_pass_is_warned(tmp_path, caplog):
+    import pytest
+
+    gan, aligner, emb, bnd, refs = make_tiny_bank(tmp_path)
+    idents = [(0, 1), (1, -1)]
+    judge = (aligner, emb)
+    anchors = anchor_embeddings(gan, judge, bnd, refs["w"], refs["embedding"], idents, "w")
+    draw = candidate_draw(NoiseSampler(0.8, normalize_z=False), bnd, refs["w"], idents, gan, 0, 2)
+    with pytest.raises(ValueError, match="1 anchors for 2 identities"):
+        render_checked_set(gan, [judge], draw, len(idents), 3, "w", 8, None, None, (judge, 0.9, anchors[:1], 2))
+    _, (gan, aligner, emb, *_) = _synth(tmp_path / "s")
+    with caplog.at_level("WARNING", logger="exface.exfacegan.report"):
+        quality_report(tmp_path / "s" / "ds", tmp_path / "s" / "rep", gan, aligner, emb, batch_size=2, seed=0)
+    assert any("splits each identity's baseline pass" in r.getMessage() for r in caplog.records)

@@ -384,6 +384,8 @@ def render_checked_set(gan: Generator, judges: list[Judge], draw, num_identities
     if filtering:
         (f_aligner, f_embedder), threshold, anchors = identity_filter[0], float(identity_filter[1]), identity_filter[2]
         anchors = anchors.float().cpu()
+        if len(anchors) != num_identities:
+            raise ValueError(f"identity_filter has {len(anchors)} anchors for {num_identities} identities")
         # the labeler is usually judges[0]: reuse its embeddings
         f_judge = next((q for q, (a, e) in enumerate(judges) if a is f_aligner and e is f_embedder), None)
     counts = {"face_check_failed": 0, "dropped": 0}
@@ -684,6 +686,10 @@ def quality_report(
     labels = np.array([r["identity"] for r in rows])
     k = settings["images_per_identity"]
     space = settings["space"]
+    if baselines and batch_size < k:
+        log.warning("quality report: batch_size %d < images_per_identity %d splits each identity's baseline pass; "
+                    "the report then depends on the batch size through kernel rounding (pass batch_size >= %d for "
+                    "one that does not)", batch_size, k, k)
     # applied when rendering latents, as synthesize did
     trunc = (settings.get("truncation_psi"), settings.get("truncation_cutoff"),
              settings.get("truncation_center", "w_avg"))
@@ -901,7 +907,10 @@ def _markdown(result: dict) -> list[str]:
             f"random latents per identity (chance floor). `noise`: anchor latent + N(0, sigma^2 I) with "
             f"**sigma = {result['noise_sigma']:.4f}**, chosen so the mean latent distance from the reference matches the "
             f"boundary sampler's ({result['matched_latent_spread']:.4f}; noise set: "
-            f"{result['sets']['noise'].get('latent_spread', float('nan')):.4f})."
+            f"{result['sets']['noise'].get('latent_spread', float('nan')):.4f})"
+            + (" -- sigma is matched on unfiltered noise; the identity filter then keeps the nearer draws, so the "
+               "noise set's own spread is the one to read." if (result.get("baseline_identity_filter") or {}).get(
+                   "status") == "same" else ".")
         )
     if "noise_equal_diversity_sigma" in result:
         cal = result["noise_equal_diversity_calibration"]
