@@ -60,8 +60,9 @@ def build_module(loss_embedder: str):
 
 def centred_member(m, name: str):
     """A second loss network for an ensemble identity loss: ``name``'s unit embeddings of the
-    recipe's identity box at its input size, centred on the same ``CENTER_SEED`` samples as the
-    module's own (each member centred on its own mean, as the module centres its embedder)."""
+    recipe's identity box at its input size (the ArcFace box for 112-px ArcFace-crop networks, as
+    the MobileFace judge is given), centred on the same ``CENTER_SEED`` samples as the module's own
+    (each member centred on its own mean, as the module centres its embedder)."""
     import torch.nn.functional as F
 
     from exface.alignment import FixedCropAligner
@@ -69,7 +70,8 @@ def centred_member(m, name: str):
     from exface.registry import create_part
 
     emb = create_part("embedders", name).eval().requires_grad_(False)
-    crop = FixedCropAligner(box=ID_BOX, output_size=tuple(emb.input_size))
+    box = ARCFACE_BOX if tuple(emb.input_size) == (112, 112) else ID_BOX
+    crop = FixedCropAligner(box=box, output_size=tuple(emb.input_size))
     with torch.no_grad():
         seeds = torch.arange(CENTER_SEED, CENTER_SEED + m.identity_center)
         mean = torch.cat([emb(crop(m.render(m.latents(seeds[i:i + 64])))) for i in range(0, len(seeds), 64)]).mean(0)
@@ -114,9 +116,9 @@ def search(m, id_img: torch.Tensor, attr_img: torch.Tensor, start: torch.Tensor,
             view, _ = random_views(out, gen)
         elif augment == "both":
             view, theta = random_views(out, gen, flip=False)
-            lmk_view, lmk_target = view, points_in_view(l_a, theta, m.landmark_frame_size)
+            lmk_view, lmk_target = view, points_in_views(l_a, theta, m.landmark_frame_size, out.shape[-1])
         ident = sum(identity_loss(e(view), t) for e, t in zip(embedders, targets))
-        lmk = landmark_loss(m.landmarks_160(lmk_view), lmk_target) if landmark_weight else 0.0
+        lmk = landmark_loss(m.landmarks_160(lmk_view), lmk_target, m.landmark_first) if landmark_weight else 0.0
         # sums over pairs (x n) so that each pair's gradient is its own loss's, whatever the batch
         loss = n * (ident + landmark_weight * lmk)
         opt.zero_grad(set_to_none=True)
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                          "losses, or for the identity and landmark losses alike")
     ap.add_argument("--mobileface_judge", action="store_true",
                     help="also judge identity by HumanMobileFace (a third network, 112-px ArcFace box)")
+    ap.add_argument("--both_judge", default=None,
+                    help="the identity judge of the 'both > 0' column (default: the last independent one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "disentangle_latent_oracle.json")
     args = ap.parse_args(argv)
@@ -169,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     for j in ids:  # a judge whose network is in the (ensemble) loss is not independent
         if j.name in args.ensemble:
             j.name, j.independent = f"{j.name}-loss", False
+    indep = [j for j in ids if j.independent]
+    if not indep:
+        raise SystemExit("every identity judge is in the loss: add --mobileface_judge for an independent one")
+    judge = indep[-1] if args.both_judge is None else next((j for j in indep if j.name == args.both_judge), None)
+    if judge is None:
+        raise SystemExit(f"--both_judge {args.both_judge}: not an independent judge here ({[j.name for j in indep]})")
+    both = f"{judge.name}+{lmks[-1].name}/both_margins_positive"
     id_s, attr_s = held_out_seeds(args.pairs)
     rows: dict[str, dict[str, list[torch.Tensor]]] = {}
     for b in range(0, args.pairs, args.batch):
@@ -190,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - t0:.0f} s] {min(args.pairs, b + args.batch)}/{args.pairs} pairs", flush=True)
 
     keys = [f"{j.name}/id_margin" for j in ids] + [f"{j.name}/lmk_margin" for j in lmks]
-    indep = [j for j in ids if j.independent] or ids
-    both = f"{indep[-1].name}+{lmks[-1].name}/both_margins_positive"
     summary = {}
     print(f"\nper-pair latent search from the {args.start} source's latent, {args.steps} Adam steps (lr {args.lr}), "
           f"loss: {' + '.join([type(m.identity_embedder).__name__, *args.ensemble])}{'' if args.augment == 'none' else f' (random views: {args.augment})'}, "
@@ -205,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         cat = {k: torch.cat(v) for k, v in table.items()}
         s = {k: (float(cat[f"{method}/{k}"].mean()), float(cat[f"{method}/{k}"].std())) for k in keys}
         s["both_positive"] = float(cat[f"{method}/{both}"].mean())
+        s["both_positive_judges"] = both.split("/")[0]
         summary[label] = s
         print(f"{label:<26}" + "".join(f"{s[k][0]:>+18.3f} ± {s[k][1]:<7.3f}" for k in keys)
               + f"{100 * s['both_positive']:>18.1f} %")

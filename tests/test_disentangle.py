@@ -121,6 +121,11 @@ def test_random_views_move_points_where_points_in_views_says():
                 w = views[n, 0] * win
                 centre = torch.stack([(w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()])
                 assert torch.allclose(centre, moved[n, k], atol=0.15), (flip, n, k)
+    # exface's landmark convention (pixel centres at integers), in a frame 2.5x the image
+    centres = pts - 0.5
+    frame = 2.5 * side
+    moved_c = points_in_views(centres * 2.5, theta, frame, pixels=side) / 2.5
+    assert torch.allclose(moved_c, moved - 0.5, atol=1e-4)
     # seeded: the same views again; no transform (all ranges 0) is the image itself
     a, _ = random_views(img, torch.Generator().manual_seed(1))
     b, _ = random_views(img, torch.Generator().manual_seed(1))
@@ -149,7 +154,7 @@ def test_loss_views_feed_the_identity_and_landmark_losses_a_seeded_view():
         assert torch.allclose(emb_in[1], out if views == "none" else view, atol=1e-6)
         assert torch.allclose(lmk_in[1], view if views == "both" else out, atol=1e-6)
         if views == "both":
-            target = points_in_views(real_lmk(lmk_in[0]), theta, m.landmark_frame_size)
+            target = points_in_views(real_lmk(lmk_in[0]), theta, m.landmark_frame_size, out.shape[-1])
             expect = m.w["landmark"] * landmark_loss(real_lmk(view), target, m.landmark_first)
             assert torch.allclose(terms["landmark"], expect, atol=1e-6)
         seen[views] = float(terms["id"])
@@ -537,3 +542,26 @@ def test_timm_attribute_encoder_takes_the_backbones_own_normalization():
     cfg = timm.create_model("test_resnet", pretrained=False).pretrained_cfg
     torch.testing.assert_close(enc.mean.flatten(), torch.tensor(cfg["mean"], dtype=torch.float32))
     torch.testing.assert_close(enc.std.flatten(), torch.tensor(cfg["std"], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("augment", ["none", "identity", "both"])
+def test_latent_oracle_search_runs_every_augmentation_on_tiny_parts(augment):
+    """The latent oracle's per-pair search, each augmentation: it moves the latent, kept on the sphere."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "disentangle_latent_oracle.py"
+    spec = importlib.util.spec_from_file_location("disentangle_latent_oracle", path)
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+    m = _tiny_module(space="z")
+    m.eval()
+    with torch.no_grad():
+        zi, za = m.latents(torch.arange(3)), m.latents(torch.arange(3, 6))
+        id_img, attr_img = m.render(zi), m.render(za)
+    start = oracle.start_latents(zi, za, "mid")
+    assert torch.allclose(start.norm(dim=1), torch.full((3,), 8 ** 0.5), atol=1e-5)
+    member = lambda x: F.normalize(m.embed(x) * 2 + 0.1, dim=-1)  # noqa: E731 - a second "network"
+    z = oracle.search(m, id_img, attr_img, start, 0.01, 5, 0.05, (member,), augment, seed=1)
+    assert z.shape == start.shape and torch.allclose(z.norm(dim=1), start.norm(dim=1), atol=1e-4)
+    assert not torch.equal(z, start)

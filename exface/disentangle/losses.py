@@ -98,13 +98,21 @@ def random_views(images: Tensor, generator: torch.Generator, flip: bool = True, 
     return views, theta
 
 
-def points_in_views(points: Tensor, theta: Tensor, side: float) -> Tensor:
-    """Points ``[N, K, 2]`` (x, y in pixels of a ``side``-px frame, 0 at the image's edge) moved
-    into the views :func:`random_views` made with ``theta`` (its inverse map)."""
-    p = points * (2.0 / side) - 1.0
-    a, t = theta[:, :, :2], theta[:, :, 2]
+def points_in_views(points: Tensor, theta: Tensor, side: float, pixels: int | None = None) -> Tensor:
+    """Points ``[N, K, 2]`` (x, y in a ``side``-px frame of the image) moved into the views
+    :func:`random_views` made with ``theta`` (its inverse map), in the same frame.
+
+    ``pixels``: the image's own size in pixels when the points follow exface's landmark
+    convention (pixel centres at integers of the ``pixels``-px image, scaled to the frame by
+    :func:`landmark_frame`): half a pixel is then added before the map and taken off after it.
+    None: 0 is the image's edge. Solved in float32 whatever the dtype of ``theta``.
+    """
+    h = 0.0 if pixels is None else 0.5 * float(side) / float(pixels)
+    p = (points.float() + h) * (2.0 / side) - 1.0
+    th = theta.float()
+    a, t = th[:, :, :2], th[:, :, 2]
     q = torch.linalg.solve(a, (p - t[:, None, :]).transpose(1, 2)).transpose(1, 2)
-    return (q + 1.0) * (side / 2.0)
+    return ((q + 1.0) * (side / 2.0) - h).to(points.dtype)
 
 
 def landmark_loss(pred_points: Tensor, target_points: Tensor, first: int = 17) -> Tensor:

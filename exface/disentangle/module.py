@@ -327,14 +327,14 @@ class DisentangleModule(pl.LightningModule):
         fake = self.mapper(id_emb, self.attribute_encoder(attr_img))
         out = self.render(fake)
         id_view, lmk_view = out, out
-        if self.loss_views != "none":
+        if self.loss_views != "none" and (self.w["id"] or self.w["landmark"]):
             gen = torch.Generator().manual_seed(VIEW_SEED + k)
             view, theta = random_views(out, gen, flip=self.loss_views == "identity")
             id_view = view
             if self.loss_views == "both":
                 lmk_view = view
                 if attr_lmk is not None:
-                    attr_lmk = points_in_views(attr_lmk, theta, self.landmark_frame_size)
+                    attr_lmk = points_in_views(attr_lmk, theta, self.landmark_frame_size, out.shape[-1])
         terms: dict[str, Tensor] = {}
         if self.w["id"]:
             terms["id"] = self.w["id"] * identity_loss(self.embed(id_view), id_emb)
