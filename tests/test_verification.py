@@ -457,10 +457,12 @@ def test_flip_sums_raw_embeddings_then_normalizes_as_insightface():
     np.testing.assert_allclose(e.plain, unit(raw), atol=1e-6)
     old = unit(unit(raw) + unit(raw_m))  # the sum of unit embeddings this replaces differs
     assert np.abs(old - want).max() > 1e-3
-    # The non-flip path is forward()'s output exactly; the scores are cosines of `want`.
+    # The non-flip path is forward()'s output (to float rounding: the kernels may differ with the
+    # batch split and the threads); the scores are cosines of `want`.
     x = torch.from_numpy(vs.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     with torch.no_grad():
-        assert np.array_equal(e.combined(False), emb(x).numpy())
+        direct = torch.cat([emb(x[i:i + 7]) for i in range(0, len(x), 7)]).numpy()
+    np.testing.assert_allclose(e.combined(False), direct, rtol=0, atol=1e-6)
     r, _, scores = score_set(vs, emb, ResizeAligner((16, 16)), folds=5, flip=True)
     np.testing.assert_allclose(scores, np.sum(want[0::2] * want[1::2], axis=1), atol=1e-5)
     with pytest.raises(ValueError, match="raw norms"):
