@@ -305,6 +305,12 @@ class FaceRecognitionModule(pl.LightningModule):
         if not writer:
             record.update(class_start=int(loss.class_start), num_local=int(loss.num_local))
         checkpoint["partial_fc"] = record
+        if loss.world_size > 1:
+            # gather() lets the senders return before rank 0 has received everything; a rank that
+            # then ends its process at once (the last checkpoint of a run) can abort gloo's
+            # threads mid-transfer. One barrier per checkpoint keeps the ranks in step, as the
+            # all_gather this replaced did.
+            torch.distributed.barrier()
 
     def _load_partial_fc_block(self, checkpoint: dict[str, Any]) -> None:
         """Sharded PartialFC: cut this rank's block of the full centre matrix and of its optimizer state.
