@@ -61,6 +61,20 @@ def _shard(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
     return base * rank + min(rank, extra), base + int(rank < extra)
 
 
+def _padded_rows(x: Tensor, world: int) -> tuple[Tensor, list[int]]:
+    """Collective: every rank's row count, and ``x`` (detached, contiguous) padded with zero rows
+    to the largest, the shape the gather collectives need."""
+    x = x.detach().contiguous()
+    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    counts = [torch.empty_like(n) for _ in range(world)]
+    dist.all_gather(counts, n)
+    sizes = [int(c) for c in counts]
+    top = max(sizes)
+    if x.shape[0] < top:
+        x = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))])
+    return x, sizes
+
+
 def all_gather_rows(x: Tensor) -> Tensor:
     """Every rank's ``x`` concatenated along dim 0, in rank order (no autograd); collective.
 
@@ -70,16 +84,10 @@ def all_gather_rows(x: Tensor) -> Tensor:
     _, world = _world()
     if world == 1:
         return x
-    x = x.detach().contiguous()
-    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
-    counts = [torch.empty_like(n) for _ in range(world)]
-    dist.all_gather(counts, n)
-    sizes = [int(c) for c in counts]
+    x, sizes = _padded_rows(x, world)
     top = max(sizes)
     if top == 0:
         return x
-    if x.shape[0] < top:
-        x = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))])
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x)
     return torch.cat([p[:size] for p, size in zip(parts, sizes)])
@@ -101,16 +109,10 @@ def gather_rows(x: Tensor, dst: int = 0) -> Tensor | None:
     rank, world = _world()
     if world == 1:
         return x
-    x = x.detach().contiguous()
-    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
-    counts = [torch.empty_like(n) for _ in range(world)]
-    dist.all_gather(counts, n)  # every rank needs the largest size, to pad to it
-    sizes = [int(c) for c in counts]
+    x, sizes = _padded_rows(x, world)
     top = max(sizes)
     if top == 0:
         return x if rank == dst else None
-    if x.shape[0] < top:
-        x = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))])
     if rank != dst:
         dist.gather(x, None, dst=dst)
         return None
