@@ -19,7 +19,9 @@
    ``--total_minutes`` (45 by default; or ``--train_minutes`` for the three trainings).
 5. LFW fold 1 (../shared/data/lfw-fold1; 600 pairs, 10 stratified folds, exface.evaluation's
    protocol via ``benchmark_set``) for each trained model, loaded back from its checkpoint
-   with ``FRCheckpointEmbedder``, and for the same backbone untrained.
+   with ``FRCheckpointEmbedder``, and for the same backbone untrained; the untrained backbone is also
+   scored from ``--untrained_seeds`` initializations (its spread: one init is one draw), and
+   ``--train_seeds`` repeats every training from other seeds (initialization and order).
 
 Every stage is resumable (bank, boundaries, datasets, checkpoints); the JSON records each
 stage's time, where it ran, and the load average. Run::
@@ -42,6 +44,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("fit", "synthesize_boundary", "baselines", "lfw_align")  # what the training budget is left from
+DATASETS = ("boundary", "noise_same_distance", "noise_equal_diversity")
 
 
 def _stage(results: dict, name: str, t0: float, ran: bool = True, **extra) -> None:
@@ -192,10 +195,18 @@ def score(vs, embedder) -> dict:
     return {k: r[k] for k in ("accuracy", "accuracy_std", "auc", "eer", "score_mean_same", "score_mean_diff")}
 
 
-def make_backbone(args):
+def _spread(accuracies: list[float], seeds: list[int]) -> dict:
+    """Mean, sample sd, min and max of LFW accuracies (in %) over seeds."""
+    a = 100 * np.asarray(accuracies, dtype=np.float64)
+    return {"n": len(a), "seeds": seeds, "accuracies": [round(float(x), 2) for x in a], "mean": float(a.mean()),
+            "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "min": float(a.min()), "max": float(a.max())}
+
+
+def make_backbone(args, seed: int | None = None):
+    """The small MobileFaceNet, initialized from ``seed`` (default ``--seed``)."""
     from exface.embedders.mobilefacenet import MobileFaceNetEmbedder
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed if seed is None else seed)
     return MobileFaceNetEmbedder(embedding_dim=args.embedding_dim, input_size=112, net_size=args.net_size,
                                  width=args.width)
 
@@ -206,7 +217,9 @@ def make_loss(args):
     return lambda d, c: CosFace(d, c, s=args.s, m=args.m)
 
 
-def train(args, data_dir: Path, out_dir: Path, steps: int, log_every: int = 10):
+def train(args, data_dir: Path, out_dir: Path, steps: int, log_every: int = 10, seed: int | None = None):
+    """Train the backbone on ``data_dir`` for ``steps`` (resumes from ``out_dir``); ``seed`` (default ``--seed``)
+    fixes the initialization and the training order."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -217,12 +230,13 @@ def train(args, data_dir: Path, out_dir: Path, steps: int, log_every: int = 10):
     last = out_dir / "checkpoints" / "last.ckpt"
     if last.is_file() and torch.load(str(last), map_location="cpu", weights_only=True)["global_step"] >= steps:
         return last, None
-    pl.seed_everything(args.seed, workers=True)
+    seed = args.seed if seed is None else seed
+    pl.seed_everything(seed, workers=True)
     dm = IdentityFolderDataModule(str(data_dir), (112, 112), batch_size=args.batch, num_workers=0, flip=True,
-                                  randaugment=args.randaugment, in_memory=True, seed=args.seed)
+                                  randaugment=args.randaugment, in_memory=True, seed=seed)
     dm.setup("fit")
     per_epoch = max(1, len(dm.train_dataloader()))
-    model = FaceRecognitionModule(make_backbone(args), make_loss(args), lr=args.lr, weight_decay=5e-4,
+    model = FaceRecognitionModule(make_backbone(args, seed), make_loss(args), lr=args.lr, weight_decay=5e-4,
                                   schedule="poly", warmup_epochs=args.warmup * steps / per_epoch, clip_grad_norm=5.0)
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                            every_n_train_steps=max(1, steps // 4))
@@ -291,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
                          "4 16 is its own variant: see exface/fr/datamodule.py)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train_seeds", type=int, nargs="+", default=None,
+                    help="train every dataset once per seed (initialization and order; default: --seed only); "
+                         "the budget is split over all the trainings")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS,
+                    help="which training sets to train on (default: the boundary set and both baselines)")
+    ap.add_argument("--untrained_seeds", type=int, default=10,
+                    help="score this many untrained initializations (seeds --seed, --seed + 1, ...): the spread "
+                         "of the untrained backbone's LFW accuracy")
     args = ap.parse_args(argv)
     if not (args.lfw / "pairs.txt").is_file():
         print(f"no LFW fold-1 data at {args.lfw} (see ../shared/data/README.md)", file=sys.stderr)
@@ -308,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"and the three models would be trained differently: rerun with --{opt} {budget[opt]} "
                   f"{'(or without --steps) ' if opt == 'steps' else ''}or use a fresh --work", file=sys.stderr)
             return 2
+    seeds = args.train_seeds or [args.seed]
+    trainings = [(name, seed) for seed in seeds for name in args.datasets]
     results["path"] = str(rpath)
     results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results["threads"], results["cpus"] = torch.get_num_threads(), os.cpu_count()
@@ -339,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         spent = sum(results["stages"][k]["seconds"] for k in DATA_STAGES if k in results["stages"])
         # the LFW scoring of four models and Lightning's per-step overhead (~10% measured) come out of the budget
         train_s = args.train_minutes * 60 if args.train_minutes else (args.total_minutes * 60 - spent - 60) / 1.1
-        steps = args.steps or max(10, int(train_s / 3 / step_s))
+        steps = args.steps or max(10, int(train_s / len(trainings) / step_s))
         results["budget"] = {"steps": steps, "batch": args.batch, "images_seen": steps * args.batch,
                              "epochs_of_boundary_set": steps * args.batch / results["datasets"]["boundary"]["images"]}
         _stage(results, "probe", t0, step_seconds=step_s, steps=steps, data_stages_seconds=round(spent, 1))
@@ -348,20 +372,31 @@ def main(argv: list[str] | None = None) -> int:
     models = {"untrained": None}
     t0 = time.time()
     results.setdefault("lfw", {})["untrained"] = score(vs, make_backbone(args))
+    # the untrained figure is one draw of the initialization: its spread says how far "above untrained" is
+    inits = [results["lfw"]["untrained"]["accuracy"]] + [
+        score(vs, make_backbone(args, args.seed + i))["accuracy"] for i in range(1, args.untrained_seeds)]
+    inits = inits[:args.untrained_seeds]
+    if inits:
+        results["untrained_inits"] = _spread(inits, seeds=[args.seed + i for i in range(len(inits))])
     _stage(results, "lfw_untrained", t0)
-    for name in ("boundary", "noise_same_distance", "noise_equal_diversity"):
+    for name, seed in trainings:
+        key = name if seed == args.seed else f"{name}_seed{seed}"  # --seed keeps the single-seed run's folders
         t0 = time.time()
-        ckpt, secs = train(args, work / "datasets" / name, work / "fr" / name, steps)
-        models[name] = ckpt
-        _stage(results, f"train_{name}", t0, secs is not None)
-        secs = results["stages"][f"train_{name}"]["seconds"] if secs is None else secs
+        ckpt, secs = train(args, work / "datasets" / name, work / "fr" / key, steps, seed=seed)
+        models[key] = ckpt
+        _stage(results, f"train_{key}", t0, secs is not None)
+        secs = results["stages"][f"train_{key}"]["seconds"] if secs is None else secs
         t0 = time.time()
         final_step = int(torch.load(str(ckpt), map_location="cpu", weights_only=True)["global_step"])
         if final_step != steps:
-            print(f"warning: {name} was trained {final_step} steps, not the budget's {steps}", file=sys.stderr)
-        results["lfw"][name] = {**score(vs, FRCheckpointEmbedder(ckpt)), "train_seconds": secs,
-                                "global_step": final_step}
-        _stage(results, f"lfw_{name}", t0)  # saves the results file
+            print(f"warning: {key} was trained {final_step} steps, not the budget's {steps}", file=sys.stderr)
+        results["lfw"][key] = {**score(vs, FRCheckpointEmbedder(ckpt)), "train_seconds": secs,
+                               "global_step": final_step, "dataset": name, "seed": seed}
+        _stage(results, f"lfw_{key}", t0)  # saves the results file
+    if len(seeds) > 1:
+        results["over_train_seeds"] = {
+            name: _spread([results["lfw"][name if s == args.seed else f"{name}_seed{s}"]["accuracy"] for s in seeds],
+                          seeds=seeds) for name in args.datasets}
     results["total_seconds_this_invocation"] = round(time.time() - t_all, 1)
     results["total_seconds_all_stages"] = round(sum(s["seconds"] for s in results["stages"].values()), 1)
     rpath.write_text(json.dumps(results, indent=1))
@@ -373,12 +408,17 @@ def main(argv: list[str] | None = None) -> int:
           f"({results['budget']['epochs_of_boundary_set']:.2f} epochs), {torch.get_num_threads()} threads")
     print(f"{'training data':<24} {'ids x imgs':>11} {'pix div':>8} {'LFW acc':>13} {'AUC':>6} {'train s':>8}")
     for name, r in results["lfw"].items():
-        d = ds.get(name, {})
+        d = ds.get(r.get("dataset", name), {})
         size = f"{d.get('identities', ds['boundary']['identities'])}x{args.images}" if d else "-"
         div = f"{d['pixel_diversity']:.4f}" if d else "-"
         acc = f"{100 * r['accuracy']:.2f}+-{100 * r['accuracy_std']:.2f}"
         ts = f"{r.get('train_seconds') or 0:.0f}"
         print(f"{name:<24} {size:>11} {div:>8} {acc:>13} {r['auc']:.3f} {ts:>8}")
+    spreads = ([("untrained", results["untrained_inits"])] if "untrained_inits" in results else []) + \
+        list(results.get("over_train_seeds", {}).items())
+    for name, sp in spreads:
+        print(f"{name + ' over seeds':<24} {sp['n']:>3} seeds: LFW {sp['mean']:.2f} +- {sp['sd']:.2f} (sd), "
+              f"min {sp['min']:.2f}, max {sp['max']:.2f}")
     print(f"total {results['total_seconds_all_stages'] / 60:.1f} min over all stages; results in {rpath}")
     return 0
 

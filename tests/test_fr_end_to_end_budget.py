@@ -22,7 +22,7 @@ def bench(tmp_path, monkeypatch):
     (lfw / "pairs.txt").write_text("")
     trained = []
 
-    def train(args, data_dir, out_dir, steps, log_every=10):
+    def train(args, data_dir, out_dir, steps, log_every=10, seed=None):
         trained.append((data_dir.name, steps))
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         last = out_dir / "checkpoints" / "last.ckpt"
@@ -36,7 +36,7 @@ def bench(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "make_baselines", lambda *a: {n: dict(ds) for n in names})
     monkeypatch.setattr(mod, "lfw_crops", lambda *a: None)
     monkeypatch.setattr(mod, "probe_step_seconds", lambda *a: 1.0)
-    monkeypatch.setattr(mod, "make_backbone", lambda args: None)
+    monkeypatch.setattr(mod, "make_backbone", lambda args, seed=None: None)
     monkeypatch.setattr(mod, "train", train)
     monkeypatch.setattr(mod, "score", lambda vs, emb: {"accuracy": 0.5, "accuracy_std": 0.0, "auc": 0.5})
     monkeypatch.setattr("exface.fr.checkpoint_embedder.FRCheckpointEmbedder", lambda path: None)
@@ -81,3 +81,25 @@ def test_rerun_with_other_steps_stops_naming_the_work_dir(bench, capsys):
     err = capsys.readouterr().err
     assert str(work) in err and "--steps 20" in err and len(trained) == n
     assert mod.main([*argv, "--steps", "20", "--batch", "32"]) == 2
+
+
+def test_train_seeds_split_the_budget_and_report_spreads(bench, monkeypatch):
+    mod, work, lfw, trained = bench
+    accs = iter([0.60, 0.62, 0.64])  # untrained inits 0, 1, 2
+
+    def score(vs, emb):
+        return {"accuracy": next(accs, 0.7), "accuracy_std": 0.0, "auc": 0.5}
+
+    monkeypatch.setattr(mod, "score", score)
+    argv = ["--work", str(work), "--lfw", str(lfw), "--threads", "1", "--total_minutes", "10",
+            "--train_seeds", "0", "1", "--datasets", "boundary", "noise_equal_diversity", "--untrained_seeds", "3"]
+    assert mod.main(argv) == 0
+    res = _results(work)
+    steps = res["budget"]["steps"]
+    assert steps == int((600 - 60) / 1.1 / 4 / 1.0)  # four trainings share the budget
+    assert trained == [("boundary", steps), ("noise_equal_diversity", steps)] * 2
+    assert res["untrained_inits"]["accuracies"] == [60.0, 62.0, 64.0] and res["untrained_inits"]["sd"] == 2.0
+    assert set(res["lfw"]) == {"untrained", "boundary", "noise_equal_diversity", "boundary_seed1",
+                               "noise_equal_diversity_seed1"}
+    assert res["over_train_seeds"]["boundary"]["n"] == 2 and res["lfw"]["boundary_seed1"]["seed"] == 1
+    assert (work / "fr" / "boundary_seed1" / "checkpoints" / "last.ckpt").is_file()
