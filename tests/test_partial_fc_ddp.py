@@ -340,3 +340,65 @@ def test_lightning_ddp_checkpoint_resumes_each_ranks_centres(tmp_path):
     single = torch.load(tmp_path / "single_rank0.pt", weights_only=True)
     for name, value in full.items():
         assert torch.equal(single[name], value), name
+
+
+# ---- clipping and empty blocks under 2 gloo ranks -------------------------------------------
+
+CLIP = 0.05
+
+
+def _clip_worker(rank: int, tmp: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{Path(tmp) / 'pg_clip'}", rank=rank, world_size=WORLD)
+    try:
+        module = _module(0)
+        module.clip_grad_norm = CLIP
+        full = torch.load(Path(tmp) / "full_weight.pt")
+        with torch.no_grad():
+            module.loss.weight.copy_(full[module.loss.class_start:module.loss.class_start + module.loss.num_local])
+        images, labels = _batch(3, n=4 * WORLD)
+        sl = slice(rank * 4, (rank + 1) * 4)
+        module.loss(module(images[sl]), labels[sl]).backward()
+        for p in module.backbone.parameters():  # DDP's average
+            dist.all_reduce(p.grad)
+            p.grad /= WORLD
+        module.configure_gradient_clipping(_optimizer(module, "sgd"))
+        head = gather_rows(module.loss.weight.grad)
+        backbone = torch.cat([p.grad.flatten() for p in module.backbone.parameters()])
+        # empty blocks: fewer classes than ranks, and a rank that samples no centre
+        one = PartialFC(DIM, 1, s=16.0, m2=0.3)
+        emb = torch.randn(2, DIM, requires_grad=True)
+        loss_one = one(emb, torch.zeros(2, dtype=torch.long))
+        loss_one.backward()
+        sparse = PartialFC(DIM, 40, sample_rate=0.04, s=16.0, m2=0.3)  # 20 per rank, int(0.8) = 0 sampled
+        loss_sparse = sparse(torch.randn(2, DIM, requires_grad=True), torch.tensor([30, 31]))
+        loss_sparse.backward()
+        ok = bool(torch.isfinite(loss_one) and torch.isfinite(loss_sparse) and torch.isfinite(emb.grad).all())
+        torch.save({"head": head, "backbone": backbone, "empty_ok": ok, "n_one": one.num_local},
+                   Path(tmp) / f"clip{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_head_is_clipped_as_one_matrix_and_empty_blocks_train(tmp_path):
+    import torch.multiprocessing as mp
+
+    ref = _module(0)
+    ref.clip_grad_norm = CLIP
+    torch.save(ref.loss.weight.detach().clone(), tmp_path / "full_weight.pt")
+    images, labels = _batch(3, n=4 * WORLD)
+    ref.loss(ref(images), labels).backward()
+    assert ref.loss.weight.grad.norm() > 2 * CLIP  # the clip binds
+    ref.configure_gradient_clipping(_optimizer(ref, "sgd"))
+    mp.spawn(_clip_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
+    r0, r1 = (torch.load(tmp_path / f"clip{r}.pt") for r in range(WORLD))
+    torch.testing.assert_close(r0["head"], ref.loss.weight.grad, atol=1e-6, rtol=1e-5)
+    assert abs(float(r0["head"].norm()) - CLIP) < 1e-5  # the whole head, not each block, at the bound
+    torch.testing.assert_close(r0["backbone"], r1["backbone"], atol=0, rtol=0)  # replicas stay identical
+    ref_backbone = torch.cat([p.grad.flatten() for p in ref.backbone.parameters()])
+    torch.testing.assert_close(r0["backbone"], ref_backbone, atol=1e-6, rtol=1e-5)
+    assert r0["empty_ok"] and r1["empty_ok"] and (r0["n_one"], r1["n_one"]) == (1, 0)

@@ -27,11 +27,23 @@ def test_report_is_the_same_for_any_eval_batch_size(tmp_path):
     stats, (gan, aligner, emb, *_) = _synth(tmp_path, _crop(), identity_filter=0.98, filter_rounds=3,
                                             num_identities=2, both_sides=True)
     assert stats["face_check_failed"] > 0
+    # A generator whose every image depends on the whole forward pass (as batch-size-dependent GPU
+    # kernels or a batch statistic would make it): the reports agree only if each pass holds the
+    # same candidates whatever the batch size.
+    plain, passes = gan.synthesize, []
+
+    def batch_dependent(lat, *a, **k):
+        passes.append(len(lat))
+        return plain(lat, *a, **k) + 0.05 * lat.float().mean()
+
+    gan.synthesize = batch_dependent
     reports = [quality_report(tmp_path / "ds", tmp_path / f"rep{bs}", gan, aligner, emb, batch_size=bs, seed=0,
                               crop_aligner=_crop(), evaluator=TinyEmbedder(seed=123))
-               for bs in (6, 64)]  # 6 = images_per_identity: one identity's round per pass, or all of them in one
-    a, b = (json.dumps(r, sort_keys=True) for r in reports)
-    assert a == b
+               for bs in (6, 9, 64)]  # 6 = images_per_identity, 9 = not a multiple of it, 64 = all at once
+    a, b, c = (json.dumps(r, sort_keys=True) for r in reports)
+    assert a == b == c
+    gan.synthesize = plain
+    assert passes and max(passes) <= 6  # the wrapper rendered, one identity's candidates per pass
     res = reports[0]
     # the decisions the batch size could have changed were taken
     assert sum(c["face_check_failed"] for c in res["baseline_face_check"]["sets"].values()) > 0

@@ -50,6 +50,32 @@ def test_callback_on_small_bin(tmp_path, shared_data):
     emb = FRCheckpointEmbedder(best)
     direct = benchmark_set(load_verification_set(small), emb, ResizeAligner((112, 112)), folds=2, batch_size=10)
     assert direct["accuracy"] == pytest.approx(cb.evaluate(emb)["small_lfw"]["accuracy"])
+    assert direct["accuracy"] == pytest.approx(cb.best)  # the checkpoint holds the best epoch's weights
     model.backbone.train()
     cb.evaluate(model.backbone)
     assert model.backbone.training  # evaluation restores the training mode
+
+
+def test_best_checkpoint_follows_the_best_mean_not_the_last(tmp_path, monkeypatch):
+    """Scripted verification figures (epochs 0..3: 0.6, 0.8, 0.7, 0.8): the best checkpoint is
+    written at epochs 0 and 1 only (a tie is no improvement) and holds epoch 1."""
+    root = make_identity_folder(tmp_path / "ds", num_identities=3, images_per_identity=4, size=32)
+    dm = IdentityFolderDataModule(str(root), (32, 32), batch_size=6, num_workers=0, in_memory=True)
+    torch.manual_seed(0)
+    model = FaceRecognitionModule(MobileFaceNetEmbedder(16, 112, net_size=32, width=0.25),
+                                  lambda d, c: CosFace(d, c, s=16, m=0.2))
+    cb = VerificationCallback(["a/x.bin", "b/y.bin"], every_n_epochs=1)
+    figures = iter([(0.5, 0.7), (0.9, 0.7), (0.7, 0.7), (0.8, 0.8)])
+    monkeypatch.setattr(cb, "evaluate", lambda emb: {n: {"accuracy": a, "accuracy_std": 0.0}
+                                                     for n, a in zip(("x", "y"), next(figures))})
+    saved = []
+    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, callbacks=[cb], enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+    real_save = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda path, *a, **k: (saved.append(trainer.current_epoch),
+                                                                           real_save(path, *a, **k)))
+    trainer.fit(model, datamodule=dm)
+    assert [h["mean"] for h in cb.history] == pytest.approx([0.6, 0.8, 0.7, 0.8]) and cb.best == pytest.approx(0.8)
+    assert saved == [0, 1]
+    ckpt = torch.load(tmp_path / "checkpoints" / "best_verification.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["callbacks"]

@@ -125,8 +125,9 @@ class FaceRecognitionModule(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         acc, n = self.validation_accuracy(images, labels)
-        # sharded PartialFC: `acc` is already that of the global batch, the same on every rank
-        self.log("val/accuracy", acc, prog_bar=True, batch_size=n)
+        # sharded PartialFC: `acc` is already that of the global batch, the same on every rank; otherwise
+        # each rank scores its share and sync_dist averages them (a no-op on one device)
+        self.log("val/accuracy", acc, prog_bar=True, batch_size=n, sync_dist=True)
 
     def validation_accuracy(self, images: Tensor, labels: Tensor) -> tuple[Tensor, int]:
         """Nearest-centre accuracy of a batch and the number of samples it covers.
@@ -205,10 +206,20 @@ class FaceRecognitionModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # a PartialFC sharded over ranks holds a block of the head per rank: its norm is the whole head's,
+        # summed over ranks, so that every rank (and one process with all the centres) scales alike
+        from exface.losses.partial_fc import clip_grad_norm_, sharded_parameters
+
+        sharded = sharded_parameters(self.loss)
         if self.clip_grad_norm is not None:
             for group in optimizer.param_groups:  # backbone and head, each on its own
-                torch.nn.utils.clip_grad_norm_(group["params"], max_norm=self.clip_grad_norm)
-        if gradient_clip_val is not None:  # the Trainer's own (global) clipping still applies
+                clip_grad_norm_(group["params"], self.clip_grad_norm, sharded)
+        if gradient_clip_val is None:
+            return
+        # the Trainer's own (global) clipping still applies
+        if sharded and gradient_clip_algorithm in (None, "norm"):  # by value is elementwise: the same on every rank
+            clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], float(gradient_clip_val), sharded)
+        else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ checkpoints

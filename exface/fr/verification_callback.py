@@ -116,6 +116,9 @@ class VerificationCallback(pl.Callback):
             return
         results = self.evaluate(pl_module.backbone)
         accs = {n: float(r["accuracy"]) for n, r in results.items()}
+        # every rank scores the sets; rank 0's figures decide, so that all ranks take the same
+        # checkpointing branch (a rank whose float rounding differed would otherwise wait alone in it)
+        accs = trainer.strategy.broadcast(accs, src=0)
         mean = float(np.mean(list(accs.values())))
         for n, r in results.items():
             pl_module.log(f"verification/{n}", accs[n], on_epoch=True, sync_dist=False)

@@ -153,7 +153,10 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
         logits = logits.float()
-        mx = logits.max(dim=1, keepdim=True).values
+        if logits.shape[1]:
+            mx = logits.max(dim=1, keepdim=True).values
+        else:  # this rank holds no centre (fewer classes than ranks) or sampled none: the others decide
+            mx = logits.new_full((logits.shape[0], 1), float("-inf"))
         dist.all_reduce(mx, op=dist.ReduceOp.MAX)
         exp = (logits - mx).exp()
         z = exp.sum(dim=1, keepdim=True)
@@ -335,6 +338,37 @@ class PartialFC(FRLoss):
         return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
                 f"sample_rate={self.sample_rate}, margin={self.margin!r}, "
                 f"local=[{self.class_start}, {self.class_start + self.num_local})")
+
+
+def sharded_parameters(root: nn.Module) -> set[nn.Parameter]:
+    """The centre matrices of the PartialFC heads under ``root`` that are sharded across ranks."""
+    return {m.weight for m in root.modules() if isinstance(m, PartialFC) and m.world_size > 1}
+
+
+@torch.no_grad()
+def clip_grad_norm_(params, max_norm: float, sharded: set[nn.Parameter] | frozenset = frozenset()) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` when some of ``params`` are column blocks held one per rank.
+
+    The norm is that of the whole, unsharded gradient: the squared norms of the ``sharded``
+    parameters are summed over ranks (replicated ones, such as a DDP backbone's, are counted
+    once), so every rank scales by the same factor, as one process holding all the centres
+    would. With no sharded parameter it is torch's function.
+    """
+    params = [p for p in params if p.grad is not None]
+    local = [p for p in params if p in sharded]
+    if not local or not dist.is_available() or not dist.is_initialized():
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    device = params[0].grad.device
+    sq = torch.zeros(2, dtype=torch.float64, device=device)  # [sharded, replicated]
+    for p in params:
+        sq[0 if p in sharded else 1] += p.grad.detach().double().pow(2).sum()
+    shard_sq = sq[:1].clone()
+    dist.all_reduce(shard_sq, op=dist.ReduceOp.SUM)
+    total = (shard_sq[0] + sq[1]).sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(coef.to(p.grad.dtype))
+    return total.float()
 
 
 def exclude_partial_fc_from_ddp(root: nn.Module) -> list[str]:
