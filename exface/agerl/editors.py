@@ -20,6 +20,7 @@ from torch import Tensor
 
 from exface.agerl.mdp import ObservationConfig, apply_action, observation
 from exface.editing.base import EditState, LatentEditor
+from exface.errors import ExfaceFileError
 from exface.models.age_policy import GaussianPolicyNet
 
 __all__ = ["GradientWalkEditor", "AgePolicyEditor", "load_policy_file"]
@@ -60,16 +61,20 @@ class GradientWalkEditor(LatentEditor):
 def load_policy_file(path: str | Path) -> dict:
     """A policy file written by ``AgePolicyModule.save_policy`` (refuses other files with the fix)."""
     from exface.agerl.module import POLICY_FORMAT
+    from exface.torch_files import read_torch_file
 
     path = Path(path)
+    train = "`exface fit --config recipes/dcgan_faceapi_age_rl.yaml` (it writes model.init_args.save_path)"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"policy file {path} does not exist; train one with "
-            f"`exface fit --config recipes/dcgan_faceapi_age_rl.yaml` (it writes model.init_args.save_path)"
+        raise ExfaceFileError(
+            "the policy file does not exist", where=path,
+            fix=f"train one with {train}, or pass the path of an existing policy file",
         )
-    rec = torch.load(str(path), map_location="cpu", weights_only=True)
+    rec = read_torch_file(path, "the policy file", "age-policy", f"re-create it with {train}, or copy it again")
     if not isinstance(rec, dict) or rec.get("format") != POLICY_FORMAT:
-        raise ValueError(f"{path} is not an exface age-policy file (format {rec.get('format') if isinstance(rec, dict) else None!r})")
+        found = rec.get("format") if isinstance(rec, dict) else None
+        raise ExfaceFileError(f"the file is not an exface age-policy file (format {found!r}, expected {POLICY_FORMAT!r})",
+                              where=path, fix=f"pass the policy file written by {train}")
     return rec
 
 

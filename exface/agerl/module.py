@@ -61,6 +61,7 @@ from torchrl.objectives.value import GAE
 from exface.agerl.env import AgeEditEnv, AgeEditVectorEnv, env_parts
 from exface.agerl.mdp import ACTION_DIM, ObservationConfig, observation_dim
 from exface.models.age_policy import GaussianPolicyNet, ValueNet
+from exface.resume_check import RecordsRunSettings
 
 __all__ = ["AgePolicyModule", "RolloutDataModule", "POLICY_FORMAT", "make_actor", "rollout_seed"]
 
@@ -111,7 +112,7 @@ class RolloutDataModule(pl.LightningDataModule):
         return DataLoader(_Rollouts(self.rollouts_per_epoch), batch_size=None, shuffle=False)
 
 
-class AgePolicyModule(pl.LightningModule):
+class AgePolicyModule(RecordsRunSettings, pl.LightningModule):
     """PPO (TorchRL ClipPPOLoss + GAE) training an age-editing policy under an identity bound.
 
     Args:
@@ -194,6 +195,14 @@ class AgePolicyModule(pl.LightningModule):
                 with torch.cuda.device(i):
                     torch.cuda.manual_seed(seed)
             yield
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume with other settings than the checkpoint's, the environment's included
+        (under LightningCLI its config is recorded too; ``save_path`` and the env's scoring
+        ``batch_size`` may change)."""
+        from exface.resume_check import check_resume
+
+        check_resume(self, checkpoint, may_differ=("save_path", "env.init_args.batch_size"))
 
     def state_dict(self, *args, **kwargs):  # the loss module aliases the nets: keep one copy
         return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith(("loss_module.", "advantage.", "actor.", "critic."))}

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from exface.errors import ExfaceFileError, ExfaceStateError
+from exface.torch_files import read_torch_file
 from exface.registry import Registrable
 
-__all__ = ["Boundaries", "BoundaryLearner", "check_boundary_inputs", "hyperplanes_to_raw", "latent_split"]
+__all__ = ["Boundaries", "BoundaryLearner", "boundary_setting_differences", "check_boundary_inputs",
+           "hyperplanes_to_raw", "latent_split", "refuse_other_boundaries"]
+
+#: ``meta`` keys that measure a fit (or are added on load) rather than say what made it:
+#: never compared when deciding whether a boundary file may be replaced
+RESULT_META_KEYS = frozenset({"val_accuracy", "remaining_accuracy", "path"})
+
+_FIX_REMAKE = ("re-create it with the command that made it (`exface fit --config <fit recipe>` for identity "
+               "boundaries, `exface interfacegan-fit --config <recipe>` for attribute boundaries), or copy it again")
 
 
 @dataclass
@@ -42,12 +53,142 @@ class Boundaries:
             return x @ self.normals.T.to(x) + self.offsets.to(x)
         return (x * self.normals[index].to(x)).sum(-1) + self.offsets[index].to(x)
 
-    def save(self, path: str | Path) -> None:
-        torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, str(path))
+    def save(self, path: str | Path, setting: str = "save_path") -> None:
+        """Write the boundaries to ``path`` atomically (a temporary file renamed into place).
+
+        An existing boundary file at ``path`` is replaced only when it was made with the same
+        settings and inputs (its ``meta`` without the measured results, its space and shape);
+        otherwise :class:`~exface.errors.ExfaceStateError` names the differences and the old
+        file stays as it was. ``setting`` names the option that chose ``path`` (for the fix).
+        """
+        from exface.exfacegan.run_files import atomic_torch_save  # here: exface.exfacegan imports this module
+
+        path = Path(path)
+        refuse_other_boundaries(path, self.meta, space=self.space, shape=tuple(self.normals.shape), setting=setting)
+        atomic_torch_save({k: getattr(self, k) for k in self.__dataclass_fields__}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Boundaries":
-        return cls(**torch.load(str(path), map_location="cpu", weights_only=True))
+        """A boundary file of :meth:`save`; a missing, damaged or foreign file raises ExfaceFileError."""
+        path = Path(path)
+        if not path.is_file():
+            raise ExfaceFileError("the boundary file does not exist", where=path,
+                                  fix="fit boundaries first (`exface fit --config <fit recipe>`, or `exface "
+                                      "interfacegan-fit` for attribute boundaries) or pass the right path")
+        data = read_torch_file(path, "the boundary file", "boundaries", _FIX_REMAKE)
+        required = ("normals", "offsets", "space", "val_balanced_accuracy", "val_auc")
+        missing = [k for k in required if k not in data] if isinstance(data, dict) else list(required)
+        if missing:
+            held = sorted(map(str, data))[:6] if isinstance(data, dict) else type(data).__name__
+            raise ExfaceFileError(
+                f"the file is not an exface boundary file (it lacks {', '.join(missing)}; it holds {held})",
+                where=path, fix="pass a boundaries.pt written by `exface fit` or `exface interfacegan-fit`",
+            )
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        return bool(((a == b) | (a.isnan() & b.isnan())).all()) if a.is_floating_point() else torch.equal(a, b)
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return _flat(a).keys() == _flat(b).keys() and all(_same(v, _flat(b)[k]) for k, v in _flat(a).items())
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+_ABSENT = object()
+
+
+def _show(v: Any) -> str:
+    text = "(absent)" if v is _ABSENT else repr(v.tolist() if isinstance(v, Tensor) and v.numel() <= 8 else v)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def boundary_setting_differences(recorded: Boundaries, meta: Mapping, space: str | None = None,
+                                 shape: tuple[int, ...] | None = None, complete: bool = True,
+                                 optional: Mapping | None = None) -> list[str]:
+    """What differs between the settings and inputs ``recorded`` was made with and the given ones.
+
+    Compared: ``space`` and ``shape`` (when given) and every ``meta`` key (nested dicts key by
+    key, ``bank.root``), except the measured results (:data:`RESULT_META_KEYS`) and keys
+    starting with ``_`` (the configuration system's bookkeeping). ``complete=False`` compares
+    only the keys ``meta`` has (a check before the fit, when not every setting is known yet);
+    ``optional`` values are compared only where ``recorded`` has the key.
+    """
+    out = []
+    if space is not None and recorded.space != space:
+        out.append(f"space: recorded {recorded.space!r}, given {space!r}")
+    if shape is not None and tuple(recorded.normals.shape) != tuple(shape):
+        out.append(f"shape (boundaries x dim): recorded {list(recorded.normals.shape)}, given {list(shape)}")
+
+    def keep(k: str) -> bool:
+        return not k.startswith("_") and k.split(".")[0] not in RESULT_META_KEYS
+
+    old = {k: v for k, v in _flat(recorded.meta or {}).items() if keep(k)}
+    new = {k: v for k, v in _flat(meta or {}).items() if keep(k)}
+    keys = list(new) + [k for k in old if k not in new] if complete else list(new)
+    for k, v in _flat(optional or {}).items():
+        if keep(k) and k in old and k not in new:
+            new[k] = v
+            keys.append(k)
+    for k in keys:
+        a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
+        if (a is _ABSENT) != (b is _ABSENT) or (a is not _ABSENT and not _same(a, b)):
+            label = f"meta.{k}" if k in ("space", "shape") and space is not None else k
+            out.append(f"{label}: recorded {_show(a)}, given {_show(b)}")
+    return out
+
+
+def refuse_other_boundaries(path: str | Path, meta: Mapping, space: str | None = None,
+                            shape: tuple[int, ...] | None = None, complete: bool = True,
+                            optional: Mapping | None = None, setting: str = "save_path") -> None:
+    """Raise ExfaceStateError when ``path`` holds boundaries made with other settings or inputs.
+
+    Nothing to do when ``path`` does not exist. A learner calls this before fitting (with
+    what it knows then, ``complete=False``) so that a run that could not save stops before
+    the work; :meth:`Boundaries.save` calls it with everything. An existing file that is not
+    a readable boundary file is not replaced either. Arguments as
+    :func:`boundary_setting_differences`; ``setting`` names the option that chose ``path``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    fix = (f"pass another {setting} for the new boundaries, or delete {path} if the old boundaries (and anything "
+           f"made from them) are no longer needed")
+    if path.is_dir():
+        raise ExfaceStateError(f"{path.name} is a folder, not a boundary file", where=path,
+                               fix=f"pass a file path as {setting} (e.g. {path / 'boundaries.pt'})")
+    try:
+        recorded = Boundaries.load(path)
+    except ExfaceFileError as err:
+        raise ExfaceStateError(f"{path.name} already exists and is not a readable boundary file ({err.problem}); "
+                               f"it is not overwritten", where=path, fix=fix) from err
+    diffs = boundary_setting_differences(recorded, meta, space, shape, complete, optional)
+    if diffs:
+        shown = diffs[:10] + ([f"... and {len(diffs) - 10} more"] if len(diffs) > 10 else [])
+        raise ExfaceStateError(
+            f"{path.name} already holds boundaries made with other settings or inputs; they are not overwritten "
+            f"(a dataset synthesized from them could no longer be resumed or checked). Differences:\n    "
+            + "\n    ".join(shown), where=path, fix=fix,
+        )
 
 
 class BoundaryLearner(Registrable, ABC):

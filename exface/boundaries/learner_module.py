@@ -17,10 +17,18 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
-from exface.boundaries.base import Boundaries, BoundaryLearner
+from exface.boundaries.base import Boundaries, BoundaryLearner, refuse_other_boundaries
 from exface.errors import ExfaceError
 
 __all__ = ["BoundaryLearnerModule"]
+
+
+def _learner_settings(learner: BoundaryLearner) -> dict[str, Any]:
+    """The learner's plain scalar attributes (``C``, ``seed``, ...): learners record their arguments in ``meta``
+    under the same names, so these can be compared with a saved file's before the fit."""
+    attrs = {**(getattr(learner, "module_args", None) or {}), **vars(learner)}
+    return {k: v for k, v in attrs.items()
+            if not k.startswith("_") and (v is None or isinstance(v, (bool, int, float, str)))}
 
 
 class BoundaryLearnerModule(pl.LightningModule):
@@ -52,14 +60,21 @@ class BoundaryLearnerModule(pl.LightningModule):
                 fix="use data: {class_path: IdentityBankDataModule, ...} with BoundaryLearnerModule",
             )
         space = self.space or getattr(dm, "space", "w")
+        provenance = getattr(dm, "provenance", None) or {}
+        if self.save_path:
+            # refuse before the fit when save_path holds boundaries of another learner, bank or labeling;
+            # the learner's own settings are compared where its attributes name them (all of them at save)
+            refuse_other_boundaries(self.save_path, {"learner": type(self.learner).__name__, **provenance},
+                                    space=space, complete=False, optional=_learner_settings(self.learner),
+                                    setting="model.init_args.save_path")
         rank_zero_info(f"fitting {y.shape[0]} boundaries with {type(self.learner).__name__} on {x.shape[0]} latents")
         out = self.learner.fit(x, y, space=space)
-        out.meta.update(getattr(dm, "provenance", None) or {})
+        out.meta.update(provenance)
         self.fitted = out
         if self.save_path and self.trainer.is_global_zero:
             path = Path(self.save_path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            out.save(path)
+            out.save(path, setting="model.init_args.save_path")
             rank_zero_info(f"boundaries saved to {path} (validation balanced accuracy "
                            f"{float(out.val_balanced_accuracy.nanmean()):.3f})")
 

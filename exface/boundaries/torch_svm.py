@@ -54,6 +54,7 @@ from exface.boundaries.base import (
     check_boundary_inputs,
     hyperplanes_to_raw,
     latent_split,
+    refuse_other_boundaries,
 )
 from exface.boundaries.metrics import balanced_accuracy, roc_auc
 
@@ -350,6 +351,9 @@ class BoundaryFitModule(pl.LightningModule):
         metrics = checkpoint.get("exface_val_metrics", {})
         self.val_balanced_accuracy = metrics.get("balanced_accuracy")
         self.val_auc = metrics.get("auc")
+        from exface.resume_check import check_resume
+
+        check_resume(self, checkpoint, may_differ=("save_path",))  # a resume with other settings is refused
 
     @torch.no_grad()
     def _prepare(self, loader) -> None:
@@ -482,21 +486,31 @@ class BoundaryFitModule(pl.LightningModule):
         normals, offsets = hyperplanes_to_raw(w, b, 1.0 / std, -self.x_mean.detach().cpu() / std)
         r = w.shape[0]
         nan = torch.full((r,), float("nan"))
-        meta = {"learner": "BoundaryFitModule", **{k: v for k, v in self.hparams.items() if k != "save_path"}}
-        # the bank the latents came from (IdentityBankDataModule.provenance), so synthesis can check it
-        meta.update(getattr(getattr(self._trainer, "datamodule", None), "provenance", None) or {})
         return Boundaries(
             normals, offsets, space or self.hparams.space or "z",
             self.val_balanced_accuracy if self.val_balanced_accuracy is not None else nan,
             self.val_auc if self.val_auc is not None else nan,
-            meta,
+            self._meta(),
         )
+
+    def _meta(self) -> dict[str, Any]:
+        """What the saved boundaries record about how they were made (known once ``setup`` ran)."""
+        meta = {"learner": "BoundaryFitModule", **{k: v for k, v in self.hparams.items() if k != "save_path"}}
+        # the bank the latents came from (IdentityBankDataModule.provenance), so synthesis can check it
+        meta.update(getattr(getattr(self._trainer, "datamodule", None), "provenance", None) or {})
+        return meta
+
+    def on_fit_start(self) -> None:
+        # refuse now, not after training, when save_path holds boundaries of other settings or another bank
+        if self.hparams.save_path and self.svm is not None:
+            refuse_other_boundaries(self.hparams.save_path, self._meta(), space=self.hparams.space or "z",
+                                    shape=tuple(self.svm.weight.shape), setting="model.init_args.save_path")
 
     def on_fit_end(self) -> None:
         if self.hparams.save_path and self.trainer.is_global_zero:
             path = Path(self.hparams.save_path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.boundaries().save(path)
+            self.boundaries().save(path, setting="model.init_args.save_path")
 
 
 class _LatentLabelBatches(torch.utils.data.Dataset):

@@ -48,6 +48,7 @@ __all__ = [
     "swap_grid",
     "save_png",
     "verdict",
+    "report_identity",
     "write_report",
 ]
 
@@ -154,19 +155,28 @@ def swap_grid(id_src: Tensor, attr_src: Tensor, outputs: Tensor) -> np.ndarray:
     return grid
 
 
-def save_png(grid: np.ndarray, path: str | Path, min_side: int = 512) -> Path:
-    """Write a uint8 HWC image as PNG, nearest-upscaled by an integer factor to >= ``min_side`` px."""
+def png_bytes(grid: np.ndarray, min_side: int = 512) -> bytes:
+    """A uint8 HWC image as PNG bytes, nearest-upscaled by an integer factor to >= ``min_side`` px."""
+    import io
+
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     k = max(1, math.ceil(min_side / max(grid.shape[:2])))
     img = Image.fromarray(grid)
     if k > 1:
         img = img.resize((grid.shape[1] * k, grid.shape[0] * k), Image.NEAREST)
-    tmp = path.with_suffix(".tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(grid: np.ndarray, path: str | Path, min_side: int = 512) -> Path:
+    """Write a uint8 HWC image as PNG (atomically), nearest-upscaled by an integer factor to >= ``min_side`` px."""
+    from exface.exfacegan.run_files import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, png_bytes(grid, min_side))
     return path
 
 
@@ -249,29 +259,71 @@ def verdict(summary: dict[str, dict[str, float]], identity_judges: Sequence[str]
     return "\n".join(parts)
 
 
+#: hyperparameters that say where or how fast the report is made, not what it measures
+_NOT_IDENTITY = ("report_dir", "eval_batch_size")
+
+
+def report_identity(settings: dict | None, pairs: int, recon_pairs: int, identity_judges: Sequence[IdentityJudge],
+                    landmark_judges: Sequence[LandmarkJudge], checkpoint_sha256: str | None = None) -> dict:
+    """What makes a disentanglement report (its ``made_by``): the checkpoint (resolved path, sha256,
+    global step) when it was read from one, the recipe's parts and hyperparameters (without
+    ``report_dir`` and ``eval_batch_size``), the identity-centring seed, the pair counts (they
+    pick the held-out seeds) and the judges. Not timings, nor where the report is written."""
+    from exface.report_dir import file_sha256
+
+    s = dict(settings or {})
+    hp = s.get("hparams")
+    ident: dict = {"report": "exface disentangle report"}
+    ck = s.get("checkpoint")
+    if ck is not None:
+        path = Path(str(ck))
+        digest = checkpoint_sha256 or (file_sha256(path) if path.is_file() else None)
+        ident["checkpoint"] = {"path": str(path.resolve()), "sha256": digest, "global_step": s.get("global_step")}
+    ident["hparams"] = {k: v for k, v in hp.items() if k not in _NOT_IDENTITY} if isinstance(hp, dict) else hp
+    ident["identity_mean_first_seed"] = s.get("identity_mean_first_seed")
+    ident["pairs"], ident["recon_pairs"] = int(pairs), int(recon_pairs)
+    ident["identity_judges"] = [{"name": j.name, "independent": j.independent} for j in identity_judges]
+    ident["landmark_judges"] = [{"name": j.name, "independent": j.independent} for j in landmark_judges]
+    return ident
+
+
 def write_report(out_dir: str | Path, per_pair: dict[str, Tensor], grid: np.ndarray,
                  identity_judges: Sequence[IdentityJudge], landmark_judges: Sequence[LandmarkJudge],
                  settings: dict | None = None) -> dict:
-    """Write ``report.json``, ``report.md``, ``per_pair.npz`` and ``swap_grid.png`` to ``out_dir``."""
+    """Write ``report.json``, ``report.md``, ``per_pair.npz`` and ``swap_grid.png`` to ``out_dir``.
+
+    Through :class:`~exface.report_dir.ReportDir`: every file atomically, ``made_by.json`` (and
+    ``report.json`` ``made_by``) recording :func:`report_identity`; a folder holding another
+    report (another checkpoint, recipe or pair count) is refused, the same report replaces it.
+    """
+    import io
+
+    from exface.report_dir import ReportDir
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(per_pair)
     first = next(k for k in per_pair if k.startswith("mapper/"))
     recon = next((k for k in per_pair if k.startswith("recon/")), None)
+    pairs, recon_pairs = int(len(per_pair[first])), int(len(per_pair[recon])) if recon else 0
+    made_by = report_identity(settings, pairs, recon_pairs, identity_judges, landmark_judges)
     result = {
         "format": "exface-disentangle-report",
-        "pairs": int(len(per_pair[first])),
-        "recon_pairs": int(len(per_pair[recon])) if recon else 0,
+        "pairs": pairs,
+        "recon_pairs": recon_pairs,
         "identity_judges": [{"name": j.name, "independent": j.independent} for j in identity_judges],
         "landmark_judges": [{"name": j.name, "independent": j.independent} for j in landmark_judges],
         "verdict": verdict(summary, [j.name for j in identity_judges], [j.name for j in landmark_judges]),
         "summary": summary,
         "settings": settings or {},
     }
-    save_png(grid, out_dir / "swap_grid.png")
-    np.savez(out_dir / "per_pair.npz", **{k.replace("/", "__"): v.cpu().numpy() for k, v in per_pair.items()})
-    for name, text in (("report.json", json.dumps(result, indent=1, default=str)), ("report.md", _markdown(result))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+    fix = (f"pass another output_dir (disentangle-report) or report_dir (the recipe) for this report, or delete "
+           f"{out_dir} to replace the report there (the same checkpoint, recipe and pairs again replace it)")
+    npz = io.BytesIO()
+    np.savez(npz, **{k.replace("/", "__"): v.cpu().numpy() for k, v in per_pair.items()})
+    with ReportDir(out_dir, made_by, "disentangle report", fix=fix) as rd:
+        result["made_by"] = rd.made_by
+        rd.write_bytes("swap_grid.png", png_bytes(grid))
+        rd.write_bytes("per_pair.npz", npz.getvalue())
+        rd.write_text("report.json", json.dumps(result, indent=1, default=str))
+        rd.write_text("report.md", _markdown(result))
     return result

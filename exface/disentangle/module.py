@@ -482,7 +482,8 @@ class DisentangleModule(pl.LightningModule):
 
         A checkpoint whose identity mean has no recorded seed was centred on seeds from
         ``HELD_OUT_SEED``: the images of the first held-out pairs. It is kept (the mapper was
-        trained with it), recorded as such and named in a warning."""
+        trained with it), recorded as such and named in a warning. Resuming with other settings than
+        the checkpoint's is refused (:func:`exface.resume_check.check_resume`)."""
         sd = checkpoint["state_dict"]
         for k, v in self.state_dict().items():
             if _is_frozen(k):
@@ -497,6 +498,11 @@ class DisentangleModule(pl.LightningModule):
                 log.warning("this checkpoint's identity mean was fitted on seeds %d.. (before CENTER_SEED), the "
                             "images of the first held-out pairs; its report's loss-network identity figures are "
                             "centred on them. Retrain to centre on unseen samples.", HELD_OUT_SEED)
+        # a resume with other settings is refused (the report's extent and folder only shape the report,
+        # written once at the end of fit with this run's settings)
+        from exface.resume_check import check_resume
+
+        check_resume(self, checkpoint, may_differ=("report_dir", "report_pairs", "grid_size", "eval_batch_size"))
 
 
 #: Frozen networks nested inside trained parts (LandmarkAttributeEncoder's landmark net).

@@ -3,10 +3,16 @@
 Each dataset (an insightface ``.bin`` such as ``lfw.bin``/``cfp_fp.bin``/``agedb_30.bin``, or
 an LFW ``pairs.txt`` with its image folder) is embedded once per image, pairs are scored by
 cosine similarity, and :func:`~exface.evaluation.verification.evaluate_verification` runs the
-k-fold protocol plus AUC, EER and TAR@FAR. Results go to ``results.json`` and a ``report.md``
-(both written atomically), ROC curves to ``roc_<set>.png``, and a table to stdout; when the
+k-fold protocol plus AUC, EER and TAR@FAR. Results go to ``results.json`` and a ``report.md``,
+ROC curves to ``roc_<set>.png`` (all written atomically), and a table to stdout; when the
 standard sets (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW) are among them, also the one-row table
 the papers print, with their average.
+
+An output folder holds the results of one embedder, aligner and list of sets
+(:func:`benchmark_identity`, recorded in ``made_by.json`` and ``results.json`` ``made_by``): a run
+with another embedder, aligner or other sets is refused before any embedding; the same ones
+again (other protocol options: flip, folds, FARs) replace the results, and remove the ROC curves
+the new run does not draw (:class:`~exface.report_dir.ReportDir`).
 
 Test-time flip follows insightface's ``eval/verification.py``: the *raw* (unnormalized)
 embeddings of an image and of its mirror image are summed, then the sum is L2-normalized.
@@ -559,9 +565,23 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def plot_roc(scores: np.ndarray, issame: np.ndarray, title: str, path: Path) -> bool:
-    """Write the ROC curve (TAR against log FAR) as a PNG; False when the set has one class."""
-    if issame.all() or not issame.any():
+    """Write the ROC curve (TAR against log FAR) as a PNG (atomically); False when the set has one class."""
+    png = roc_png(scores, issame, title)
+    if png is None:
         return False
+    from exface.exfacegan.run_files import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, png)
+    return True
+
+
+def roc_png(scores: np.ndarray, issame: np.ndarray, title: str) -> bytes | None:
+    """PNG bytes of the ROC curve (TAR against log FAR); None when the set has one class."""
+    if issame.all() or not issame.any():
+        return None
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -579,16 +599,12 @@ def plot_roc(scores: np.ndarray, issame: np.ndarray, title: str, path: Path) -> 
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return True
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- saved embeddings
@@ -682,6 +698,43 @@ def save_embeddings_files(out: Path, name: str, key: dict[str, Any], emb: SetEmb
 # --------------------------------------------------------------------------- report and runner
 
 
+def _set_names(sets: Sequence[VerificationSet]) -> list[str]:
+    """The name each set gets in the results: its own, ``name#2`` for a second set of that name."""
+    seen: dict[str, int] = {}
+    out = []
+    for vs in sets:
+        seen[vs.name] = seen.get(vs.name, 0) + 1
+        out.append(vs.name if seen[vs.name] == 1 else f"{vs.name}#{seen[vs.name]}")
+    return out
+
+
+def benchmark_identity(datasets: Sequence[str | Path], sets: Sequence[VerificationSet], digests: Sequence[str | None],
+                       embedder: IdentityEmbedder, aligner: Aligner | None, box: Any, detector: Any) -> dict[str, Any]:
+    """What a benchmark folder's results are of (its ``made_by``): every set (name, path, sha256
+    of the file, of its pairs and, for photo sets, of its images' paths, sizes and times), the
+    embedder and aligner (class, weights sha256, arguments; the default aligner by its box and
+    detector). Not the protocol options (flip, folds, fars): a run with other ones re-scores the
+    same embeddings and replaces the results (their settings are in ``results.json``)."""
+    from exface.report_dir import part_identity
+
+    items = []
+    for name, path, vs, digest in zip(_set_names(sets), datasets, sets, digests):
+        h = hashlib.sha256()
+        for arr in (vs.pairs, vs.issame, vs.folds):
+            h.update(b"-" if arr is None else np.ascontiguousarray(arr).astype(np.int64).tobytes())
+        item = {"name": name, "path": str(Path(path).resolve()), "sha256": digest, "pairs_sha256": h.hexdigest()}
+        if vs.paths is not None:
+            item["images_sha1"] = _digest_images(vs)
+        items.append(item)
+    return {
+        "report": "exface benchmark",
+        "datasets": items,
+        "parts": {"embedder": part_identity(embedder), "aligner": part_identity(aligner),
+                  "detector": part_identity(detector)},
+        "settings": {"default_aligner_box": None if aligner is not None else (DEFAULT_PHOTO_BOX if box is None else box)},
+    }
+
+
 def _report(results: list[dict[str, Any]], settings: dict[str, Any], papers: str | None) -> str:
     lines = ["# Face-verification benchmark", ""]
     lines += [f"- {k}: `{v}`" for k, v in settings.items()]
@@ -768,15 +821,32 @@ def run_benchmark(
 
         detector = create_part("detectors", detector)
     out = Path(output_dir) if output_dir is not None else None
-    if out is not None:  # before any embedding: a folder that cannot be written would lose it all
-        from exface.exfacegan.run_files import ensure_writable_dir
+    if out is None:
+        return _run_sets(datasets, sets, [None] * len(sets), embedder, aligner, batch_size, folds, flip, None, dev,
+                         box, detector, fars, save_embeddings, roc)
+    # before any embedding: a folder that cannot be written, or that holds another run's results
+    from exface.exfacegan.run_files import ensure_writable_dir
+    from exface.report_dir import ReportDir
 
-        ensure_writable_dir(out)
-    names: dict[str, int] = {}
+    ensure_writable_dir(out)
+    from exface.zoo import sha256_of
+
+    digests = [sha256_of(Path(p)) if Path(p).is_file() else None for p in datasets]
+    made_by = benchmark_identity(datasets, sets, digests, embedder, aligner, box, detector)
+    fix = (f"pass another --output_dir for this benchmark (e.g. {out.parent / f'{out.name}_{type(embedder).__name__}'}), "
+           f"or delete {out} "
+           f"to replace the results there (the same embedder, aligner and sets again replace them)")
+    with ReportDir(out, made_by, "benchmark", fix=fix) as rd:
+        return _run_sets(datasets, sets, digests, embedder, aligner, batch_size, folds, flip, rd, dev, box, detector,
+                         fars, save_embeddings, roc)
+
+
+def _run_sets(datasets, sets, digests, embedder, aligner, batch_size, folds, flip, rd, dev, box, detector, fars,
+              save_embeddings, roc) -> list[dict[str, Any]]:
+    """Score every set; with a :class:`~exface.report_dir.ReportDir` ``rd`` write the files through it."""
+    out = rd.folder if rd is not None else None
     results = []
-    for path, vs in zip(datasets, sets):
-        names[vs.name] = names.get(vs.name, 0) + 1
-        name = vs.name if names[vs.name] == 1 else f"{vs.name}#{names[vs.name]}"
+    for path, vs, name, digest in zip(datasets, sets, _set_names(sets), digests):
         set_aligner = aligner if aligner is not None else default_aligner(vs, embedder, box, detector)
         saved, key, why = None, None, None
         if save_embeddings:
@@ -798,19 +868,22 @@ def run_benchmark(
         if Path(path).is_file():  # what was scored, byte for byte (JPEG in a .bin has no checksum of its own)
             from exface.zoo import sha256_of
 
-            r["sha256"] = sha256_of(Path(path))
+            r["sha256"] = digest if digest is not None else sha256_of(Path(path))
         if save_embeddings:
             if r["embedded"]:
                 save_embeddings_files(out, name, key, emb, scores)
             else:
                 _save_npy_atomic(_cache_paths(out, name)["scores"], scores.astype(np.float32))
             r["saved_embeddings"] = why if not r["embedded"] else f"saved to {_cache_paths(out, name)['plain']} ({why})"
+        if rd is not None:  # saved embeddings of this run's sets, embedder and aligner belong to its results
+            for p in _cache_paths(out, name).values():
+                rd.keep(p.name)
         if roc and out is not None:
-            png = out / f"roc_{_file_stem(name)}.png"
-            if plot_roc(scores, vs.issame, f"{name}: {type(embedder).__name__}, AUC {_fmt(r['auc'])}%", png):
-                r["roc_png"] = str(png)
+            png = roc_png(scores, vs.issame, f"{name}: {type(embedder).__name__}, AUC {_fmt(r['auc'])}%")
+            if png is not None:
+                r["roc_png"] = str(rd.write_bytes(f"roc_{_file_stem(name)}.png", png))
         results.append(r)
-    if out is not None:
+    if rd is not None:
         settings = {
             "embedder": type(embedder).__name__,
             "aligner": type(aligner).__name__ if aligner is not None else "default per dataset",
@@ -824,9 +897,9 @@ def run_benchmark(
             "threads": torch.get_num_threads(),
         }
         papers = papers_table(results, type(embedder).__name__, markdown=True)
-        payload = {"settings": settings, "results": results}
-        _write_atomic(out / "results.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
-        _write_atomic(out / "report.md", _report(results, settings, papers))
+        payload = {"settings": settings, "made_by": rd.made_by, "results": results}
+        rd.write_text("results.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        rd.write_text("report.md", _report(results, settings, papers))
     return results
 
 
@@ -880,7 +953,9 @@ def benchmark_command(
             and aligner (then flip, folds and fars can change without embedding again).
         threads: CPU threads for torch (default: torch's own choice).
         roc: write each set's ROC curve as roc_<set>.png.
-        output_dir: where results.json, report.md and the PNGs go.
+        output_dir: where results.json, report.md and the PNGs go: one folder per embedder,
+            aligner and list of sets (a folder holding another's results is refused; the same
+            ones again, with other protocol options, replace them).
         device: torch device (default: cuda when available, else cpu).
     """
     if isinstance(datasets, str):

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from exface.errors import ExfaceFileError
+
 __all__ = ["VerificationSet", "load_insightface_bin", "load_lfw_pairs", "load_verification_set", "lfw_variant", "LFW_LAYOUTS", "write_insightface_bin", "build_aligned_bin"]
 
 
@@ -76,7 +78,7 @@ def _read_rgb(path: Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated, not an image, bad header
         raise ExfaceFileError(f"cannot decode the image ({err})", where=path,
-                              fix="replace or remove that file (re-extract the dataset)") from None
+                              fix="replace or remove that file (re-extract the dataset)") from err
 
 
 def _decode_jpeg(data: bytes, path: Path, index: int) -> np.ndarray:
@@ -98,7 +100,7 @@ def _decode_jpeg(data: bytes, path: Path, index: int) -> np.ndarray:
             return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
         except ValueError as err:
             raise ExfaceFileError(f"image {index} (pair {index // 2}) is a damaged JPEG (libjpeg: {err})", where=path,
-                                  fix="download or copy the .bin file again (its bytes changed)") from None
+                                  fix="download or copy the .bin file again (its bytes changed)") from err
     import cv2
 
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
@@ -264,6 +266,17 @@ def _bin_issame(labels: Any, path: Path) -> np.ndarray:
     return out
 
 
+class BinFileError(ExfaceFileError, pickle.UnpicklingError):
+    """A verification ``.bin`` that is not a readable (or not a safe) insightface pickle."""
+
+
+_BIN_FIX_DAMAGED = "download or copy the .bin again (it is truncated or damaged)"
+_BIN_FIX_NOT_A_BIN = ("use an insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin...: a pickled "
+                      "(bins, issame_list)); download or copy it again")
+#: the messages of this module's own refusals (a pickle that builds more than data)
+_REFUSALS = ("refusing to load", "the .bin pickle holds")
+
+
 def load_insightface_bin(path: str | Path, image_size: tuple[int, int] = (112, 112)) -> VerificationSet:
     """Read an insightface verification ``.bin`` (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin`` ...).
 
@@ -276,30 +289,35 @@ def load_insightface_bin(path: str | Path, image_size: tuple[int, int] = (112, 1
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; pass an insightface verification .bin file")
+        raise ExfaceFileError("the verification .bin does not exist", where=path,
+                              fix="pass an insightface verification .bin file (lfw.bin, cfp_fp.bin...)")
     with path.open("rb") as f:
         try:
             obj = _materialize(_BinUnpickler(f, encoding="bytes").load())
-        except pickle.UnpicklingError as err:  # refused or truncated: same type, with the file named
-            raise pickle.UnpicklingError(f"{path}: {err}") from None
+        except pickle.UnpicklingError as err:  # refused, truncated or not a pickle: an UnpicklingError still
+            if str(err).startswith(_REFUSALS):
+                raise BinFileError(f"{err}", where=path, fix=_BIN_FIX_NOT_A_BIN) from err
+            raise BinFileError(f"not a readable insightface .bin pickle (UnpicklingError: {err})", where=path,
+                               fix=_BIN_FIX_DAMAGED) from err
         except Exception as err:  # truncated/garbled files raise all sorts of errors
-            from exface.errors import ExfaceFileError
-
             raise ExfaceFileError(f"not a readable insightface .bin pickle ({type(err).__name__}: {err})", where=path,
-                                  fix="download or copy the .bin file again (it is truncated or damaged)") from None
+                                  fix=_BIN_FIX_DAMAGED) from err
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
-        raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(obj).__name__}")
+        raise ExfaceFileError(f"expected a pickled (bins, issame_list) pair, got {type(obj).__name__}", where=path,
+                              fix=_BIN_FIX_NOT_A_BIN)
     bins, issame = obj
     issame = _bin_issame(issame, path)
     if len(bins) != 2 * len(issame):
-        raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected two images per pair")
+        raise ExfaceFileError(f"{len(bins)} images for {len(issame)} pairs; expected two images per pair "
+                              f"(the file is cut or was not written whole)", where=path, fix=_BIN_FIX_DAMAGED)
     h, w = image_size
     images = np.empty((len(bins), h, w, 3), dtype=np.uint8)
     for i, b in enumerate(bins):
         if isinstance(b, np.ndarray):
             b = b.tobytes()
         if not isinstance(b, (bytes, bytearray)):
-            raise ValueError(f"{path}: image {i} is a {type(b).__name__}, expected encoded image bytes")
+            raise ExfaceFileError(f"image {i} is a {type(b).__name__}, expected encoded image bytes", where=path,
+                                  fix=_BIN_FIX_NOT_A_BIN)
         img = _decode_jpeg(bytes(b), path, i)
         if img.shape[:2] != (h, w):
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -385,7 +403,8 @@ def load_lfw_pairs(pairs_txt: str | Path, image_dir: str | Path | None = None) -
     """
     pairs_txt = Path(pairs_txt)
     if not pairs_txt.is_file():
-        raise FileNotFoundError(f"{pairs_txt} does not exist; give LFW's pairs.txt in --datasets")
+        raise ExfaceFileError("LFW's pairs.txt does not exist", where=pairs_txt,
+                              fix="give LFW's pairs.txt (or its folder) in --datasets")
     lines = [ln.split() for ln in pairs_txt.read_text().splitlines() if ln.strip()]
     if not lines or not all(tok.isdigit() for tok in lines[0]) or len(lines[0]) not in (1, 2):
         raise ValueError(f"{pairs_txt}: the first line must be '<folds> <pairs per class>' (or one number)")

@@ -55,7 +55,11 @@ verdict says it is the labeler judging its own labels.
 Writes ``report.md`` (its first lines say whether the boundary sampler beats the noise
 baseline: lower EER than noise of equal pixel diversity), ``report.json``,
 ``similarity_hist.png`` and one image grid per set (``grid.png``, ``grid_random.png``,
-``grid_noise.png``).
+``grid_noise.png``), each atomically, and ``made_by.json``: the report's identity (the dataset's
+path and file digests, the parts, seed, identities, baselines; :func:`report_identity`), also in
+``report.json`` as ``made_by``. A report folder holding another report (another dataset, parts or
+settings) is refused before anything is computed; the same report again replaces it
+(:class:`~exface.report_dir.ReportDir`).
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ from exface.alignment.base import Aligner
 from exface.boundaries.base import Boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
+from exface.errors import ExfaceFileError, ExfaceStateError
 from exface.evaluation.verification import equal_error_rate
 from exface.exfacegan.samplers import NoiseSampler, RandomSampler, anchor_latent, render_latents
 from exface.generators.base import Generator
@@ -92,6 +97,8 @@ __all__ = [
     "report_face_check",
     "check_report_parts",
     "check_report_sources",
+    "read_dataset_settings",
+    "report_identity",
     "quality_report",
     "report",
 ]
@@ -266,6 +273,92 @@ def check_report_sources(settings: dict, boundaries: Boundaries, references: dic
             where=where, fix="restore the bank and boundaries the dataset was made from, or synthesize the dataset "
                              "again from the current ones (a new output_dir), then report on it",
         )
+
+
+#: the files of a dataset the report reads, whose sha256 are part of the report's identity
+DATASET_FILES = ("manifest.jsonl", "latents.npy", "embeddings.npy")
+
+
+def read_dataset_settings(root: str | Path) -> dict:
+    """``synthesis.json`` of the dataset in ``root``; an :class:`~exface.errors.ExfaceFileError` naming
+    the file where ``root`` is no complete dataset of ``exface synthesize``."""
+    from exface.exfacegan.synthesis import SETTINGS
+
+    root = Path(root)
+    spath = root / SETTINGS
+    fix = "pass the output_dir of `exface synthesize` as dataset_dir"
+    if not root.is_dir():
+        raise ExfaceFileError("the dataset folder does not exist" if not root.exists() else
+                              "the dataset_dir is a file, not a dataset folder", where=root, fix=fix)
+    if not spath.is_file():
+        raise ExfaceFileError(f"the folder is not a dataset of `exface synthesize`: it holds no {SETTINGS}",
+                              where=spath, fix=fix)
+    try:
+        settings = json.loads(spath.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ExfaceFileError(f"{SETTINGS} is not valid JSON", where=spath,
+                              fix="restore it, or synthesize the dataset again into a new output_dir") from None
+    except OSError as err:
+        raise ExfaceFileError(f"cannot read {SETTINGS} ({err.strerror or err})", where=spath, fix=fix) from None
+    if not isinstance(settings, dict) or settings.get("format", "exface-synthetic-dataset") != "exface-synthetic-dataset":
+        raise ExfaceFileError(f"{SETTINGS} is not the settings file of an `exface synthesize` dataset", where=spath,
+                              fix=fix)
+    missing = [k for k in ("identities", "images_per_identity", "space", "sampler") if k not in settings]
+    if missing:
+        raise ExfaceFileError(f"{SETTINGS} lacks {missing}: not a complete dataset record", where=spath,
+                              fix="synthesize the dataset again into a new output_dir")
+    if settings.get("status", "complete") != "complete":
+        raise ExfaceStateError(f"the dataset is not complete ({SETTINGS} status {settings.get('status')!r}): "
+                               f"its synthesize run stopped before the end", where=spath,
+                               fix="run the same synthesize command again to finish it, then report on it")
+    return settings
+
+
+def _read_dataset_arrays(root: Path) -> tuple[list[dict], np.ndarray, Tensor]:
+    """The dataset's manifest rows, embeddings and latents (a damaged file is named)."""
+    paths = {name: root / name for name in DATASET_FILES}
+    for name, p in paths.items():
+        if not p.is_file():
+            raise ExfaceFileError(f"the dataset has no {name}", where=p,
+                                  fix="run the same synthesize command again to finish the dataset")
+    try:
+        rows = [json.loads(ln) for ln in paths["manifest.jsonl"].read_text().splitlines() if ln.strip()]
+    except (ValueError, UnicodeDecodeError):
+        raise ExfaceFileError("manifest.jsonl is not valid JSON lines", where=paths["manifest.jsonl"],
+                              fix="run the same synthesize command again to rewrite it") from None
+    arrays = {}
+    for name in ("embeddings.npy", "latents.npy"):
+        try:
+            arrays[name] = np.load(paths[name])
+        except (ValueError, OSError, EOFError) as err:
+            raise ExfaceFileError(f"{name} is not a readable array ({type(err).__name__}: {str(err)[:200]})",
+                                  where=paths[name], fix="run the same synthesize command again to rewrite it") from None
+    emb, lat = arrays["embeddings.npy"], arrays["latents.npy"]
+    if len(emb) != len(rows) or len(lat) != len(rows):
+        raise ExfaceFileError(f"manifest.jsonl lists {len(rows)} images, embeddings.npy holds {len(emb)} and "
+                              f"latents.npy {len(lat)}", where=root,
+                              fix="run the same synthesize command again to rewrite them")
+    return rows, emb, torch.from_numpy(lat)
+
+
+def report_identity(root: Path, settings: dict, generator: Generator, aligner: Aligner, embedder: IdentityEmbedder,
+                    crop_aligner: Aligner | None, evaluator_judge: tuple[Aligner, IdentityEmbedder] | None, seed: int,
+                    max_identities: int | None, baselines: bool) -> dict:
+    """What makes a quality report (its ``made_by``): the dataset (path, settings key, sha256 of the
+    files it reads), the parts, the evaluator and the settings that change a figure (not batch_size,
+    which does not for any batch_size >= images_per_identity, nor where the report is written)."""
+    from exface.report_dir import file_sha256, part_identity
+
+    return {
+        "report": "exface quality report",
+        "dataset": {"path": str(Path(root).resolve()), "settings_key": settings.get("settings_key"),
+                    **{f"{name.split('.')[0]}_sha256": file_sha256(Path(root) / name) for name in DATASET_FILES}},
+        "parts": {"generator": part_identity(generator), "aligner": part_identity(aligner),
+                  "embedder": part_identity(embedder), "crop_aligner": part_identity(crop_aligner),
+                  "evaluator": part_identity(evaluator_judge[1]) if evaluator_judge else None,
+                  "evaluator_aligner": part_identity(evaluator_judge[0]) if evaluator_judge else None},
+        "settings": {"seed": int(seed), "report_identities": max_identities, "baselines": bool(baselines)},
+    }
 
 
 def _stage(what: str) -> None:
@@ -586,7 +679,10 @@ def calibrate_noise_sigma(boundaries: Boundaries, references: Tensor, idents: li
     return (lo + hi) / 2
 
 
-def _grid(images: np.ndarray, labels: np.ndarray, path: Path, rows: int = 8, cols: int = 10) -> None:
+def _grid(images: np.ndarray, labels: np.ndarray, rows: int = 8, cols: int = 10) -> bytes:
+    """PNG bytes of up to ``rows`` identities x ``cols`` images."""
+    import io
+
     from PIL import Image
 
     ids = list(dict.fromkeys(labels.tolist()))[:rows]
@@ -595,10 +691,15 @@ def _grid(images: np.ndarray, labels: np.ndarray, path: Path, rows: int = 8, col
     for r, lab in enumerate(ids):
         for c, img in enumerate(images[labels == lab][:cols]):
             canvas[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = img.transpose(1, 2, 0)
-    Image.fromarray(canvas).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def _histogram(sets: dict[str, dict], path: Path) -> None:
+def _histogram(sets: dict[str, dict]) -> bytes:
+    """PNG bytes of the genuine / impostor similarity histograms of every set."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -617,8 +718,10 @@ def _histogram(sets: dict[str, dict], path: Path) -> None:
         ax.set_xlabel("cosine similarity")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
+    return buf.getvalue()
 
 
 def quality_report(
@@ -646,13 +749,12 @@ def quality_report(
     :func:`~exface.exfacegan.evaluator.default_evaluator` unless ``independent_evaluator`` is
     False (then the labeler judges alone, and the verdict says so).
     """
-    from PIL import Image
-
     from exface.exfacegan.evaluator import default_evaluator, evaluator_aligner as retarget, is_same_network
     from exface.exfacegan.synthesis import SETTINGS, load_bank_references, load_boundaries
+    from exface.report_dir import ReportDir
 
     root, out = Path(dataset_dir), Path(report_dir)
-    settings = json.loads((root / SETTINGS).read_text())
+    settings = read_dataset_settings(root)
     for m in (generator, aligner, embedder):  # inference: batch norm on its running statistics, not the batch's
         m.eval()
     check_report_parts(settings, generator, aligner, embedder, where=root / SETTINGS)
@@ -671,11 +773,38 @@ def quality_report(
         evaluator.eval()
         ev_aligner = evaluator_aligner if evaluator_aligner is not None else retarget(aligner, evaluator)
         judges.append((ev_aligner.eval(), evaluator))
+    if baselines:  # the baselines' inputs, checked before anything is computed or written
+        face_check, fc_status = report_face_check(settings, crop_aligner, where=root / SETTINGS)
+        for key in ("bank", "boundaries"):
+            if not settings.get(key):
+                raise ExfaceFileError(f"{SETTINGS} records no {key} path: the baselines cannot be rendered",
+                                      where=root / SETTINGS,
+                                      fix="pass baselines=False (--baselines false) for a report without them")
+        bnd = load_boundaries(settings["boundaries"])
+        _, refs = load_bank_references(settings["bank"], generator, embedder, aligner)
+        check_report_sources(settings, bnd, refs, where=root / SETTINGS)
+    arrays = _read_dataset_arrays(root)
+    made_by = report_identity(root, settings, generator, aligner, embedder, crop_aligner,
+                              judges[1] if evaluator is not None else None, seed, max_identities, baselines)
+    fix = (f"pass another report_dir (`exface report --dataset_dir {root} --report_dir NEW` reports on this dataset "
+           f"without synthesizing it again), or delete {out} to replace the report there")
+    with ReportDir(out, made_by, "quality report", fix=fix) as rd:
+        result = _quality_report_into(rd, root, settings, arrays, generator, embedder, judges, evaluator, why,
+                                      batch_size, seed, max_identities, baselines, made_by,
+                                      (face_check, fc_status, bnd, refs) if baselines else None)
+    lines = _markdown(result)
+    print("\n".join(lines[: lines.index("") if "" in lines else 3]))
+    print(_table(result, "evaluator_sets" if result.get("evaluator_sets") else "sets"))
+    return result
 
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(ln) for ln in (root / "manifest.jsonl").read_text().splitlines() if ln.strip()]
-    emb = np.load(root / "embeddings.npy")
-    lat = torch.from_numpy(np.load(root / "latents.npy"))
+
+def _quality_report_into(rd, root: Path, settings: dict, arrays: tuple, generator: Generator,
+                         embedder: IdentityEmbedder, judges: list, evaluator, why: str, batch_size: int, seed: int,
+                         max_identities: int | None, baselines: bool, made_by: dict, sources) -> dict:
+    """The body of :func:`quality_report`: compute the sets and write every file through ``rd``."""
+    from PIL import Image
+
+    rows, emb, lat = arrays
     idents = [tuple(x) for x in settings["identities"]]
     if max_identities is not None:
         idents = idents[:max_identities]
@@ -724,14 +853,11 @@ def quality_report(
                     "image_format": settings.get("image_format", "png"), "jpeg_quality": settings.get("jpeg_quality"),
                     "dataset_measured_on": measured_on}
     grids = {"boundary": "grid.png"}
-    _grid(images, labels, out / "grid.png")
+    rd.write_bytes("grid.png", _grid(images, labels))
     if baselines:
-        face_check, fc_status = report_face_check(settings, crop_aligner, where=root / SETTINGS)
+        face_check, fc_status, bnd, refs = sources
         result["baseline_face_check"] = {"status": fc_status, "face_check": face_check[1] if face_check else None,
                                          "rounds": face_check[2] if face_check else None, "sets": {}}
-        bnd = load_boundaries(settings["boundaries"])
-        _, refs = load_bank_references(settings["bank"], generator, embedder, aligner)
-        check_report_sources(settings, bnd, refs, where=root / SETTINGS)
         references = refs[space].float()
         pos = np.array([r["side"] > 0 for r in rows])
         ref_of = references[torch.tensor([r["boundary"] for r in rows])]
@@ -780,7 +906,7 @@ def quality_report(
                 sets[name]["latent_spread"] = float(
                     (lats - torch.stack([anchor_latent(bnd, b, s, references[b]) for _, b, s in idents])[owner])
                     .norm(dim=1).mean())
-            _grid(imgs, lab, out / f"grid_{name}.png")
+            rd.write_bytes(f"grid_{name}.png", _grid(imgs, lab))
             grids[name] = f"grid_{name}.png"
         sets["boundary"]["latent_spread"] = spread
         result["noise_sigma"] = sigma
@@ -801,12 +927,12 @@ def quality_report(
         sets["noise_equal_diversity"] = set_metrics(es[0], lab, imgs, seed=seed, latents=lats.numpy())
         if evaluator is not None:
             ev_sets["noise_equal_diversity"] = set_metrics(es[1], lab, imgs, seed=seed, latents=lats.numpy())
-        _grid(imgs, lab, out / "grid_noise_equal_diversity.png")
+        rd.write_bytes("grid_noise_equal_diversity.png", _grid(imgs, lab))
         grids["noise_equal_diversity"] = "grid_noise_equal_diversity.png"
         result["noise_equal_diversity_sigma"] = sigma_div
         result["noise_equal_diversity_calibration"] = {"target": target, "reached_on_subset": reached,
                                                        "subset_identities": len(sub)}
-    _histogram(ev_sets or sets, out / "similarity_hist.png")
+    rd.write_bytes("similarity_hist.png", _histogram(ev_sets or sets))
     result["sets"] = {n: {k2: v for k2, v in m.items() if not k2.startswith("_")} for n, m in sets.items()}
     if ev_sets:
         for name in ("noise", "boundary"):  # the latent spreads are properties of the latents
@@ -816,12 +942,11 @@ def quality_report(
                                     for n, m in ev_sets.items()}
     result["grids"] = grids
 
+    result["made_by"] = made_by
     lines = _markdown(result)
     result["verdict"] = lines[0]
-    (out / "report.json").write_text(json.dumps(result, indent=1))
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[: lines.index("") if "" in lines else 3]))
-    print(_table(result, "evaluator_sets" if result.get("evaluator_sets") else "sets"))
+    rd.write_text("report.json", json.dumps(result, indent=1))
+    rd.write_text("report.md", "\n".join(lines) + "\n")
     return result
 
 
@@ -992,7 +1117,9 @@ def report(
         dataset_dir: the synthesize output_dir. generator / aligner / embedder: the parts it was made with
             (checked against synthesis.json's "parts"; the bank and boundaries it reloads by their
             recorded paths are checked against its recorded digests).
-        report_dir: where to write (default: dataset_dir/../report).
+        report_dir: where to write (default: dataset_dir/../report). A folder holding another
+            report (of another dataset, or with other parts or settings) is refused; the same
+            report again replaces it.
         batch_size: images per forward pass, of one identity at a time (the report is the same for any
             batch_size >= images_per_identity). seed: seed of the baselines and impostor pairs.
         report_identities: only the first this many identities (default all).

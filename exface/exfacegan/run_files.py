@@ -199,5 +199,5 @@ def ensure_writable_dir(folder: Path, what: str = "output_dir") -> Path:
         probe.unlink()
     except OSError as err:
         raise ExfaceFileError(f"cannot write into the {what} ({err.strerror or err})", where=folder,
-                              fix=f"pass a {what} you can write to (nothing has been computed yet)") from None
+                              fix=f"pass a {what} you can write to (nothing has been computed yet)") from err
     return folder

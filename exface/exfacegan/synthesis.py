@@ -68,6 +68,7 @@ from exface.exfacegan.run_files import (
     atomic_torch_save,
     atomic_write_bytes,
     clean_partials,
+    ensure_writable_dir,
     is_primary_process,
     sync_files,
 )
@@ -160,7 +161,7 @@ def load_bank_references(
         manifest = json.loads(mpath.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise ExfaceFileError(f"the bank manifest is not valid JSON ({err})", where=mpath,
-                              fix="rebuild the bank (a new bank_dir) or restore manifest.json") from None
+                              fix="rebuild the bank (a new bank_dir) or restore manifest.json") from err
     if manifest.get("format") != "exface-latent-bank":
         raise ExfaceFileError(f"not an exface latent bank manifest (format={manifest.get('format')!r})", where=mpath,
                               fix="point bank= at the folder `exface fit` built")
@@ -179,7 +180,7 @@ def load_bank_references(
         refs = torch.load(str(rpath), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-screen message
         raise ExfaceFileError(f"cannot read the bank's references ({type(err).__name__}: {str(err)[:200]})",
-                              where=rpath, fix="run `exface fit` again: it rewrites references.pt") from None
+                              where=rpath, fix="run `exface fit` again: it rewrites references.pt") from err
     if not isinstance(refs, dict) or "embedding" not in refs:
         raise ExfaceFileError("references.pt holds no reference latents and embeddings", where=rpath,
                               fix="run `exface fit` again: it rewrites references.pt")
@@ -200,7 +201,7 @@ def load_boundaries(path: str | Path) -> Boundaries:
     except Exception as err:  # noqa: BLE001
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise ExfaceFileError(f"cannot read the boundaries file ({type(err).__name__}: {first})", where=path,
-                              fix=fix) from None
+                              fix=fix) from err
     if not isinstance(data, dict) or not {"normals", "offsets", "space"} <= set(data):
         what = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
         hint = " (that is a bank's references.pt)" if isinstance(data, dict) and "indices" in data else ""
@@ -671,9 +672,9 @@ def _check_resume(root: Path, spath: Path, settings: dict, identities: list[Iden
         return
     try:
         old = json.loads(spath.read_text())
-    except ValueError:
+    except ValueError as err:
         raise ExfaceFileError(f"{SETTINGS} is not valid JSON", where=spath,
-                              fix="use a new output_dir, or delete this folder to start over") from None
+                              fix="use a new output_dir, or delete this folder to start over") from err
     fix = "run with the dataset's settings to finish or extend it, or use a new output_dir (or delete this one)"
     if "settings_key" not in old:
         raise ExfaceStateError("the dataset was made by an older exface that did not record its provenance",
@@ -772,15 +773,27 @@ def synthesize_dataset(
     key = settings["settings_key"] = _settings_key(settings)
     settings["identities"] = [[i.name, i.boundary, i.side] for i in identities]
     primary = is_primary_process()
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise ExfaceFileError("output_dir is an existing file, not a folder", where=root,
+                              fix="pass a new or empty folder as output_dir (nothing has been written)")
+    ensure_writable_dir(root, "output_dir")
     spath = root / SETTINGS
+    if primary:  # refuse a folder that is not this dataset's before putting a lock file into it
+        _check_resume(root, spath, settings, identities)
     per_forward = settings["forward_items"] = _forward_items(spath, key, max(1, batch_size // chunk))
+    lock_path = root / ".lock"
+    had_lock_file = lock_path.exists()
     lock = FolderLock(root, "exface synthesize") if primary else None
     if lock is not None:
         lock.__enter__()
     try:
         if primary:
-            _check_resume(root, spath, settings, identities)
+            try:  # again under the lock: another run may have written the folder since
+                _check_resume(root, spath, settings, identities)
+            except ExfaceError:
+                if not had_lock_file:
+                    lock_path.unlink(missing_ok=True)
+                raise
             clean_partials(root, recursive=True)
             old = json.loads(spath.read_text()) if spath.is_file() else {}
             keep = {k: old[k] for k in ("images", "candidates_drawn", "passed_filter", "acceptance_rate") if k in old}
@@ -866,7 +879,7 @@ def part_from_manifest(manifest: dict, role: str, where: object = None):
             f"cannot rebuild the bank's {role} {rec['class']} from its manifest record "
             f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})", where=where,
             fix=f"pass {role}: (class_path and init_args) in the synthesize recipe",
-        ) from None
+        ) from err
 
 
 @command("synthesize")

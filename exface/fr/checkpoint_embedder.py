@@ -16,10 +16,10 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from exface.embedders.base import IdentityEmbedder
+from exface.errors import ExfaceFileError
 from exface.registry import create_part
 
 __all__ = ["FRCheckpointEmbedder", "backbone_spec", "read_fr_checkpoint"]
@@ -66,16 +66,23 @@ def backbone_spec(backbone: IdentityEmbedder) -> dict[str, Any]:
 
 def read_fr_checkpoint(ckpt: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The backbone record and the backbone's state_dict of a FaceRecognitionModule checkpoint."""
+    from exface.torch_files import read_torch_file
+
     path = Path(ckpt)
     if not path.is_file():
-        raise FileNotFoundError(f"FR checkpoint {path} does not exist; train with an FR recipe (exface fit) "
-                                f"or give the path of its checkpoints/*.ckpt")
-    data = torch.load(str(path), map_location="cpu", weights_only=True)
+        raise ExfaceFileError("the FR checkpoint does not exist", where=path,
+                              fix="train with an FR recipe (`exface fit --config recipes/<fr recipe>.yaml`) or give "
+                                  "the path of its checkpoints/*.ckpt")
+    data = read_torch_file(path, "the FR checkpoint", "Lightning checkpoint",
+                           "re-create it by training with the FR recipe again (`exface fit`), or copy it again")
     spec = data.get("exface_backbone") if isinstance(data, dict) else None
-    if spec is None:
-        raise ValueError(f"{path} is not a FaceRecognitionModule checkpoint of exface (no 'exface_backbone' "
-                         f"record); for published backbones use IResNetEmbedder(weights=...)")
-    state = {k[len("backbone."):]: v for k, v in data["state_dict"].items() if k.startswith("backbone.")}
+    state_dict = data.get("state_dict") if isinstance(data, dict) else None
+    if not isinstance(spec, dict) or "class_path" not in spec or not isinstance(state_dict, dict):
+        raise ExfaceFileError("the file is not a FaceRecognitionModule checkpoint of exface (no 'exface_backbone' "
+                              "record or no state_dict)", where=path,
+                              fix="pass a checkpoints/*.ckpt of an FR `exface fit` run; for published backbones use "
+                                  "IResNetEmbedder(weights=...)")
+    state = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     return spec, state
 
 

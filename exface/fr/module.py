@@ -33,6 +33,7 @@ from torch import Tensor
 from exface.embedders.base import IdentityEmbedder
 from exface.losses.base import FRLoss
 from exface.losses.partial_fc import PartialFC, _world, all_gather_rows, exclude_partial_fc_from_ddp
+from exface.resume_check import RecordsRunSettings
 
 __all__ = ["FaceRecognitionModule", "lr_factor"]
 
@@ -54,7 +55,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, power: float = 
     raise ValueError(f"schedule must be 'poly' or 'step', got {schedule!r}")
 
 
-class FaceRecognitionModule(pl.LightningModule):
+class FaceRecognitionModule(RecordsRunSettings, pl.LightningModule):
     """Train an identity embedder with a margin loss (ArcFace, CosFace, PartialFC, plugins...).
 
     The loss is given without its sizes (``loss: {class_path: ArcFace, init_args: {s: 64}}``):
@@ -232,7 +233,17 @@ class FaceRecognitionModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning calls this before restoring the model and (later) the optimizers from `checkpoint`
+        from exface.fr.checkpoint_embedder import backbone_spec
+        from exface.resume_check import check_resume
+
         self._load_partial_fc_block(checkpoint)
+        try:
+            spec = backbone_spec(self.backbone)
+        except ValueError:  # a backbone whose arguments cannot be recorded: its tensors still are compared
+            spec = None
+        # the backbone's initial weights (a file, timm's pretrained) are replaced by the checkpoint's
+        check_resume(self, checkpoint, may_differ=("backbone.init_args.weights", "backbone.init_args.pretrained"),
+                     extra={"backbone": (checkpoint.get("exface_backbone"), spec)})
 
     _PFC_KEY = "loss.weight"
 

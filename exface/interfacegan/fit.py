@@ -20,10 +20,11 @@ from torch import Tensor
 
 from exface.alignment.base import Aligner
 from exface.attributes.base import AttributePredictor
-from exface.boundaries.base import Boundaries
+from exface.boundaries.base import Boundaries, refuse_other_boundaries
 from exface.commands import command
 from exface.embedders.base import IdentityEmbedder
 from exface.exfacegan.latent_bank import LatentBank
+from exface.exfacegan.run_files import atomic_write_bytes
 from exface.generators.base import Generator
 from exface.interfacegan.learner import InterFaceGANBoundary
 from exface.interfacegan.scores import BankScores
@@ -141,14 +142,17 @@ def interfacegan_fit(
     done = BankScores(bank).score(generator, attribute_aligner or aligner, attribute_predictors,
                                   batch_size=batch_size, accelerator=accelerator, devices=devices,
                                   enable_progress_bar=progress)
-    b = fit_attribute_boundaries(bank, generator, learner, attributes, space, per_layer)
     out = Path(output)
+    # an output made with other settings or from another bank is refused before the fit (and again, in full, at save)
+    refuse_other_boundaries(out, {**learner._meta(), **generator_meta(generator, bank), "per_layer": per_layer},
+                            space=space, complete=False, setting="output")
+    b = fit_attribute_boundaries(bank, generator, learner, attributes, space, per_layer)
     out.parent.mkdir(parents=True, exist_ok=True)
-    b.save(out)
+    b.save(out, setting="output")
     summary = {k: b.meta[k] for k in ("attribute_names", "layers", "val_accuracy", "remaining_accuracy", "num_valid",
                                       "chosen_num", "num_train_per_side")}
     summary.update(space=b.space, boundaries=str(out), scored_chunks=done, seconds=round(time.time() - t0, 1))
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(summary, indent=1) + "\n").encode())
     md = _summary_md(b)
-    out.with_suffix(".md").write_text(md)
+    atomic_write_bytes(out.with_suffix(".md"), md.encode())
     print(md + f"\nwrote {out} in {time.time() - t0:.1f} s")
