@@ -39,7 +39,7 @@ from exface.errors import ExfaceFileError, ExfaceStateError
 from exface.exfacegan.run_files import (PARTIAL_PREFIX, FolderLock, atomic_write_bytes, clean_partials,
                                         ensure_writable_dir)
 
-__all__ = ["RECORD", "ReportDir", "file_sha256", "part_identity", "identity_differences"]
+__all__ = ["RECORD", "ReportDir", "file_sha256", "part_identity", "identity_differences", "refuse_other_report"]
 
 #: the record of what made the report in a folder
 RECORD = "made_by.json"
@@ -108,6 +108,32 @@ def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
     a, b = _flatten(canonical(old)), _flatten(canonical(new))
     return [f"{k}: the folder's report has {_show(a.get(k, _ABSENT))}, this run {_show(b.get(k, _ABSENT))}"
             for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+
+
+def refuse_other_report(folder: str | Path, known: Mapping[str, Any], what: str, fix: str | None = None) -> None:
+    """Before a run that ends in a report: refuse a ``folder`` that holds another report, judged
+    on the part of its identity known up front (``known``, e.g. the dataset's path before the
+    dataset is made). :class:`ReportDir` checks the whole identity when the report is written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    probe = ReportDir(folder, known, what, fix)
+    rec_path = folder / RECORD
+    if not rec_path.is_file():
+        probe._check()  # refuses a non-empty folder without a record
+        return
+    try:
+        rec = json.loads(rec_path.read_text())
+        old = rec["made_by"]
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        probe._check()  # names the damaged record
+        return
+    flat_old, flat_new = _flatten(canonical(old)), _flatten(canonical(dict(known)))
+    diffs = [f"{k}: the folder's report has {_show(flat_old.get(k, _ABSENT))}, this run {_show(v)}"
+             for k, v in sorted(flat_new.items()) if flat_old.get(k, _ABSENT) != v]
+    if diffs and probe._entries():
+        raise ExfaceStateError(f"the folder holds another {rec.get('report', 'report')}:\n  " + "\n  ".join(diffs),
+                               where=folder, fix=probe.fix)
 
 
 class ReportDir:

@@ -128,6 +128,30 @@ def test_quality_report_refuses_another_datasets_report_before_its_work(tmp_path
     assert other["made_by"]["dataset"]["latents_sha256"] != first["made_by"]["dataset"]["latents_sha256"]
 
 
+def test_synthesize_refuses_another_datasets_report_folder_before_synthesis(tmp_path):
+    """refuse_other_report: what synthesize checks before any image, on the dataset path alone."""
+    from exface.exfacegan.report import quality_report
+    from exface.report_dir import refuse_other_report
+    from tests.test_report_like_for_like import _synth
+
+    _, (gan, aligner, emb, *_) = _synth(tmp_path / "a")
+    out = tmp_path / "report"
+    quality_report(tmp_path / "a" / "ds", out, gan, aligner, emb, batch_size=6, seed=0, baselines=False,
+                   independent_evaluator=False)
+    before = _snapshot(out)
+    same = {"dataset": {"path": str((tmp_path / "a" / "ds").resolve())}}
+    refuse_other_report(out, same, "quality report")  # the same dataset: its report may be regenerated
+    refuse_other_report(tmp_path / "nothing_yet", same, "quality report")
+    with pytest.raises(ExfaceStateError, match="dataset.path: the folder's report has") as err:
+        refuse_other_report(out, {"dataset": {"path": str(tmp_path / "b" / "ds")}}, "quality report", fix="elsewhere")
+    assert err.value.where == str(out) and err.value.fix == "elsewhere"
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("x")
+    with pytest.raises(ExfaceStateError, match="holds no made_by.json"):
+        refuse_other_report(tmp_path / "foreign", same, "quality report")
+    assert _snapshot(out) == before
+
+
 def test_quality_report_of_a_re_synthesized_dataset_replaces_its_report(tmp_path):
     """The same dataset synthesized again (a resume with nothing to redo) and reported again: replaced."""
     from exface.exfacegan.report import quality_report

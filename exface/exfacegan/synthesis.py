@@ -957,6 +957,12 @@ def synthesize(
     bnd = load_boundaries(boundaries)
     check_boundaries_bank(bnd, refs, where=boundaries)
     sam = sampler if sampler is not None else ExFaceGANSampler()
+    rdir = report_dir or str(Path(output_dir).resolve().parent / "report")
+    if report:  # a report folder holding another dataset's report is refused now, not after the synthesis
+        from exface.report_dir import refuse_other_report
+
+        refuse_other_report(rdir, {"dataset": {"path": str(Path(output_dir).resolve())}}, "quality report",
+                            fix=f"pass another --report_dir (the default is next to output_dir: {rdir}), or delete it")
     for m in (generator, aligner, embedder) + ((crop_aligner,) if crop_aligner is not None else ()):
         m.eval()
         for p in m.parameters():
@@ -981,7 +987,6 @@ def synthesize(
     if report:
         from exface.exfacegan.report import quality_report
 
-        rdir = report_dir or str(Path(output_dir).resolve().parent / "report")
         quality_report(output_dir, rdir, generator, aligner, embedder, batch_size=batch_size, seed=seed,
                        max_identities=report_identities, evaluator=evaluator, evaluator_aligner=evaluator_aligner,
                        independent_evaluator=independent_evaluator, crop_aligner=crop_aligner)
