@@ -103,11 +103,13 @@ def _show(v: Any) -> str:
 _ABSENT = object()
 
 
-def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``key: the folder's report has X, this run Y`` for every key whose value differs."""
+def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any], only_new_keys: bool = False) -> list[str]:
+    """``key: the folder's report has X, this run Y`` for every key whose value differs
+    (``only_new_keys``: only the keys ``new`` has, for an identity known in part)."""
     a, b = _flatten(canonical(old)), _flatten(canonical(new))
+    keys = set(b) if only_new_keys else set(a) | set(b)
     return [f"{k}: the folder's report has {_show(a.get(k, _ABSENT))}, this run {_show(b.get(k, _ABSENT))}"
-            for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+            for k in sorted(keys) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
 
 
 def refuse_other_report(folder: str | Path, known: Mapping[str, Any], what: str, fix: str | None = None) -> None:
@@ -128,9 +130,7 @@ def refuse_other_report(folder: str | Path, known: Mapping[str, Any], what: str,
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
         probe._check()  # names the damaged record
         return
-    flat_old, flat_new = _flatten(canonical(old)), _flatten(canonical(dict(known)))
-    diffs = [f"{k}: the folder's report has {_show(flat_old.get(k, _ABSENT))}, this run {_show(v)}"
-             for k, v in sorted(flat_new.items()) if flat_old.get(k, _ABSENT) != v]
+    diffs = identity_differences(old, known, only_new_keys=True)
     if diffs and probe._entries():
         raise ExfaceStateError(f"the folder holds another {rec.get('report', 'report')}:\n  " + "\n  ".join(diffs),
                                where=folder, fix=probe.fix)

@@ -104,13 +104,15 @@ def recorded_form(value: Any) -> Any:
     return _UNCOMPARABLE
 
 
-def _plain(value: Any) -> bool:
+def is_plain_data(value: Any) -> bool:
+    """None, bool, int, float, str, and lists/tuples/str-keyed mappings of them: what a checkpoint
+    records as plain settings."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
     if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
+        return all(is_plain_data(v) for v in value)
     if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+        return all(isinstance(k, str) and is_plain_data(v) for k, v in value.items())
     return False
 
 
@@ -336,7 +338,7 @@ class RecordsRunSettings:
         given: dict[str, Any] = {}
         for local in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
             given.update(local)
-        ignore = [k for k, v in given.items() if not _plain(v)]
+        ignore = [k for k, v in given.items() if not is_plain_data(v)]
         if len(ignore) < len(given):
             self.save_hyperparameters(ignore=ignore, logger=False, frame=frame)
 
@@ -352,6 +354,6 @@ class RecordsRunSettings:
         if given is None or args:
             return
         for key, value in given.items():
-            if key not in self.hparams and _plain(value):
+            if key not in self.hparams and is_plain_data(value):
                 self.hparams[key] = value
         self._hparams_initial = copy.deepcopy(self._hparams)

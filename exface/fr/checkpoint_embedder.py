@@ -21,21 +21,12 @@ from torch import Tensor
 from exface.embedders.base import IdentityEmbedder
 from exface.errors import ExfaceFileError
 from exface.registry import create_part
+from exface.resume_check import is_plain_data
 
 __all__ = ["FRCheckpointEmbedder", "backbone_spec", "read_fr_checkpoint"]
 
 #: init arguments never recorded: the trained weights come from the checkpoint's state_dict
 _WEIGHT_ARGS = {"weights": None, "pretrained": False}
-
-
-def _plain(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
 
 
 def backbone_spec(backbone: IdentityEmbedder) -> dict[str, Any]:
@@ -56,7 +47,7 @@ def backbone_spec(backbone: IdentityEmbedder) -> dict[str, Any]:
         value = backbone.__dict__.get(name, getattr(cls, name, inspect.Parameter.empty))
         if isinstance(value, tuple):
             value = list(value)
-        if value is not inspect.Parameter.empty and _plain(value):
+        if value is not inspect.Parameter.empty and is_plain_data(value):
             args[name] = value
         elif p.default is inspect.Parameter.empty:
             raise ValueError(f"cannot record {cls.__name__}'s required argument {name!r} for the checkpoint; "
