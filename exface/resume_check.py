@@ -47,7 +47,7 @@ from torch import nn
 
 from exface.errors import ExfaceStateError
 
-__all__ = ["RecordsRunSettings", "check_resume", "settings_differences", "RESUME_FIX"]
+__all__ = ["RecordsRunSettings", "check_resume", "check_data_resume", "settings_differences", "RESUME_FIX"]
 
 RESUME_FIX = ("resume with the checkpoint's settings, or train into another folder (trainer.default_root_dir) / "
               "without --ckpt_path")
@@ -304,7 +304,7 @@ def check_resume(module: Any, checkpoint: Mapping[str, Any], *, may_differ: Iter
         if diffs:
             lines = [f"{k}: checkpoint {_short(old)}, this run {_short(now)}" for k, old, now in diffs]
             raise ExfaceStateError(
-                f"the checkpoint was trained with other model settings (model.init_args) than this run's "
+                f"the checkpoint was trained with other settings than this run's "
                 f"({len(diffs)} differ):\n  " + _listed(lines), where=where, fix=RESUME_FIX)
     state = checkpoint.get("state_dict")
     if isinstance(state, Mapping):
@@ -313,6 +313,32 @@ def check_resume(module: Any, checkpoint: Mapping[str, Any], *, may_differ: Iter
             fix = RESUME_FIX if fitting else "use the model settings the checkpoint was trained with"
             raise ExfaceStateError(f"the checkpoint holds another architecture than this run builds "
                                    f"({type(module).__name__}):\n  " + _listed(shapes), where=where, fix=fix)
+
+
+def check_data_resume(datamodule: Any, saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                      notes: Iterable[str] = ()) -> None:
+    """Refuse to resume a training on other data than its checkpoint's.
+
+    A datamodule calls it from ``load_state_dict`` with its checkpointed record (``saved``) and
+    this run's (``current``): the settings that decide what is trained on, by recipe key (named
+    ``data.init_args.<key>``), and, in ``notes``, differences it words itself (another dataset's
+    fingerprint); keys that are not the datamodule's options are named as they are. Only a
+    Trainer's fit is checked (another validation set is fine).
+    """
+    trainer = getattr(datamodule, "trainer", None)  # a LightningDataModule's trainer is a plain attribute
+    if trainer is None:
+        return
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    if getattr(getattr(trainer, "state", None), "fn", None) != TrainerFn.FITTING:
+        return
+    options = set(_defaults(type(datamodule)))  # recipe keys are named as such; other records by their name
+    lines = list(notes) + [f"{'data.init_args.' if k in options else ''}{k}: checkpoint {_short(old)}, "
+                           f"this run {_short(now)}" for k, old, now in settings_differences(saved, current)]
+    if lines:
+        raise ExfaceStateError(f"the checkpoint was trained on other data than this run's ({len(lines)} differ):\n  "
+                               + _listed(lines), where=getattr(trainer, "ckpt_path", None) or "the checkpoint",
+                               fix=RESUME_FIX)
 
 
 class RecordsRunSettings:

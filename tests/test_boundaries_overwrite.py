@@ -190,6 +190,28 @@ def test_exface_fit_with_other_settings_into_the_same_save_path_is_refused(tmp_p
     main(["fit", "--config", str(recipe)])  # the same settings again: allowed
 
 
+def test_exface_fit_refuses_before_building_the_bank(tmp_path, capsys, monkeypatch):
+    """The refusal needs only the recipe: it comes before a bank build of minutes to hours."""
+    from exface.cli import main
+
+    monkeypatch.delenv("EXFACE_DEBUG", raising=False)
+    recipe = _fit_recipe(tmp_path)
+    main(["fit", "--config", str(recipe)])
+    out = tmp_path / "boundaries.pt"
+    before = out.read_bytes()
+    for extra, diff in ((["--model.init_args.C", "0.5"], "C: recorded 1.0, given 0.5"),
+                        (["--data.init_args.label_rule", "topk", "--data.init_args.top_k", "5"],
+                         "label_rule: recorded 'median', given 'topk'"),
+                        (["--data.init_args.space", "w"], "space: recorded 'z', given 'w'")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", "--config", str(recipe), "--data.init_args.bank_dir", str(tmp_path / "bank2"), *extra])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and diff in err and "Traceback" not in err, err
+        assert not (tmp_path / "bank2").exists(), "the bank was built before the refusal"
+    assert out.read_bytes() == before
+
+
 def test_interfacegan_fit_refuses_another_output_before_fitting(tmp_path, monkeypatch):
     import exface.interfacegan.fit as fit
     from exface.alignment.crops import ResizeAligner

@@ -524,15 +524,28 @@ def test_frozen_landmark_net_inside_the_attribute_encoder_is_not_checkpointed():
 
 
 def test_resume_refuses_a_pair_stream_of_another_seed_or_batch_size():
-    from exface.errors import ExfaceError
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from exface.errors import ExfaceStateError
+
+    def resumed(**kw) -> GeneratorPairDataModule:
+        dm = GeneratorPairDataModule(**kw)
+        dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), ckpt_path="ckpt/last.ckpt")
+        return dm
 
     dm = GeneratorPairDataModule(batch_size=4, seed=0)
+    dm.consumed = 3
     state = dm.state_dict()
-    GeneratorPairDataModule(batch_size=4, seed=0).load_state_dict(state)
-    with pytest.raises(ExfaceError, match="seed 0"):
-        GeneratorPairDataModule(batch_size=4, seed=1).load_state_dict(state)
-    with pytest.raises(ExfaceError, match="batch_size 4"):
-        GeneratorPairDataModule(batch_size=8, seed=0).load_state_dict(state)
+    same = resumed(batch_size=4, seed=0)
+    same.load_state_dict(state)
+    assert same.consumed == 3
+    with pytest.raises(ExfaceStateError, match="data.init_args.seed: checkpoint 0, this run 1"):
+        resumed(batch_size=4, seed=1).load_state_dict(state)
+    with pytest.raises(ExfaceStateError, match="data.init_args.batch_size: checkpoint 4, this run 8"):
+        resumed(batch_size=8, seed=0).load_state_dict(state)
+    GeneratorPairDataModule(batch_size=8, seed=0).load_state_dict(state)  # validate/test, no fit: not refused
 
 
 def test_timm_attribute_encoder_takes_the_backbones_own_normalization():

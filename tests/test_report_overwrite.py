@@ -347,3 +347,30 @@ def test_module_report_into_a_folder_of_another_report_is_refused(tmp_path):
         m.report(tmp_path / "rep", pairs=2)
     assert _snapshot(tmp_path / "rep") == before
     m.report(tmp_path / "rep", pairs=4)  # the same report again
+
+
+def test_disentangle_report_is_refused_before_its_evaluation_and_training(tmp_path, monkeypatch):
+    """The refusal comes before the held-out pairs are evaluated (minutes) and, for the report a
+    training writes at its end, before the training."""
+    import lightning.pytorch as pl
+
+    from exface.disentangle.datamodule import GeneratorPairDataModule
+    from tests.test_disentangle import _tiny_module
+
+    m = _tiny_module()
+    m.report(tmp_path / "rep", pairs=4)
+    evaluated = []
+    real = m.evaluate_seeds
+    monkeypatch.setattr(m, "evaluate_seeds", lambda *a, **k: evaluated.append(1) or real(*a, **k))
+    with pytest.raises(ExfaceStateError, match="pairs: the folder's report has 4, this run 2"):
+        m.report(tmp_path / "rep", pairs=2)
+    assert evaluated == []
+    # a training whose final report would go into that folder with other settings stops before its first step
+    other = _tiny_module(lr=5e-3, report_dir=str(tmp_path / "rep"))
+    steps = []
+    monkeypatch.setattr(other, "training_step", lambda *a, **k: steps.append(1))
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(ExfaceStateError, match=r"hparams.lr: the folder's report has 0.001, this run 0.005"):
+        trainer.fit(other, datamodule=GeneratorPairDataModule(batch_size=2, val_pairs=0))
+    assert steps == []

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
@@ -116,6 +117,32 @@ def test_fr_resume_with_the_same_settings_goes_on(fr_recipe):
     main(["fit", "--config", str(fr_recipe), "--ckpt_path", "last", "--trainer.max_epochs", "2"])
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["global_step"] == 4 and state["hyper_parameters"]["lr"] == 0.1
+
+
+def test_fr_resume_on_other_data_is_refused_naming_it(fr_recipe, capsys):
+    """Another training set (same layout and class count), other augmentation or another global batch
+    would mix two trainings in one model; the folder may move and the workers may change."""
+    from exface.testing.identity_folder import make_identity_folder
+
+    last = _last(fr_recipe)
+    before = torch.load(last, map_location="cpu", weights_only=True)
+    other = make_identity_folder(fr_recipe.parent / "other_ds", num_identities=4, images_per_identity=4, size=32,
+                                 seed=7)
+    err = _refused(capsys, ["fit", "--config", str(fr_recipe), "--ckpt_path", "last", "--trainer.max_epochs", "2",
+                            "--data.init_args.root", str(other)])
+    assert "other data" in err and "the training images: checkpoint 16 images of 4 identities" in err, err
+    err = _refused(capsys, ["fit", "--config", str(fr_recipe), "--ckpt_path", "last", "--trainer.max_epochs", "2",
+                            "--data.init_args.randaugment", "[2, 9]"])
+    assert "data.init_args.randaugment: checkpoint None, this run [2, 9]" in err, err
+    err = _refused(capsys, ["fit", "--config", str(fr_recipe), "--ckpt_path", "last", "--trainer.max_epochs", "2",
+                            "--data.init_args.batch_size", "2"])
+    assert "global batch (data batch_size x devices x accumulate_grad_batches): checkpoint 4, this run 2" in err, err
+    _unchanged(last, before)
+    moved = fr_recipe.parent / "moved_ds"
+    shutil.copytree(fr_recipe.parent / "ds", moved, dirs_exist_ok=True)
+    main(["fit", "--config", str(fr_recipe), "--ckpt_path", "last", "--trainer.max_epochs", "2",
+          "--data.init_args.root", str(moved), "--data.init_args.num_workers", "0"])
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
 
 
 # ------------------------------------------------------------------ FaceRecognitionModule, in Python
@@ -229,6 +256,15 @@ def test_disentangle_resume_with_the_same_settings_goes_on(dis_recipe, tmp_path)
     assert (tmp_path / "report" / "report.json").is_file()
 
 
+def test_disentangle_resume_on_another_pair_stream_is_refused(dis_recipe, capsys):
+    last = _last(dis_recipe)
+    before = torch.load(last, map_location="cpu", weights_only=True)
+    err = _refused(capsys, ["fit", "--config", str(dis_recipe), "--ckpt_path", "last", "--trainer.max_epochs", "2",
+                            "--data.init_args.seed", "1"])
+    assert "other data" in err and "data.init_args.seed: checkpoint 0, this run 1" in err, err
+    _unchanged(last, before)
+
+
 # ------------------------------------------------------------------ AgePolicyModule, CLI
 
 def test_age_policy_resume_with_another_lr_or_environment_is_refused(tmp_path, capsys):
@@ -254,7 +290,11 @@ def test_age_policy_resume_with_another_lr_or_environment_is_refused(tmp_path, c
 def _fitting(module, ckpt_path="runs/x/last.ckpt"):
     from lightning.pytorch.trainer.states import TrainerFn
 
-    module._trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), ckpt_path=ckpt_path)
+    trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), ckpt_path=ckpt_path)
+    if isinstance(module, pl.LightningDataModule):
+        module.trainer = trainer
+    else:
+        module._trainer = trainer
     return module
 
 
@@ -285,6 +325,35 @@ def test_boundary_fit_resume_is_checked_and_old_checkpoints_resume():
         _fitting(_boundary_module(5, C=1.0)).on_load_checkpoint(ckpt)
     # not a resume (load_from_checkpoint, no trainer): not checked
     _boundary_module(C=2.0).on_load_checkpoint(ckpt)
+
+
+def test_boundary_fit_data_is_checked_on_resume(tmp_path):
+    """A boundary fit resumed on another labeling of the bank (or another bank) is refused; the same
+    data, from a moved bank folder, resumes."""
+    from exface.alignment.crops import ResizeAligner
+    from exface.exfacegan.datamodule import IdentityBankDataModule
+    from exface.testing.tiny import TinyEmbedder, TinyGenerator
+
+    def data(bank: str, **kw):
+        dm = IdentityBankDataModule(TinyGenerator(), TinyEmbedder(), ResizeAligner((16, 16)), str(tmp_path / bank),
+                                    num_latents=40, chunk_size=20, num_references=3, space="w", accelerator="cpu",
+                                    **kw)
+        dm.setup("fit")
+        return dm
+
+    saved = data("bank").state_dict()
+    assert set(saved["fit_data"]) >= {"labels_sha256", "bank_references_sha256", "label_rule", "val_fraction"}
+    _fitting(data("bank")).load_state_dict(saved)
+    shutil.copytree(tmp_path / "bank", tmp_path / "moved")
+    _fitting(data("moved")).load_state_dict(saved)
+    with pytest.raises(ExfaceStateError) as err:
+        _fitting(data("bank", label_rule="topk", top_k=5)).load_state_dict(saved)
+    text = str(err.value)
+    assert "other data" in text and "label_rule: checkpoint 'median', this run 'topk'" in text, text
+    assert "labels_sha256: checkpoint" in text and err.value.where == "runs/x/last.ckpt", text
+    with pytest.raises(ExfaceStateError, match=r"data.init_args.val_fraction: checkpoint 0.3, this run 0.5"):
+        _fitting(data("bank", val_fraction=0.5)).load_state_dict(saved)
+    data("bank", val_fraction=0.5).load_state_dict(saved)  # no trainer: not a resume
 
 
 def test_settings_differences_compares_recorded_forms():

@@ -51,6 +51,17 @@ class BoundaryLearnerModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         return None
 
+    def check_before_data(self, datamodule: Any) -> None:
+        """Refuse before the datamodule's bank is built when ``save_path`` holds boundaries of another
+        learner, labeling or space (what is known then; the rest is compared at the fit's start)."""
+        if not self.save_path:
+            return
+        planned = getattr(datamodule, "planned_provenance", None)
+        refuse_other_boundaries(self.save_path, {"learner": type(self.learner).__name__,
+                                                 **(planned() if callable(planned) else {})},
+                                space=self.space or getattr(datamodule, "space", None), complete=False,
+                                optional=_learner_settings(self.learner), setting="model.init_args.save_path")
+
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
         x, y = getattr(dm, "latents", None), getattr(dm, "labels", None)

@@ -500,6 +500,18 @@ class BoundaryFitModule(pl.LightningModule):
         meta.update(getattr(getattr(self._trainer, "datamodule", None), "provenance", None) or {})
         return meta
 
+    def check_before_data(self, datamodule: Any) -> None:
+        """Refuse before the datamodule's bank is built when ``save_path`` holds boundaries of other
+        settings, labeling or space (what is known then; the bank's digest and the shape at fit start)."""
+        if not self.hparams.save_path:
+            return
+        planned = getattr(datamodule, "planned_provenance", None)
+        space = self.hparams.space or getattr(datamodule, "space", None) or "z"  # as setup() will resolve it
+        meta = {"learner": "BoundaryFitModule", **{k: v for k, v in self.hparams.items() if k != "save_path"},
+                "space": space, **(planned() if callable(planned) else {})}
+        refuse_other_boundaries(self.hparams.save_path, meta, space=space, complete=False,
+                                setting="model.init_args.save_path")
+
     def on_fit_start(self) -> None:
         # refuse now, not after training, when save_path holds boundaries of other settings or another bank
         if self.hparams.save_path and self.svm is not None:

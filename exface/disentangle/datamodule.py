@@ -112,12 +112,9 @@ class GeneratorPairDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Go on where the checkpoint's stream stopped; a stream of another seed or batch size is refused
         (the resumed run would silently train on batches the interrupted one never drew)."""
-        from exface.errors import ExfaceError
+        from exface.resume_check import check_data_resume
 
-        for key in ("seed", "batch_size"):
-            if key in state_dict and int(state_dict[key]) != int(getattr(self, key)):
-                raise ExfaceError(f"the checkpoint's pair stream has {key} {state_dict[key]}, this run's data has "
-                                  f"{getattr(self, key)}", where=f"data.init_args.{key}",
-                                  fix=f"resume with data.init_args.{key}: {state_dict[key]}, or start a new run "
-                                      "(another checkpoint folder, or ckpt_path: null)")
+        keys = ("seed", "batch_size")
+        check_data_resume(self, {k: int(state_dict[k]) for k in keys if k in state_dict},
+                          {k: int(getattr(self, k)) for k in keys})
         self.consumed = int(state_dict.get("consumed", 0))

@@ -287,6 +287,28 @@ def report_identity(settings: dict | None, pairs: int, recon_pairs: int, identit
     return ident
 
 
+def report_fix(out_dir: str | Path) -> str:
+    """The way out when ``out_dir`` holds another disentanglement report."""
+    return (f"pass another output_dir (disentangle-report) or report_dir (the recipe) for this report, or delete "
+            f"{out_dir} to replace the report there (the same checkpoint, recipe and pairs again replace it)")
+
+
+def refuse_other_disentangle_report(out_dir: str | Path, settings: dict | None, pairs: int,
+                                    identity_judges: Sequence[IdentityJudge],
+                                    landmark_judges: Sequence[LandmarkJudge]) -> None:
+    """Before the evaluation (minutes) or the training that ends in the report: refuse ``out_dir`` when it
+    holds another report, on the part of :func:`report_identity` known then (all but the number of
+    same-image pairs, and what ``settings`` lacks)."""
+    from exface.report_dir import refuse_other_report
+
+    known = report_identity(settings, pairs, 0, identity_judges, landmark_judges)
+    del known["recon_pairs"]
+    for key in ("checkpoint", "identity_mean_first_seed"):
+        if (settings or {}).get(key) is None:
+            known.pop(key, None)
+    refuse_other_report(out_dir, known, "disentangle report", fix=report_fix(out_dir))
+
+
 def write_report(out_dir: str | Path, per_pair: dict[str, Tensor], grid: np.ndarray,
                  identity_judges: Sequence[IdentityJudge], landmark_judges: Sequence[LandmarkJudge],
                  settings: dict | None = None) -> dict:
@@ -316,8 +338,7 @@ def write_report(out_dir: str | Path, per_pair: dict[str, Tensor], grid: np.ndar
         "summary": summary,
         "settings": settings or {},
     }
-    fix = (f"pass another output_dir (disentangle-report) or report_dir (the recipe) for this report, or delete "
-           f"{out_dir} to replace the report there (the same checkpoint, recipe and pairs again replace it)")
+    fix = report_fix(out_dir)
     npz = io.BytesIO()
     np.savez(npz, **{k.replace("/", "__"): v.cpu().numpy() for k, v in per_pair.items()})
     with ReportDir(out_dir, made_by, "disentangle report", fix=fix) as rd:

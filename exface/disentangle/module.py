@@ -290,6 +290,12 @@ class DisentangleModule(pl.LightningModule):
         self.identity_mean_seed.fill_(CENTER_SEED)
 
     def on_fit_start(self) -> None:
+        if self.report_dir and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
+            # the report written at the end must not be refused after the training: check its folder now
+            from exface.disentangle.evaluation import refuse_other_disentangle_report
+
+            refuse_other_disentangle_report(self.report_dir, self._report_settings(identity_mean=False),
+                                            self.report_pairs, *self.judges())
         self.fit_identity_mean()
 
     def landmarks_160(self, images: Tensor) -> Tensor:
@@ -438,9 +444,14 @@ class DisentangleModule(pl.LightningModule):
         """Evaluate ``pairs`` held-out pairs (and as many same-image pairs), write the report to ``out_dir``."""
         from exface.disentangle.datamodule import held_out_seeds
 
+        from exface.disentangle.evaluation import refuse_other_disentangle_report
+
+        pairs = self.report_pairs if pairs is None else int(pairs)
+        settings = self._report_settings(settings)
+        ids, lmks = self.judges()
+        refuse_other_disentangle_report(out_dir, settings, pairs, ids, lmks)  # before the evaluation's minutes
         was_training = self.training
         self.eval()
-        pairs = self.report_pairs if pairs is None else int(pairs)
         id_s, attr_s = held_out_seeds(pairs)
         per: dict[str, list[Tensor]] = {}
         t0 = time.perf_counter()
@@ -453,13 +464,17 @@ class DisentangleModule(pl.LightningModule):
         gid, gattr = held_out_seeds(g, offset=pairs)
         id_img, attr_img = self.render(self.latents(gid)), self.render(self.latents(gattr))
         outs = torch.stack([self.swap(id_img[r:r + 1].expand_as(attr_img), attr_img) for r in range(g)])
-        ids, lmks = self.judges()
-        cfg = {k: v for k, v in self.hparams.items() if not isinstance(v, nn.Module)}
-        settings = {"hparams": cfg, "identity_mean_first_seed": int(self.identity_mean_seed), **(settings or {})}
         result = write_report(out_dir, {k: torch.cat(v) for k, v in per.items()}, swap_grid(id_img, attr_img, outs),
                               ids, lmks, settings)
         self.train(was_training)
         return result
+
+    def _report_settings(self, settings: dict | None = None, identity_mean: bool = True) -> dict:
+        cfg = {k: v for k, v in self.hparams.items() if not isinstance(v, nn.Module)}
+        base = {"hparams": cfg}
+        if identity_mean:
+            base["identity_mean_first_seed"] = int(self.identity_mean_seed)
+        return {**base, **(settings or {})}
 
     def on_fit_end(self) -> None:
         if self.report_dir and self.trainer.is_global_zero and not self.trainer.fast_dev_run:

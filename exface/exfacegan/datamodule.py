@@ -137,6 +137,7 @@ class IdentityBankDataModule(pl.LightningDataModule):
         self.labels: Tensor | None = None
         self._train: _IndexBatches | None = None
         self._val: _IndexBatches | None = None
+        self._record: dict | None = None  # what a fit trains on (checkpointed, compared on resume)
 
     # ---------------------------------------------------------------- the bank
     def build_bank(self) -> LatentBank:
@@ -154,8 +155,21 @@ class IdentityBankDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node: the bank is built (on the bank's
-        # own devices) before any rank's setup() reads it.
+        # own devices) before any rank's setup() reads it. First the module that fits on this data
+        # may refuse with what it knows before the bank (boundaries of other settings at its
+        # save_path), so that the refusal does not wait for a bank build of minutes to hours.
+        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        check = getattr(model, "check_before_data", None)
+        if callable(check):
+            check(self)
         self.build_bank()
+
+    def planned_provenance(self) -> dict:
+        """:attr:`provenance` as far as it is known before the bank exists (all but the references' digest)."""
+        h = self.hparams
+        return {"bank": str(self.bank_dir), "num_references": self.num_references, "label_rule": h.label_rule,
+                "top_k": h.top_k, "threshold": h.threshold, "leave_one_out": bool(h.leave_one_out),
+                "balance": bool(h.balance), "label_seed": int(h.seed)}
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
@@ -171,12 +185,7 @@ class IdentityBankDataModule(pl.LightningDataModule):
         ref_idx = torch.arange(self.num_references)
         refs = bank.write_references(ref_idx)
         # what boundaries fit on this data record as their bank (synthesize checks it)
-        self.provenance = {
-            "bank": str(self.bank_dir), "bank_references_sha256": references_digest(refs),
-            "num_references": self.num_references, "label_rule": h.label_rule, "top_k": h.top_k,
-            "threshold": h.threshold, "leave_one_out": bool(h.leave_one_out), "balance": bool(h.balance),
-            "label_seed": int(h.seed),
-        }
+        self.provenance = {**self.planned_provenance(), "bank_references_sha256": references_digest(refs)}
         self.labels = label_identities(
             emb, emb[ref_idx], rule=h.label_rule, k=h.top_k, threshold=h.threshold,
             self_indices=ref_idx if h.leave_one_out else None, balance=h.balance, seed=h.seed,
@@ -211,3 +220,29 @@ class IdentityBankDataModule(pl.LightningDataModule):
         if self._val is None:
             self.setup("fit")
         return self._loader(self._val, shuffle=False)
+
+    # ------------------------------------------------------------- checkpoints
+    def _fit_record(self) -> dict:
+        """What a boundary fit on this data trains on: the bank's references and labels (digests),
+        how they were labeled, the split and the batches (the bank's folder may move)."""
+        import hashlib
+
+        if self._record is None:
+            h = self.hparams
+            self._record = {**{k: v for k, v in self.provenance.items() if k != "bank"},
+                            "labels_sha256": hashlib.sha256(self.labels.contiguous().numpy().tobytes()).hexdigest(),
+                            "num_latents": int(self.latents.shape[0]), "space": self.space,
+                            "val_fraction": float(h.val_fraction), "batch_size": h.batch_size}
+        return self._record
+
+    def state_dict(self) -> dict:
+        return {} if self._train is None else {"fit_data": self._fit_record()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Refuse to resume a boundary fit on another bank, other labels or another split."""
+        from exface.resume_check import check_data_resume
+
+        saved = state.get("fit_data")
+        if isinstance(saved, dict) and self._train is not None:
+            current = self._fit_record()
+            check_data_resume(self, {k: v for k, v in saved.items() if k in current}, current)

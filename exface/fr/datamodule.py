@@ -51,8 +51,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["IdentityFolderDataModule", "IdentityFolderDataset", "list_identity_folder", "Augmentation",
-           "ExFaceGANRandAugment", "EpochShuffleSampler", "ResumableDataLoader"]
+__all__ = ["IdentityFolderDataModule", "IdentityFolderDataset", "list_identity_folder", "training_data_sha256",
+           "Augmentation", "ExFaceGANRandAugment", "EpochShuffleSampler", "ResumableDataLoader"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -85,6 +85,27 @@ def list_identity_folder(root: str | Path) -> tuple[list[Path], list[int], list[
     if not paths:
         raise ValueError(f"{root} holds no images in identity sub-folders ({', '.join(sorted(_IMAGE_SUFFIXES))})")
     return paths, labels, names
+
+
+def training_data_sha256(root: str | Path, paths: list[Path], labels: list[int]) -> str:
+    """A fingerprint of a training set: the SHA-256 of its ``manifest.jsonl`` (a dataset of
+    ``exface synthesize``, whose manifest names every image and its settings), else of its
+    ``label<TAB>relative path<TAB>size in bytes`` list (one ``stat`` per image: a second or two
+    for a million). Another set of images, identities or labels changes it; an image rewritten
+    in place to the same size does not."""
+    import hashlib
+
+    root = Path(root)
+    manifest = root / "manifest.jsonl"
+    h = hashlib.sha256()
+    if manifest.is_file():
+        with open(manifest, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    for p, lab in zip(paths, labels):
+        h.update(f"{lab}\t{Path(p).relative_to(root).as_posix()}\t{os.stat(p).st_size}\n".encode())
+    return h.hexdigest()
 
 
 class ExFaceGANRandAugment:
@@ -397,7 +418,13 @@ class IdentityFolderDataModule(pl.LightningDataModule):
         self.in_memory = in_memory
         self.val_fraction = val_fraction
         self.seed = seed
+        #: what is trained on besides the images themselves (a resume must match; see load_state_dict)
+        self._data_settings = {"image_size": list(self.image_size), "flip": bool(flip),
+                               "randaugment": None if randaugment is None else list(randaugment),
+                               "randaugment_variant": randaugment_variant, "albumentations": albumentations,
+                               "val_fraction": float(val_fraction), "seed": int(seed)}
         self.num_classes: int | None = None
+        self.data_sha256: str | None = None
         self._train = self._val = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -405,6 +432,7 @@ class IdentityFolderDataModule(pl.LightningDataModule):
             return
         paths, labels, names = list_identity_folder(self.root)
         self.num_classes = len(names)
+        self.data_sha256 = training_data_sha256(self.root, paths, labels)
         rng = np.random.default_rng(self.seed)
         val_mask = rng.random(len(paths)) < self.val_fraction
         pick = lambda m: ([p for p, k in zip(paths, m) if k], [lab for lab, k in zip(labels, m) if k])  # noqa: E731
@@ -425,3 +453,33 @@ class IdentityFolderDataModule(pl.LightningDataModule):
         if self._val is None:
             return []
         return DataLoader(self._val, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """What the checkpoint's model was trained on: the dataset's fingerprint and the data settings."""
+        if self.data_sha256 is None:
+            return {}
+        return {"data_sha256": self.data_sha256, "images": len(self._train) + (len(self._val) if self._val else 0),
+                "identities": self.num_classes, **self._data_settings}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refuse to resume on other training data or other data settings than the checkpoint's.
+
+        Another dataset (another folder's images, or the same folder after more identities were
+        synthesized into it) would silently mix two training sets in one model; another image size,
+        augmentation or validation split would mix two trainings. The per-device ``batch_size`` and
+        ``num_workers``/``in_memory`` may change (the global batch is compared by the model); the
+        folder may move (``root`` is not compared, its contents are).
+        """
+        from exface.resume_check import check_data_resume
+
+        if not state or self.data_sha256 is None:
+            return
+        notes = []
+        if state.get("data_sha256") not in (None, self.data_sha256):
+            notes.append(f"the training images: checkpoint {state.get('images')} images of {state.get('identities')} "
+                         f"identities (sha256 {str(state['data_sha256'])[:12]}), this run "
+                         f"{len(self._train) + (len(self._val) if self._val else 0)} of {self.num_classes} "
+                         f"(sha256 {self.data_sha256[:12]}) in {self.root}")
+        check_data_resume(self, {k: state[k] for k in self._data_settings if k in state}, self._data_settings,
+                          notes=notes)

@@ -229,7 +229,14 @@ class FaceRecognitionModule(RecordsRunSettings, pl.LightningModule):
         from exface.fr.checkpoint_embedder import backbone_spec
 
         checkpoint["exface_backbone"] = backbone_spec(self.backbone)
+        checkpoint["exface_global_batch"] = self._global_batch_or_none()
         self._save_full_partial_fc(checkpoint)
+
+    def _global_batch_or_none(self) -> int | None:
+        try:
+            return self.global_batch_size()
+        except (AttributeError, RuntimeError, ValueError):  # no trainer or a datamodule without batch_size
+            return None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning calls this before restoring the model and (later) the optimizers from `checkpoint`
@@ -241,9 +248,13 @@ class FaceRecognitionModule(RecordsRunSettings, pl.LightningModule):
             spec = backbone_spec(self.backbone)
         except ValueError:  # a backbone whose arguments cannot be recorded: its tensors still are compared
             spec = None
-        # the backbone's initial weights (a file, timm's pretrained) are replaced by the checkpoint's
+        # the backbone's initial weights (a file, timm's pretrained) are replaced by the checkpoint's. The
+        # global batch sets the scaled lr and the schedule's steps per epoch (the per-device batch and the
+        # device count may change together; the datamodule compares the data itself)
         check_resume(self, checkpoint, may_differ=("backbone.init_args.weights", "backbone.init_args.pretrained"),
-                     extra={"backbone": (checkpoint.get("exface_backbone"), spec)})
+                     extra={"backbone": (checkpoint.get("exface_backbone"), spec),
+                            "global batch (data batch_size x devices x accumulate_grad_batches)":
+                                (checkpoint.get("exface_global_batch"), self._global_batch_or_none())})
 
     _PFC_KEY = "loss.weight"
 
