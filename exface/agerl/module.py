@@ -38,12 +38,18 @@ The generator, aligner, predictor and embedder are frozen and kept out of the mo
 ``state_dict``: checkpoints hold only the policy, the value network and the optimizer (the
 parts are re-created from the recipe on resume). At the end of every epoch the policy is
 also written to ``save_path`` (atomically), the file :class:`~exface.agerl.editors.AgePolicyEditor` loads.
+The file records the run's settings (:meth:`AgePolicyModule.policy_record`); a ``save_path`` that
+holds a policy trained with other settings (or a file that is no policy, or a policy of an
+exface that did not record its settings) is refused before the training
+(:meth:`AgePolicyModule.refuse_other_policy` in ``on_fit_start``) and again before each write,
+so a report made with that policy never silently refers to another one; the same settings (a
+resume, a re-run) replace it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +189,11 @@ class AgePolicyModule(RecordsRunSettings, pl.LightningModule):
         return torch.optim.Adam(params, lr=self.hparams.lr)
 
     def on_fit_start(self) -> None:
+        """Move the parts to the device; refuse a ``save_path`` holding a policy of other settings
+        before any rollout (:meth:`refuse_other_policy`)."""
         self.env.to(self.device)
+        if self.hparams.save_path:
+            self.refuse_other_policy(self.hparams.save_path)
 
     @contextlib.contextmanager
     def _forked_rng(self, seed: int):
@@ -309,7 +319,9 @@ class AgePolicyModule(RecordsRunSettings, pl.LightningModule):
 
     # ------------------------------------------------------------------ output
     def policy_record(self) -> dict[str, Any]:
-        """What :class:`~exface.agerl.editors.AgePolicyEditor` needs to run this policy."""
+        """What :class:`~exface.agerl.editors.AgePolicyEditor` needs to run this policy, and the
+        settings it was trained with (``settings``: :meth:`_training_settings`; ``env``: the
+        environment's bounds, reward weights and parts), which :meth:`refuse_other_policy` compares."""
         env = self.env
         return {
             "format": POLICY_FORMAT,
@@ -325,6 +337,7 @@ class AgePolicyModule(RecordsRunSettings, pl.LightningModule):
             "env": {"identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
                     "tolerance": env.tolerance, "weights": dict(env.weights),
                     "parts": self._parts_record()},
+            "settings": self._training_settings(),
             "trained": {"epochs": int(self.current_epoch) + 1, "global_step": int(self.global_step),
                         "rollouts": (int(self.current_epoch) + 1) * self._rollouts_per_epoch(),
                         "num_envs": int(self.venv.num_envs)},
@@ -336,9 +349,96 @@ class AgePolicyModule(RecordsRunSettings, pl.LightningModule):
             self._parts_fp = env_parts(self.env)
         return self._parts_fp
 
-    def save_policy(self, path: str | Path) -> None:
+    def _training_settings(self) -> dict[str, Any]:
+        """The run's settings as the policy file records them: the hyperparameters (under
+        LightningCLI the recipe's model config, the environment's included; built in Python the
+        plain-valued arguments) without ``save_path`` and bookkeeping keys."""
+        from exface.resume_check import is_plain_data
+
+        return {k: v for k, v in dict(self.hparams).items()
+                if k != "save_path" and not str(k).startswith("_") and is_plain_data(v)}
+
+    def policy_differences(self, rec: dict[str, Any]) -> list[str]:
+        """``key: the file has X, this run Y`` for every setting in which the policy file record
+        ``rec`` differs from this run: the training settings (a key the file lacks against its
+        default; the environment's ``batch_size`` may differ, as on a resume), the environment's
+        bound, step, budget, tolerance, reward weights and age scale, its parts (class, weights
+        digest, non-path arguments), the network's shape and the observation's layout."""
+        from exface.exfacegan.provenance import part_differences
+        from exface.resume_check import recorded_form, settings_differences
+
+        def show(v: Any) -> str:
+            text = repr(v)
+            return text if len(text) <= 70 else text[:67] + "..."
+
+        defaults = {n: prm.default for n, prm in inspect.signature(type(self).__init__).parameters.items()
+                    if prm.default is not inspect.Parameter.empty}
+        out = [f"{k}: the file has {show(a)}, this run {show(b)}" for k, a, b in
+               settings_differences(rec.get("settings") or {}, self._training_settings(), defaults=defaults,
+                                    may_differ=("env.init_args.batch_size",))]
+        env, trained = self.env, rec.get("env") or {}
+        here = {"identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
+                "tolerance": env.tolerance, "weights": dict(env.weights)}
+        out += [f"env.{k}: the file has {show(trained.get(k))}, this run {show(v)}"
+                for k, v in here.items() if recorded_form(trained.get(k)) != recorded_form(v)]
+        age_scale = (rec.get("observation") or {}).get("age_scale")
+        if age_scale is not None and float(age_scale) != float(env.age_scale):
+            out.append(f"env.age_scale: the file has {age_scale!r}, this run {env.age_scale!r}")
+        parts, given = trained.get("parts") or {}, self._parts_record()
+        for role in sorted(set(parts) | set(given)):
+            out += part_differences(f"env.parts.{role}", parts.get(role), given.get(role))
+        mine = {"policy_args": {"obs_dim": self.policy.obs_dim, "action_dim": self.policy.action_dim,
+                                "hidden": self.policy.hidden, "layers": self.policy.layers},
+                "include_latent": bool(self.hparams.include_latent), "attribute": env.attribute, "space": env.space,
+                "latent_shape": list(env.latent_shape())}
+        out += [f"{k}: the file has {show(rec.get(k))}, this run {show(v)}"
+                for k, v in mine.items() if recorded_form(rec.get(k)) != recorded_form(v)]
+        return out
+
+    def refuse_other_policy(self, path: str | Path, setting: str = "model.init_args.save_path") -> None:
+        """Raise :class:`~exface.errors.ExfaceStateError` when ``path`` holds what this run must not
+        replace: a policy trained with other settings (:meth:`policy_differences`, all named), a
+        policy file that records no training settings (an older exface: a run of other settings
+        could not be told apart), a file that is not a readable policy file, or a folder. Nothing
+        to do when ``path`` does not exist; the same settings (a resume, a re-run) pass.
+        ``setting`` names the option that chose ``path`` (for the fix)."""
+        from exface.agerl.editors import load_policy_file
+        from exface.errors import ExfaceFileError, ExfaceStateError
+
         path = Path(path)
+        if not path.exists():
+            return
+        if path.is_dir():
+            raise ExfaceStateError(f"{path.name} is a folder, not a policy file", where=path,
+                                   fix=f"pass a file path as {setting} (e.g. {path / 'policy.pt'})")
+        fix = (f"pass another {setting} for this training, or delete {path} if the policy there (and any age "
+               f"report made with it) is no longer needed")
+        try:
+            rec = load_policy_file(path)
+        except ExfaceFileError as err:
+            raise ExfaceStateError(f"{path.name} already exists and is not a readable age-policy file "
+                                   f"({err.problem}); it is not overwritten", where=path, fix=fix) from err
+        if not isinstance(rec.get("settings"), dict):
+            raise ExfaceStateError(f"{path.name} already holds a policy that does not record the settings it was "
+                                   f"trained with (an older exface wrote it), so this training cannot tell whether "
+                                   f"it is the same run; it is not overwritten", where=path, fix=fix)
+        diffs = self.policy_differences(rec)
+        if diffs:
+            shown = diffs[:10] + ([f"... and {len(diffs) - 10} more"] if len(diffs) > 10 else [])
+            raise ExfaceStateError(
+                f"{path.name} already holds a policy trained with other settings; it is not overwritten (an age "
+                f"report made with it would refer to another policy). Differences:\n    " + "\n    ".join(shown),
+                where=path, fix=fix)
+
+    def save_policy(self, path: str | Path) -> None:
+        """Write :meth:`policy_record` to ``path`` atomically (a temporary file renamed into place).
+
+        A file already at ``path`` is replaced only when it is a policy of this run's settings
+        (:meth:`refuse_other_policy`; otherwise it stays as it was and ExfaceStateError names the
+        differences)."""
+        from exface.exfacegan.run_files import atomic_torch_save
+
+        path = Path(path)
+        self.refuse_other_policy(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-        torch.save(self.policy_record(), tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(self.policy_record(), path)

@@ -26,24 +26,34 @@ start's own predicted age). Per editor and target it reports:
   is not independent evidence);
 - the share of episodes whose bound held, and the mean number of steps used.
 
-``--merge`` joins earlier runs' results only when their settings, parts and evaluators
-(class, arguments, weights digest: :func:`~exface.exfacegan.provenance.part_differences`)
-are this run's. A policy file is run only in an environment with the bound, step, budget,
-tolerance and parts it was trained with.
+``--merge`` joins earlier runs' results only when their settings (starts, seed, bound,
+step, budget, tolerance, space, attribute), parts and evaluators (class, arguments, weights
+digest: :func:`~exface.exfacegan.provenance.part_differences`) are this run's, and only when
+an editor name means one editor: the same name (an editor's class name) with other arguments,
+files or weights in this run and a merged one, or in two merged ones, is refused (its rows
+would show one editor's results under another's description). A policy file is run only in an
+environment with the bound, step, budget, tolerance and parts it was trained with.
 
-Files in ``output_dir``: ``report.json`` (all figures, the settings and every editor's
-description), ``report.md`` (the table), ``curves.png`` (mean age change vs mean identity
-similarity along the steps, per editor and target) and ``grid_<editor>_<target>.png``
-(rows: start latents; columns: steps 0..T).
+Files in ``output_dir``: ``report.json`` (all figures, the settings, every editor's
+description and ``made_by``), ``report.md`` (the table), ``curves.png`` (mean age change vs
+mean identity similarity along the steps, per editor and target), ``grid_<editor>_<target>.png``
+(rows: start latents; columns: steps 0..T) and ``made_by.json``. The folder is written through
+:class:`~exface.report_dir.ReportDir`: ``made_by`` (:func:`report_identity`) records the
+environment's settings and parts, the editors (arguments, their files by sha256, their tensors'
+digest), the starts, targets, grid rows, evaluators and the merged reports; a folder holding
+another report is refused before any editor runs, the same report again is regenerated in
+place (grids of its earlier run that this one does not draw are removed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
-import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,10 +65,10 @@ from exface.commands import command
 from exface.editing.base import LatentEditor
 from exface.embedders.base import IdentityEmbedder
 from exface.errors import ExfaceError
-from exface.exfacegan.provenance import part_differences, part_fingerprint
+from exface.exfacegan.provenance import is_path_value, part_differences, part_fingerprint, tensor_digest
 from exface.tensors import to_uint8
 
-__all__ = ["age_report", "editor_label", "summarize"]
+__all__ = ["age_report", "editor_label", "report_identity", "summarize"]
 
 
 def editor_label(editor: LatentEditor) -> str:
@@ -66,8 +76,62 @@ def editor_label(editor: LatentEditor) -> str:
 
 
 def _describe(editor: LatentEditor) -> dict:
+    """An editor as the report records it: ``class``, its plain-valued ``args``, ``files_sha256``
+    (the sha256 of every argument that names a file: a policy file, a boundary file) and
+    ``tensors_sha256`` (one digest of its tensors, networks and boundaries), the last two when it has any."""
+    from exface.boundaries.base import Boundaries
+    from exface.report_dir import canonical, file_sha256
+
     args = {k: v for k, v in vars(editor).items() if isinstance(v, (int, float, str, bool, list, tuple)) or v is None}
-    return {"class": type(editor).__name__, "args": args}
+    out: dict[str, Any] = {"class": type(editor).__name__, "args": canonical(args)}
+    files = {k: file_sha256(v) for k, v in sorted(args.items())
+             if isinstance(v, str) and is_path_value(v) and Path(v).expanduser().is_file()}
+    if files:
+        out["files_sha256"] = files
+    tensors: dict[str, Any] = {}
+    for k, v in sorted(vars(editor).items()):
+        if isinstance(v, torch.nn.Module):
+            tensors[k] = dict(v.state_dict())
+        elif isinstance(v, Tensor):
+            tensors[k] = v
+        elif isinstance(v, Boundaries):
+            tensors[k] = {f: getattr(v, f) for f in v.__dataclass_fields__}
+    if tensors:
+        out["tensors_sha256"] = tensor_digest(tensors)
+    return out
+
+
+def _editor_identity(desc: dict) -> dict:
+    """An editor's description without the file paths whose content is digested (the same file at
+    another path is the same editor)."""
+    files = desc.get("files_sha256") or {}
+    return {**desc, "args": {k: v for k, v in desc.get("args", {}).items() if k not in files}}
+
+
+def _description_differences(a: dict, b: dict) -> list[str]:
+    """``argument: A vs B`` for every difference between two editor descriptions (``a`` first).
+
+    File paths are compared by content where both descriptions digest them; files and tensors
+    digests only where both record them (an older report records neither)."""
+    from exface.report_dir import canonical
+
+    a, b = canonical(a), canonical(b)
+    if a.get("class") != b.get("class"):
+        return [f"class: {a.get('class')} vs {b.get('class')}"]
+    fa, fb = a.get("files_sha256") or {}, b.get("files_sha256") or {}
+    out = []
+    aa, ba = a.get("args") or {}, b.get("args") or {}
+    for k in sorted(set(aa) | set(ba)):
+        if k in fa and k in fb:
+            if fa[k] != fb[k]:
+                out.append(f"{k}: another file (sha256 {fa[k][:12]}... vs {fb[k][:12]}...)")
+            continue
+        if aa.get(k, "(absent)") != ba.get(k, "(absent)"):
+            out.append(f"{k}: {aa.get(k, '(absent)')!r} vs {ba.get(k, '(absent)')!r}")
+    ta, tb = a.get("tensors_sha256"), b.get("tensors_sha256")
+    if ta is not None and tb is not None and ta != tb:
+        out.append(f"its tensors or networks (sha256 {ta[:12]}... vs {tb[:12]}...)")
+    return out
 
 
 class _Evaluators:
@@ -148,7 +212,8 @@ def summarize(traj: Trajectory, tolerance: float, evaluator_similarity: Tensor |
     return out
 
 
-def _grid(env: AgeEditEnv, latents: Tensor, path: Path) -> None:
+def _grid(env: AgeEditEnv, latents: Tensor) -> bytes:
+    """The trajectory grid as PNG bytes (rows: start latents; columns: steps)."""
     from PIL import Image
 
     steps, n = latents.shape[:2]
@@ -160,10 +225,13 @@ def _grid(env: AgeEditEnv, latents: Tensor, path: Path) -> None:
     for s in range(steps):
         for i in range(n):
             canvas[:, i * h : (i + 1) * h, s * w : (s + 1) * w] = imgs[s * n + i]
-    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(buf, format="png")
+    return buf.getvalue()
 
 
-def _curves(results: dict, bound: float, path: Path) -> None:
+def _curves(results: dict, bound: float) -> bytes:
+    """Mean age change vs mean identity similarity per step, per editor and target (PNG bytes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,8 +250,10 @@ def _curves(results: dict, bound: float, path: Path) -> None:
         ax.set_ylabel("mean identity similarity to start")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    return buf.getvalue()
 
 
 def _markdown(report: dict) -> str:
@@ -347,18 +417,31 @@ def _load_mergeable(path: Path, env: AgeEditEnv, targets: list[float], num_start
                     records: dict | None = None, evaluator_identity_bound: float | None = None) -> tuple[Path, dict]:
     """An earlier report.json, refused (with the differing setting) when it was made otherwise.
 
-    ``records``: ``{"parts": env_parts(env), "evaluators": {...}}`` of this run; the merged
-    run's must be the same parts (class, weights digest, non-path arguments).
+    Compared with this run: the starts (``num_starts``, ``start_seed``), the environment's
+    bound, step, budget, tolerance, space and attribute (a report that does not record its
+    attribute was made before it was recorded, when it was ``age``), the reward embedder and,
+    with ``records`` (``{"parts": env_parts(env), "evaluators": {...}}`` of this run), the parts
+    and evaluators (class, weights digest, non-path arguments). Every merged run is compared with
+    this run, so the merged runs agree with each other too.
     """
     if not path.is_file():
         raise FileNotFoundError(f"--merge {path}: no such report.json")
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ExfaceError(f"--merge: the file is not a readable age-report report.json ({err})", where=path,
+                          fix="pass the report.json that `exface age-report` wrote, or drop it from --merge") from err
+    if not isinstance(old, dict) or not isinstance(old.get("results"), dict) or not isinstance(old.get("editors"), dict):
+        raise ExfaceError("--merge: the file is not an age-report report.json (it lacks results or editors)",
+                          where=path, fix="pass the report.json that `exface age-report` wrote, or drop it from --merge")
     s = old.get("settings", {})
     want = {"num_starts": int(num_starts), "start_seed": int(start_seed), "identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
             "tolerance": env.tolerance, "space": env.space, "reward_embedder": type(env.embedder).__name__}
     if evaluator_identity_bound is not None:
         want["evaluator_identity_bound"] = float(evaluator_identity_bound)
     diff = [f"{k}: {s.get(k)!r} there, {v!r} here" for k, v in want.items() if s.get(k) != v]
+    if s.get("attribute", "age") != env.attribute:
+        diff.append(f"attribute: {s.get('attribute', 'age')!r} there, {env.attribute!r} here")
     if records is not None:
         if "evaluators" not in s:
             diff.append("it records no evaluators (made before age-report recorded its parts)")
@@ -400,6 +483,81 @@ def _check_boundaries(editor: LatentEditor, env: AgeEditEnv) -> None:
         check_applicable(b, env.generator, env.space)
 
 
+def _part_identity(rec: dict | None) -> dict | None:
+    """A part fingerprint as a report identity records it: file-path arguments left out when the
+    weights digest is known (as :func:`~exface.report_dir.part_identity`, from a computed fingerprint)."""
+    from exface.report_dir import canonical
+
+    if rec is None:
+        return None
+    rec = dict(rec)
+    if "weights_sha256" in rec:
+        rec["args"] = {k: v for k, v in (rec.get("args") or {}).items() if not is_path_value(v)}
+    return canonical(rec)
+
+
+def _merged_record(path: Path, old: dict) -> dict:
+    """What a merged report is, for the merging report's identity: its path, its own ``made_by``
+    (None for a report written before age-report recorded one) and the digest of its results."""
+    return {"path": str(path.resolve()), "made_by": old.get("made_by"),
+            "results_sha256": hashlib.sha256(json.dumps(old["results"], sort_keys=True).encode()).hexdigest()}
+
+
+def report_identity(env: AgeEditEnv, parts: dict, descriptions: dict[str, dict], targets: list[float],
+                    num_starts: int, start_seed: int, grid_starts: int, evaluators: dict,
+                    evaluator_identity_bound: float, merged: list[tuple[Path, dict]]) -> dict:
+    """What makes an age report (its ``made_by``): the environment's settings and parts (class,
+    weights sha256, non-path arguments), every editor of this run (class, arguments; the files it
+    reads, a policy or boundary file, by sha256 instead of their paths; its tensors' digest), the
+    targets, starts (``num_starts``, ``start_seed``), grid rows, the evaluators and their bound, and
+    the merged reports (:func:`_merged_record`). Not timings, the evaluators' batch size, nor where
+    the report is written."""
+    return {
+        "report": "exface age-report",
+        "env": {"identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
+                "tolerance": env.tolerance, "space": env.space, "attribute": env.attribute,
+                "parts": {role: _part_identity(rec) for role, rec in parts.items()}},
+        "editors": {n: _editor_identity(d) for n, d in descriptions.items()},
+        "targets": [float(t) for t in targets],
+        "starts": {"num_starts": int(num_starts), "start_seed": int(start_seed)},
+        "grid_starts": int(grid_starts),
+        "evaluators": {role: _part_identity(rec) for role, rec in evaluators.items()},
+        "evaluator_identity_bound": float(evaluator_identity_bound),
+        "merged": [_merged_record(path, old) for path, old in merged],
+    }
+
+
+def _merge_fix(name: str) -> str:
+    return (f"run the editors of different settings in one age-report (two editors of one class get distinct names, "
+            f"e.g. {name}0 and {name}1), or merge only runs whose {name} has the same settings")
+
+
+def _check_merged_editors(descriptions: dict[str, dict], merged: list[tuple[Path, dict]]) -> None:
+    """Refuse a merge in which one editor name stands for editors of other settings: this run's
+    and a merged run's, or two merged runs' (the table would show one's results under the other's
+    description). Raises :class:`~exface.errors.ExfaceError` naming both folders, the editor and
+    the differing arguments."""
+    seen: dict[str, tuple[str, dict]] = {n: ("this run", d) for n, d in descriptions.items()}
+    for path, old in merged:
+        here = str(path.parent)
+        for n in old["results"]:
+            desc = old["editors"].get(n)
+            if not isinstance(desc, dict):
+                raise ExfaceError(f"--merge: the report has results of editor {n!r} but no description of it",
+                                  where=path, fix="rerun that report with this exface, or drop it from --merge")
+            if n not in seen:
+                seen[n] = (here, desc)
+                continue
+            first, known = seen[n]
+            diffs = _description_differences(known, desc)
+            if diffs:
+                shown = diffs[:6] + ([f"... and {len(diffs) - 6} more"] if len(diffs) > 6 else [])
+                raise ExfaceError(
+                    f"--merge: editor {n!r} ran with other settings in {first} than in {here} "
+                    f"({'; '.join(shown)}): the table would show both runs' results under one row name and one description",
+                    where=path, fix=_merge_fix(n))
+
+
 @command("age-report")
 def age_report(
     env: AgeEditEnv,
@@ -422,7 +580,10 @@ def age_report(
     Args:
         env: the environment every editor runs in (parts, identity bound, step bound, budget).
         editors: the editors to compare (e.g. AgePolicyEditor, BoundaryEditor, GradientWalkEditor).
-        output_dir: where report.md, report.json, curves.png and the grids go.
+        output_dir: where report.md, report.json, curves.png, the grids and made_by.json go. A
+            folder holding another report (other editors, environment, starts, targets,
+            evaluators or merged reports; or files without a made_by.json) is refused before any
+            editor runs; the same report again replaces its files there.
         targets: target offsets from each start's predicted age (years).
         num_starts: held-out start latents (the issue asks for >= 200).
         start_seed: seed of the start latents (keep it apart from the training rollouts' seeds).
@@ -432,9 +593,12 @@ def age_report(
             change between start and final faces is reported beside the steered one.
         age_evaluator_aligner: its crop (default: the environment's aligner; resized likewise).
         grid_starts: start latents shown in each trajectory grid.
-        merge: report.json files of earlier runs (same environment, starts and targets, other
-            editors) whose results join this report's table; their grids are copied. Lets
-            editors run in separate processes, or an editor be added without rerunning the others.
+        merge: report.json files of earlier runs (same environment, starts, parts and
+            evaluators; other editors, or other targets of an editor of the same settings) whose
+            results join this report's table; their grids are copied. Lets editors run in separate
+            processes, or an editor be added without rerunning the others. An editor name with
+            other settings in two of the runs is refused; the merged reports are inputs, recorded in
+            ``made_by``, and may not lie in ``output_dir``.
         evaluator_batch_size: faces per forward pass of the evaluators (TF.js graph models keep
             every intermediate tensor of a batch, so keep it small).
         evaluator_identity_bound: the identity cosine (by ``evaluator``) at or above which the
@@ -442,9 +606,12 @@ def age_report(
             ``identity_bound``, which was chosen for the reward's embedder; choose it from the
             evaluator's own random-pair cosines).
     """
+    from exface.report_dir import ReportDir
+
     ev_bound = float(env.identity_bound if evaluator_identity_bound is None else evaluator_identity_bound)
     if not -1.0 <= ev_bound <= 1.0:
         raise ValueError(f"evaluator_identity_bound is a cosine in [-1, 1], got {ev_bound}")
+    out = Path(output_dir)
     parts = env_parts(env)
     evaluators = {
         "evaluator": None if evaluator is None else part_fingerprint(evaluator),
@@ -453,6 +620,11 @@ def age_report(
         "age_evaluator_aligner": None if age_evaluator is None else part_fingerprint(age_evaluator_aligner or env.aligner),
     }
     records = {"parts": parts, "evaluators": evaluators}
+    for p in merge:
+        if Path(p).parent.resolve() == out.resolve():
+            raise ExfaceError("--merge: a merged report lies in this report's output_dir (a merged run's folder is "
+                              "an input: the merged report would replace it)", where=p,
+                              fix=f"write the merged report into another output_dir (e.g. {out}_merged)")
     merged = [_load_mergeable(Path(p), env, targets, num_starts, start_seed, records,
                               ev_bound if evaluator is not None else None) for p in merge]
     if not editors and not merged:
@@ -464,9 +636,29 @@ def age_report(
     names = [editor_label(e) for e in editors]
     if len(set(names)) != len(names):
         names = [f"{n}{i}" for i, n in enumerate(names)]
+    descriptions = {n: _describe(e) for n, e in zip(names, editors)}
+    _check_merged_editors(descriptions, merged)  # before any editor runs
+    made_by = report_identity(env, parts, descriptions, targets, num_starts, start_seed, grid_starts, evaluators,
+                              ev_bound, merged)
+    fix = (f"write this age report into another output_dir (e.g. {out}_2), or delete {out} to replace the report "
+           f"there (the same editors, environment, starts, targets and merged reports again replace it)")
+    # the whole identity is known now: another report's folder is refused before any editor runs
+    with ReportDir(out, made_by, "age report", fix=fix) as rd:
+        report = _run_report(rd, env, editors, names, descriptions, merged, targets, num_starts, start_seed,
+                             evaluator, evaluator_aligner, age_evaluator, age_evaluator_aligner, grid_starts,
+                             evaluator_batch_size, evaluator_identity_bound, ev_bound, parts, evaluators)
+    print(report["verdict"])
+    print(f"wrote {out / 'report.md'}")
+    return report
+
+
+def _run_report(rd, env: AgeEditEnv, editors: list[LatentEditor], names: list[str], descriptions: dict[str, dict],
+                merged: list[tuple[Path, dict]], targets: list[float], num_starts: int, start_seed: int,
+                evaluator, evaluator_aligner, age_evaluator, age_evaluator_aligner, grid_starts: int,
+                evaluator_batch_size: int, evaluator_identity_bound: float | None, ev_bound: float, parts: dict,
+                evaluators: dict) -> dict:
+    """Run the editors and write the report's files through the :class:`~exface.report_dir.ReportDir` ``rd``."""
     t0 = time.time()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     env.eval()
     starts = env.sample_latents(int(num_starts), seed=int(start_seed))
     judges = _Evaluators(env, evaluator, evaluator_aligner, age_evaluator, age_evaluator_aligner, env.attribute,
@@ -482,21 +674,21 @@ def age_report(
                       if "embedding" in final_judged else None)
             ev_age = final_judged["age"] - start_judged["age"] if "age" in final_judged else None
             results[name][f"{float(t):+g}"] = summarize(traj, env.tolerance, ev_sim, ev_age, ev_bound)
-            _grid(env, traj.latents[:, : int(grid_starts)], out / f"grid_{name}_{float(t):+g}.png")
+            rd.write_bytes(f"grid_{name}_{float(t):+g}.png", _grid(env, traj.latents[:, : int(grid_starts)]))
             print(f"{name} target {float(t):+g}: success {results[name][f'{float(t):+g}']['success_rate']:.3f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
-    descriptions = {n: _describe(e) for n, e in zip(names, editors)}
+    descriptions = dict(descriptions)
     for path, old in merged:
         for n, rs in old["results"].items():
             both = sorted(set(results.get(n, {})) & set(rs))
             if both:
                 raise ValueError(f"editor {n!r} at targets {both} is in two of the merged runs ({path}); keep one")
             results.setdefault(n, {}).update(rs)
-            descriptions.setdefault(n, old["editors"][n])
+            descriptions.setdefault(n, old["editors"][n])  # the same settings: _check_merged_editors
             for t in rs:
                 grid = path.parent / f"grid_{n}_{t}.png"
-                if grid.is_file() and grid.parent.resolve() != out.resolve():
-                    shutil.copyfile(grid, out / grid.name)
+                if grid.is_file():
+                    rd.write_bytes(grid.name, grid.read_bytes())
     all_targets = sorted({t for rs in results.values() for t in rs}, key=float)
     for n in results:
         results[n] = {t: results[n][t] for t in all_targets if t in results[n]}
@@ -515,21 +707,22 @@ def age_report(
         "results": results,
         "settings": {"num_starts": int(num_starts), "start_seed": int(start_seed), "targets": [float(t) for t in all_targets],
                      "identity_bound": env.identity_bound, "max_step": env.max_step, "max_steps": env.max_steps,
-                     "tolerance": env.tolerance, "space": env.space, "grid_starts": int(grid_starts),
+                     "tolerance": env.tolerance, "space": env.space, "attribute": env.attribute,
+                     "grid_starts": int(grid_starts),
                      "reward_embedder": type(env.embedder).__name__,
                      "steered_predictor": type(env.age_predictor).__name__,
                      "evaluator_identity_bound": ev_bound, "evaluator_identity_bound_given": evaluator_identity_bound is not None,
                      "parts": parts, "evaluators": evaluators},
         "editors": descriptions,
+        "merged": [str(path.resolve()) for path, _ in merged],
         "evaluator": type(evaluator).__name__ if evaluator is not None else "none",
         "age_evaluator": type(age_evaluator).__name__ if age_evaluator is not None else "none",
         "shared_backbone": _shared_backbone(evaluator, age_evaluator),
         "seconds": time.time() - t0,
+        "made_by": rd.made_by,
     }
     report["verdict"] = _full_verdict(report, policy, int(num_starts))
-    _curves(results, env.identity_bound, out / "curves.png")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(report))
-    print(report["verdict"])
-    print(f"wrote {out / 'report.md'}")
+    rd.write_bytes("curves.png", _curves(results, env.identity_bound))
+    rd.write_text("report.json", json.dumps(report, indent=2) + "\n")
+    rd.write_text("report.md", _markdown(report))
     return report
