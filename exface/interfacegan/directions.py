@@ -29,7 +29,8 @@ from exface.errors import ExfaceError, ExfaceFileError
 from exface.exfacegan.provenance import part_differences, part_fingerprint
 from exface.generators.base import Generator
 
-__all__ = ["EditDirection", "load_boundaries", "project_boundary", "select_direction", "check_applicable"]
+__all__ = ["EditDirection", "load_boundaries", "project_boundary", "select_direction", "check_applicable", "is_per_layer",
+           "available_layers"]
 
 
 def load_boundaries(path: str | Path) -> Boundaries:
@@ -80,18 +81,56 @@ class EditDirection:
 
     @property
     def label(self) -> str:
-        return self.name + (f" given {', '.join(self.conditions)}" if self.conditions else "")
+        """``age``, ``age@layer 3`` (a per-layer w+ boundary), ``age given gender_male``."""
+        at = f"@layer {self.layer}" if self.layer is not None else ""
+        return self.name + at + (f" given {', '.join(self.conditions)}" if self.conditions else "")
 
 
-def _row(boundaries: Boundaries, name: str, layer: int | None) -> int:
+def is_per_layer(boundaries: Boundaries) -> bool:
+    """Whether the file holds one w+ boundary per layer (``interfacegan-fit --per_layer true``)."""
+    layers = boundaries.meta.get("layers") or []
+    return bool(boundaries.meta.get("per_layer")) or any(l is not None for l in layers)
+
+
+def available_layers(boundaries: Boundaries, name: str | None = None) -> list[int]:
+    """The layers the file has a boundary for (of ``name``, or of any attribute)."""
     names = list(boundaries.meta.get("attribute_names") or [])
     layers = list(boundaries.meta.get("layers") or [None] * len(names))
+    return sorted({l for a, l in zip(names, layers) if l is not None and (name is None or a == name)})
+
+
+def _row(boundaries: Boundaries, name: str, layer: int | None, layer_option: str = "--layer") -> int:
+    names = list(boundaries.meta.get("attribute_names") or [])
+    layers = list(boundaries.meta.get("layers") or [None] * len(names))
+    where = boundaries.meta.get("path")
+    if name in names and is_per_layer(boundaries) and layer is None:
+        have = available_layers(boundaries, name)
+        raise ExfaceError(
+            f"the boundary file holds per-layer w+ boundaries ({name!r} at layers {have}) and no layer was chosen: "
+            f"editing would have to pick one layer silently",
+            where=where,
+            fix=f"pass {layer_option} K with K one of {have} to edit that layer's boundary (it moves that layer only), "
+                f"or fit one boundary for the whole w+ latent (`exface interfacegan-fit --space w+ --per_layer false`)",
+        )
+    if name in names and layer is not None and not is_per_layer(boundaries):
+        raise ExfaceError(
+            f"{layer_option} {layer} was given, but the boundary file holds one boundary per attribute for the whole "
+            f"{boundaries.space} latent, not per-layer boundaries",
+            where=where,
+            fix=f"drop {layer_option}, or fit per-layer boundaries (`exface interfacegan-fit --space w+ --per_layer true`)",
+        )
     rows = [i for i, (a, l) in enumerate(zip(names, layers)) if a == name and (layer is None or l == layer)]
     if not rows:
-        where = f" at layer {layer}" if layer is not None else ""
+        if name in names and layer is not None:
+            raise ExfaceError(
+                f"the boundary file has no boundary for {name!r} at layer {layer}; it has layers "
+                f"{available_layers(boundaries, name)}",
+                where=where, fix=f"pass {layer_option} with one of those layers",
+            )
+        at = f" at layer {layer}" if layer is not None else ""
         raise ExfaceError(
-            f"the boundary file has no boundary for {name!r}{where}; it has {sorted(set(names)) or 'none'}",
-            where=boundaries.meta.get("path"),
+            f"the boundary file has no boundary for {name!r}{at}; it has {sorted(set(names)) or 'none'}",
+            where=where,
             fix=f"edit one of those, or fit {name!r} with `exface interfacegan-fit` (attributes: [..., {name}]; "
                 f"the bank needs a predictor that outputs {name!r})",
         )
@@ -99,16 +138,24 @@ def _row(boundaries: Boundaries, name: str, layer: int | None) -> int:
 
 
 def select_direction(boundaries: Boundaries, attribute: str, conditions: Sequence[str] = (),
-                     layer: int | None = None) -> EditDirection:
-    """The direction that edits ``attribute``, orthogonal to the ``conditions``' normals."""
+                     layer: int | None = None, layer_option: str = "--layer") -> EditDirection:
+    """The direction that edits ``attribute``, orthogonal to the ``conditions``' normals.
+
+    ``layer``: for per-layer w+ boundaries (``meta["per_layer"]``), the layer whose boundary
+    is edited along (only that layer of the latent moves, InterFaceGAN's layer-wise edit; the
+    conditions are that layer's boundaries). Per-layer boundaries without a ``layer`` are
+    refused (an :class:`~exface.errors.ExfaceError` listing the layers and naming
+    ``layer_option``, the option as the caller spells it), as is a ``layer`` for boundaries
+    of the whole latent: no layer is ever picked silently.
+    """
     conditions = [c for c in conditions]
     if attribute in conditions:
         raise ValueError(f"{attribute!r} cannot be edited while held fixed; remove it from the conditions")
-    i = _row(boundaries, attribute, layer)
+    i = _row(boundaries, attribute, layer, layer_option)
     normal, offset = boundaries.normals[i].float(), float(boundaries.offsets[i])
     layer_i = (boundaries.meta.get("layers") or [None] * len(boundaries))[i]
     if conditions:
-        cond = torch.stack([boundaries.normals[_row(boundaries, c, layer_i)] for c in conditions])
+        cond = torch.stack([boundaries.normals[_row(boundaries, c, layer_i, layer_option)] for c in conditions])
         projected = project_boundary(normal, cond)
         # the conditional hyperplane passes through the primary's point nearest the origin, -offset * n
         offset = offset * float(projected.double() @ normal.double())

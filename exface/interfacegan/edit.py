@@ -13,6 +13,12 @@ embedder. ``output_dir`` receives::
     edit.json      settings, distances, and per latent and step every score and the similarity
     edit.md        the mean of each attribute and of the similarity per step
     curves.png     each attribute (and the similarity) against distance: every latent and the mean
+    made_by.json   what made the edit (:func:`edit_identity`)
+
+The folder is a :class:`~exface.report_dir.ReportDir`: it holds one edit. An edit with another
+boundary file, attribute, conditions, layer, latents, distance range or part is refused before
+its work (write it into another folder); the same edit again regenerates it in place, and the
+files of the earlier run that this one does not write are removed.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from exface.interfacegan.manipulation import distance_steps, linear_interpolate
 from exface.interfacegan.scores import score_images
 from exface.tensors import to_uint8
 
-__all__ = ["render_edit_latents", "FaceEvaluator", "edit_latents", "load_edit_latents", "edit"]
+__all__ = ["render_edit_latents", "FaceEvaluator", "edit_latents", "load_edit_latents", "edit_identity", "edit"]
 
 
 def render_edit_latents(generator: Generator, latents: Tensor, space: str) -> Tensor:
@@ -164,14 +170,27 @@ def _grid(rows: Tensor, pad: int = 2) -> np.ndarray:
     return out
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def _png_bytes(array: np.ndarray) -> bytes:
+    import io
+
     from PIL import Image
 
-    Image.fromarray(array).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="png")
+    return buf.getvalue()
 
 
-def plot_curves(distances: Tensor, scores: dict[str, Tensor], similarity: Tensor, title: str, path: Path) -> None:
-    """One panel per attribute and one for identity similarity: thin lines per latent, the mean in bold."""
+def _save_png(array: np.ndarray, path: Path) -> None:
+    Path(path).write_bytes(_png_bytes(array))
+
+
+def plot_curves(distances: Tensor, scores: dict[str, Tensor], similarity: Tensor, title: str,
+                path: Path | None = None) -> bytes:
+    """One panel per attribute and one for identity similarity: thin lines per latent, the mean in bold.
+
+    Returns the PNG bytes (also written to ``path`` when given)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,8 +213,60 @@ def plot_curves(distances: Tensor, scores: dict[str, Tensor], similarity: Tensor
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    if path is not None:
+        Path(path).write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def parts_identity(generator: Generator, aligner: Aligner, embedder: IdentityEmbedder,
+                   predictors: Sequence[AttributePredictor], attribute_aligner: Aligner | None) -> dict:
+    """What the parts of an edit are (:func:`~exface.report_dir.part_identity`: class, weights digest,
+    non-path arguments), with the generator's truncation (it decides the rendered faces)."""
+    from exface.report_dir import part_identity
+
+    return {"generator": part_identity(generator), "aligner": part_identity(aligner),
+            "attribute_aligner": part_identity(attribute_aligner if attribute_aligner is not None else aligner),
+            "embedder": part_identity(embedder), "predictors": [part_identity(p) for p in predictors],
+            "truncation_psi": getattr(generator, "truncation_psi", None),
+            "truncation_cutoff": getattr(generator, "truncation_cutoff", None)}
+
+
+def edit_identity(boundaries: str | Path, direction: EditDirection, parts: dict, start_distance: float,
+                  end_distance: float, steps: int, latents: dict | None = None) -> dict:
+    """What makes an edit (its ``made_by``): the boundary file's sha256, the direction (attribute,
+    conditions, layer, space), the distance range, the parts (:func:`parts_identity`) and the
+    latents (how they were given: bank indices, seeds or a file, and the number and sha256 of their
+    values once read; None: not known). Not the batch size, nor where the edit is written."""
+    from exface.report_dir import file_sha256
+
+    ident = {"report": "exface edit",
+             "boundaries": {"name": Path(boundaries).name, "sha256": file_sha256(boundaries)},
+             "attribute": direction.name, "conditions": list(direction.conditions), "layer": direction.layer,
+             "space": direction.space, "start_distance": float(start_distance), "end_distance": float(end_distance),
+             "steps": int(steps), "parts": parts}
+    if latents is not None:
+        ident["latents"] = latents
+    return ident
+
+
+def _latents_source(indices: Sequence[int] | None, seeds: Sequence[int] | None, latents: str | None) -> dict:
+    """How the latents were given (known before they are read)."""
+    if indices:
+        return {"bank_indices": [int(i) for i in indices]}
+    if seeds:
+        return {"seeds": [int(s) for s in seeds]}
+    return {"file": Path(str(latents)).name} if latents else {}
+
+
+def _latents_identity(x: Tensor, indices: Sequence[int] | None, seeds: Sequence[int] | None,
+                      latents: str | None) -> dict:
+    from exface.exfacegan.provenance import tensor_digest
+
+    return {**_latents_source(indices, seeds, latents), "count": int(len(x)),
+            "sha256": tensor_digest(x.float().contiguous())}
 
 
 def _fmt(v: float) -> str:
@@ -232,11 +303,14 @@ def edit(
         generator: the generator of the bank the boundaries were fit on.
         aligner, embedder: identity embedding of each face (similarity to the unedited face).
         attribute_predictors: predictors that score every step. attribute_aligner: their crop (default aligner).
-        output_dir: where grids, edit.json, edit.md and curves.png go.
+        output_dir: where grids, edit.json, edit.md and curves.png go. It holds one edit (made_by.json): a
+            folder holding another edit is refused before the work; the same edit again regenerates it.
         conditions: attributes held fixed (the direction is projected off their boundaries).
         bank_dir, indices: latents by bank index. seeds: latents by seed. latents: a .npy of latents.
         space: the boundaries' space (default); another space is refused.
-        layer: for per-layer w+ boundaries, the layer to edit.
+        layer: for per-layer w+ boundaries (``interfacegan-fit --per_layer true``), the layer whose boundary is
+            edited along; only that layer moves. Required for such files (they are refused without it, with the
+            layers they hold); refused for boundaries of the whole latent.
         start_distance, end_distance, steps: linear_interpolate's range (absolute distance for z/w, offset for w+).
         batch_size: images per forward pass.
     """
@@ -245,44 +319,55 @@ def edit(
     b = load_boundaries(boundaries)
     check_applicable(b, generator, space)
     direction = select_direction(b, attribute, conditions or (), layer)
-    x, labels = load_edit_latents(generator, b.space, bank_dir, indices, seeds, latents)
-    ev = FaceEvaluator(generator, b.space, aligner, embedder, attribute_predictors, attribute_aligner, batch_size)
-    res = edit_latents(ev, x, direction, start_distance, end_distance, steps, keep_images=True)
+    from exface.report_dir import ReportDir, refuse_other_report
+
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = torch.cat([res["start_image"][:, None], res["image"]], 1)  # [N, 1 + S, 3, H, W]
-    for k in range(len(x)):
-        _save_png(_grid(rows[k : k + 1]), out / f"grid_{k}.png")
-    _save_png(_grid(rows), out / "grid.png")
-    dist = res["distances"]
-    names = list(res["scores"])
-    per_latent = []
-    for k, label in enumerate(labels):
-        per_latent.append({
-            "latent": label,
-            "unedited": {"scores": {n: float(res["start_scores"][n][k]) for n in names}},
-            "steps": [{"distance": float(dist[s]),
-                       "scores": {n: float(res["scores"][n][k, s]) for n in names},
-                       "identity_similarity": float(res["similarity"][k, s])} for s in range(steps)],
-        })
-    mean = {n: np.nanmean(res["scores"][n].numpy(), 0).tolist() for n in names}
-    sim = res["similarity"].mean(0).tolist()
-    settings = {"boundaries": str(boundaries), "attribute": attribute, "conditions": list(conditions or []),
-                "space": b.space, "layer": direction.layer, "start_distance": start_distance,
-                "end_distance": end_distance, "steps": steps, "generator": type(generator).__name__,
-                "embedder": type(embedder).__name__, "predictors": [type(p).__name__ for p in attribute_predictors]}
-    doc = {"settings": settings, "distances": dist.tolist(), "mean_scores": mean, "mean_identity_similarity": sim,
-           "latents": per_latent}
-    (out / "edit.json").write_text(json.dumps(doc, indent=1) + "\n")
-    md = [f"# exface edit: {direction.label} ({b.space}, {len(x)} latents)", "",
-          f"distances {start_distance} .. {end_distance} in {steps} steps; identity similarity is the "
-          f"{type(embedder).__name__} cosine to the unedited face. Means over the latents:", "",
-          "| distance | " + " | ".join(names) + " | identity similarity |",
-          "| --- " * (len(names) + 2) + "|"]
-    for s in range(steps):
-        md.append(f"| {dist[s]:.2f} | " + " | ".join(_fmt(mean[n][s]) for n in names) + f" | {sim[s]:.4f} |")
-    md.append("")
-    md.append("Files: grid.png (rows: latents; first column the unedited face), grid_<k>.png, curves.png, edit.json.")
-    (out / "edit.md").write_text("\n".join(md) + "\n")
-    plot_curves(dist, res["scores"], res["similarity"], f"edit {direction.label}", out / "curves.png")
+    fix = (f"pass another --output_dir for this edit, or delete {out} to replace the edit there (the same edit "
+           f"again regenerates it in place)")
+    parts = parts_identity(generator, aligner, embedder, attribute_predictors, attribute_aligner)
+    known = edit_identity(boundaries, direction, parts, start_distance, end_distance, steps,
+                          _latents_source(indices, seeds, latents))
+    refuse_other_report(out, known, "edit", fix=fix)  # before the latents are read and rendered
+    x, labels = load_edit_latents(generator, b.space, bank_dir, indices, seeds, latents)
+    made_by = edit_identity(boundaries, direction, parts, start_distance, end_distance, steps,
+                            _latents_identity(x, indices, seeds, latents))
+    with ReportDir(out, made_by, "edit", fix=fix) as rd:
+        ev = FaceEvaluator(generator, b.space, aligner, embedder, attribute_predictors, attribute_aligner, batch_size)
+        res = edit_latents(ev, x, direction, start_distance, end_distance, steps, keep_images=True)
+        rows = torch.cat([res["start_image"][:, None], res["image"]], 1)  # [N, 1 + S, 3, H, W]
+        for k in range(len(x)):
+            rd.write_bytes(f"grid_{k}.png", _png_bytes(_grid(rows[k : k + 1])))
+        rd.write_bytes("grid.png", _png_bytes(_grid(rows)))
+        dist = res["distances"]
+        names = list(res["scores"])
+        per_latent = []
+        for k, label in enumerate(labels):
+            per_latent.append({
+                "latent": label,
+                "unedited": {"scores": {n: float(res["start_scores"][n][k]) for n in names}},
+                "steps": [{"distance": float(dist[s]),
+                           "scores": {n: float(res["scores"][n][k, s]) for n in names},
+                           "identity_similarity": float(res["similarity"][k, s])} for s in range(steps)],
+            })
+        mean = {n: np.nanmean(res["scores"][n].numpy(), 0).tolist() for n in names}
+        sim = res["similarity"].mean(0).tolist()
+        settings = {"boundaries": str(boundaries), "attribute": attribute, "conditions": list(conditions or []),
+                    "space": b.space, "layer": direction.layer, "start_distance": start_distance,
+                    "end_distance": end_distance, "steps": steps, "generator": type(generator).__name__,
+                    "embedder": type(embedder).__name__, "predictors": [type(p).__name__ for p in attribute_predictors]}
+        doc = {"settings": settings, "made_by": rd.made_by, "distances": dist.tolist(), "mean_scores": mean,
+               "mean_identity_similarity": sim, "latents": per_latent}
+        rd.write_text("edit.json", json.dumps(doc, indent=1) + "\n")
+        md = [f"# exface edit: {direction.label} ({b.space}, {len(x)} latents)", "",
+              f"distances {start_distance} .. {end_distance} in {steps} steps; identity similarity is the "
+              f"{type(embedder).__name__} cosine to the unedited face. Means over the latents:", "",
+              "| distance | " + " | ".join(names) + " | identity similarity |",
+              "| --- " * (len(names) + 2) + "|"]
+        for s in range(steps):
+            md.append(f"| {dist[s]:.2f} | " + " | ".join(_fmt(mean[n][s]) for n in names) + f" | {sim[s]:.4f} |")
+        md.append("")
+        md.append("Files: grid.png (rows: latents; first column the unedited face), grid_<k>.png, curves.png, "
+                  "edit.json, made_by.json.")
+        rd.write_text("edit.md", "\n".join(md) + "\n")
+        rd.write_bytes("curves.png", plot_curves(dist, res["scores"], res["similarity"], f"edit {direction.label}"))
     print("\n".join(md[:2]) + f"\nwrote {out} in {time.time() - t0:.1f} s")

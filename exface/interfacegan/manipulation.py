@@ -100,7 +100,9 @@ class BoundaryEditor(LatentEditor):
         boundaries: a boundary file (``exface interfacegan-fit``) or loaded ``Boundaries``.
         attribute: the attribute to steer (a boundary of the file).
         conditions: attributes whose boundaries the direction is made orthogonal to.
-        layer: for per-layer w+ boundaries, the layer's boundary to use.
+        layer: for per-layer w+ boundaries, the layer's boundary to use (only that layer moves); required for
+            them: per-layer boundaries without a layer are refused (:class:`~exface.errors.ExfaceError` listing
+            the layers), never edited at a silently chosen one.
     """
 
     def __init__(self, boundaries: str | Path | Boundaries, attribute: str, conditions: Sequence[str] = (),
@@ -111,7 +113,7 @@ class BoundaryEditor(LatentEditor):
         b = boundaries if isinstance(boundaries, Boundaries) else load_boundaries(boundaries)
         self.boundaries_path = None if isinstance(boundaries, Boundaries) else str(boundaries)
         self.boundaries = b  # for check_applicable against the driver's generator (the age report does)
-        self.direction = select_direction(b, attribute, conditions, layer)
+        self.direction = select_direction(b, attribute, conditions, layer, layer_option="layer (BoundaryEditor init_args)")
         self.attribute = attribute
         self.conditions = list(conditions)
         self.space = b.space

@@ -21,6 +21,18 @@ arguments and weights digest of the generator, the aligners, the embedder and ea
 predictor, plus the generator's truncation): an interrupted report resumes, runs over
 overlapping direction lists share the work, and a changed part or checkpoint recomputes.
 
+The output folder is a :class:`~exface.report_dir.ReportDir`: ``made_by.json`` records what
+made the report (:func:`report_identity`: the boundary file's sha256, the directions with their
+layer, the held-out latents' count and seed, the distances and every part). A folder holding
+another report (other directions, say) is refused before any face is rendered; the same report
+again regenerates it, and its files this run does not write (a ``conditional_matrix.png`` of a
+report without conditional directions, say) are removed. Directions run as separate processes
+share their re-scored steps through ``cache_dir`` (default ``output_dir/steps``): give each
+such run its own ``output_dir`` and the same ``cache_dir``.
+
+Per-layer w+ boundary files (``interfacegan-fit --per_layer true``) need ``layer``: every
+direction is then that layer's boundary (labelled ``age@layer 3``); without it they are refused.
+
 Held-out latents are fresh draws ``generator.sample_z(num_latents, seed=seed)`` (mapped to w
 for w/w+ boundaries), not bank latents: the boundaries never saw them.
 """
@@ -48,7 +60,8 @@ from exface.interfacegan.directions import EditDirection, check_applicable, load
 from exface.interfacegan.edit import FaceEvaluator, edit_latents
 from exface.interfacegan.manipulation import distance_steps
 
-__all__ = ["score_slopes", "monotonic_fraction", "held_out_latents", "rescoring_report", "edit_report"]
+__all__ = ["score_slopes", "monotonic_fraction", "held_out_latents", "rescoring_report", "report_identity",
+           "write_report", "edit_report"]
 
 
 def score_slopes(distances: Tensor, scores: Tensor) -> Tensor:
@@ -82,7 +95,10 @@ def held_out_latents(generator: Generator, space: str, num_latents: int, seed: i
     return w[:, None].expand(-1, generator.num_ws, -1).contiguous() if space == "w+" else w
 
 
-def _heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, path: Path, unit: str) -> None:
+def _heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, unit: str) -> bytes:
+    """The PNG bytes of a labelled heat map of ``matrix`` (a symmetric colour scale)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,8 +116,10 @@ def _heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, p
     fig.colorbar(im, ax=ax, label=unit)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    return buf.getvalue()
 
 
 def _fingerprint(*tensors: Tensor, extra: object = None) -> str:
@@ -201,10 +219,40 @@ def _md_table(rows: list[dict], names: list[str], key: str) -> list[str]:
     return out
 
 
-def write_report(report: dict, out: Path) -> str:
-    """report.json, report.md and the heat maps in ``out``; returns the markdown."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+def report_identity(boundaries: str | Path, directions: Sequence[EditDirection], parts: dict, num_latents: int,
+                    seed: int, start_distance: float, end_distance: float, steps: int, space: str) -> dict:
+    """What makes a re-scoring report (its ``made_by``): the boundary file's sha256, every direction
+    (its label: attribute, ``@layer K``, ``given`` conditions), the held-out latents (count and
+    seed), the distance range, the space and the parts
+    (:func:`~exface.interfacegan.edit.parts_identity`). Not the batch size, the cache folder, nor
+    where the report is written."""
+    from exface.report_dir import file_sha256
+
+    return {"report": "exface edit-report",
+            "boundaries": {"name": Path(boundaries).name, "sha256": file_sha256(boundaries)},
+            "directions": [d.label for d in directions],  # attribute, @layer and conditions: one line per report
+            "num_latents": int(num_latents), "seed": int(seed), "start_distance": float(start_distance),
+            "end_distance": float(end_distance), "steps": int(steps), "space": space, "parts": parts}
+
+
+def write_report(report: dict, out: "Path | ReportDir", made_by: dict | None = None) -> str:
+    """report.json, report.md and the heat maps; returns the markdown.
+
+    ``out``: a :class:`~exface.report_dir.ReportDir` held for the report, or a folder (then opened
+    as one for ``made_by``, default ``report["made_by"]``). Only the files of this report are
+    written, so an earlier same-identity report's map this one does not draw is removed.
+    """
+    from exface.report_dir import ReportDir
+
+    if not isinstance(out, ReportDir):
+        ident = made_by if made_by is not None else report.get("made_by")
+        if ident is None:
+            raise ValueError("write_report into a folder needs the report's made_by (see report_identity)")
+        with ReportDir(out, ident, "edit report") as rd:
+            return write_report(report, rd)
+    rd = out
+    report["made_by"] = rd.made_by
+    rd.write_text("report.json", json.dumps(report, indent=1) + "\n")
     rows = report["directions"]
     names = list(rows[0]["slope"])
     plain = [r for r in rows if not r["conditions"]]
@@ -229,15 +277,16 @@ def write_report(report: dict, out: Path) -> str:
     md += ["", "Files: change_matrix.png, conditional_matrix.png (when conditional directions were edited), "
            "cosine_matrix.png, report.json."]
     text = "\n".join(md) + "\n"
-    (out / "report.md").write_text(text)
+    rd.write_text("report.md", text)
     for subset, fname, title in ((plain, "change_matrix.png", "change per unit distance"),
                                  (cond, "conditional_matrix.png", "conditional edits: change per unit distance")):
         if subset:
             m = np.array([[r["slope_in_std"][n] for n in names] for r in subset])
-            _heatmap(m, [r["direction"] for r in subset], names, title, out / fname, "attribute std per unit distance")
+            rd.write_bytes(fname, _heatmap(m, [r["direction"] for r in subset], names, title,
+                                           "attribute std per unit distance"))
     cos = np.array(report["boundary_cosine"])
-    _heatmap(cos, report["boundary_names"], report["boundary_names"], "cosine of boundary normals",
-             out / "cosine_matrix.png", "cosine")
+    rd.write_bytes("cosine_matrix.png", _heatmap(cos, report["boundary_names"], report["boundary_names"],
+                                                 "cosine of boundary normals", "cosine"))
     return text
 
 
@@ -258,6 +307,8 @@ def edit_report(
     end_distance: float = 3.0,
     steps: int = 7,
     batch_size: int = 64,
+    layer: int | None = None,
+    cache_dir: str | None = None,
 ) -> None:
     """Re-score edits over held-out latents: change matrix, conditional edits, boundary cosines.
 
@@ -265,32 +316,51 @@ def edit_report(
         boundaries: boundary file from `exface interfacegan-fit`.
         generator: the bank's generator. aligner, embedder: identity similarity to the unedited face.
         attribute_predictors: predictors that re-score every step. attribute_aligner: their crop (default aligner).
-        output_dir: report.md, report.json and the heat maps.
+        output_dir: report.md, report.json and the heat maps. It holds one report (made_by.json): a folder
+            holding another report (other directions, latents, distances, boundaries or parts) is refused before
+            any face is rendered; the same report again regenerates it without the earlier run's leftovers.
         attributes: boundaries to edit along (default: all in the file).
         conditional: conditional directions, each [edited, held fixed, ...], e.g. [[age, gender_male]].
         num_latents: held-out latents (fresh draws from seed). seed: their seed.
         start_distance, end_distance, steps: linear_interpolate's range.
         batch_size: images per forward pass.
+        layer: for per-layer w+ boundaries (``interfacegan-fit --per_layer true``), the layer every direction
+            edits (its boundaries; directions are labelled ``age@layer K``). Required for such files (they are
+            refused without it, with the layers they hold); refused for boundaries of the whole latent.
+        cache_dir: where each direction's re-scored steps are kept (default output_dir/steps); reports in other
+            output_dirs that share a cache_dir share the work of their common directions.
     """
     t0 = time.time()
     distance_steps(start_distance, end_distance, steps)
     b = load_boundaries(boundaries)
     check_applicable(b, generator)
     names = list(dict.fromkeys(b.meta.get("attribute_names") or [])) if attributes is None else list(attributes)
-    directions = [select_direction(b, a) for a in names]
+    directions = [select_direction(b, a, layer=layer) for a in names]
     for entry in conditional or []:
         if len(entry) < 2:
             raise ValueError(f"a conditional direction is [edited, held fixed, ...]; got {entry}")
-        directions.append(select_direction(b, entry[0], entry[1:]))
+        directions.append(select_direction(b, entry[0], entry[1:], layer=layer))
     if not directions:
         raise ValueError("nothing to edit: pass --attributes (boundaries to edit along) and/or --conditional")
     if num_latents < 2:
         raise ValueError(f"num_latents must be >= 2, got {num_latents}")
-    ev = FaceEvaluator(generator, b.space, aligner, embedder, attribute_predictors, attribute_aligner, batch_size)
-    latents = held_out_latents(generator, b.space, num_latents, seed)
-    report = rescoring_report(b, directions, ev, latents, start_distance, end_distance, steps,
-                              cache_dir=Path(output_dir) / "steps")
-    report["settings"] = {"boundaries": str(boundaries), "seed": seed, "embedder": type(embedder).__name__,
-                          "predictors": [type(p).__name__ for p in attribute_predictors], "space": b.space}
-    text = write_report(report, Path(output_dir))
+    from exface.interfacegan.edit import parts_identity
+    from exface.report_dir import ReportDir
+
+    out = Path(output_dir)
+    made_by = report_identity(boundaries, directions, parts_identity(generator, aligner, embedder, attribute_predictors,
+                                                                     attribute_aligner),
+                              num_latents, seed, start_distance, end_distance, steps, b.space)
+    fix = (f"pass another --output_dir for this report (with --cache_dir {Path(cache_dir or out / 'steps')} its "
+           f"directions already re-scored are reused), or delete {out} to replace the report there (the same report "
+           f"again regenerates it in place)")
+    with ReportDir(out, made_by, "edit report", fix=fix) as rd:  # refuses another report before any face is rendered
+        ev = FaceEvaluator(generator, b.space, aligner, embedder, attribute_predictors, attribute_aligner, batch_size)
+        latents = held_out_latents(generator, b.space, num_latents, seed)
+        report = rescoring_report(b, directions, ev, latents, start_distance, end_distance, steps,
+                                  cache_dir=Path(cache_dir) if cache_dir else out / "steps")
+        report["settings"] = {"boundaries": str(boundaries), "seed": seed, "embedder": type(embedder).__name__,
+                              "predictors": [type(p).__name__ for p in attribute_predictors], "space": b.space,
+                              "layer": layer}
+        text = write_report(report, rd)
     print(text + f"\nwrote {output_dir} in {time.time() - t0:.1f} s")
