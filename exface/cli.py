@@ -424,10 +424,15 @@ def plugins_command(pattern: str = "*", kind: str | None = None) -> None:
 
     Args:
         pattern: wildcard on the class name, like timm's list_models('*arc*').
-        kind: only this kind (generators, embedders, attributes, aligners, boundaries, losses).
+        kind: only this kind (generators, embedders, attributes, aligners, boundaries, losses, ...), or
+            lightning: the LightningModules and datamodules that recipes name as model: / data:.
     """
-    parts = list_parts(pattern, kind)
-    if not parts:
+    parts = [] if kind == "lightning" else list_parts(pattern, kind)
+    lightning = [c for c in _subclasses(LightningModule) + _subclasses(LightningDataModule)
+                 if c.__module__.startswith("exface") or c.__module__.split(".")[0] in _plugin_tops()]
+    lightning = [c for c in lightning if _match(c.__name__, pattern) and not c.__name__.startswith("_")
+                 and kind in (None, "lightning")]
+    if not parts and not lightning:
         print(f"no part matches {pattern!r}" + (f" in {kind}" if kind else ""))
         return
     current = None
@@ -436,10 +441,7 @@ def plugins_command(pattern: str = "*", kind: str | None = None) -> None:
             current = p.kind
             print(f"\n{current}:")
         print(f"  {p.name:28s} {p.summary}  [{p.package}]")
-    lightning = [c for c in _subclasses(LightningModule) + _subclasses(LightningDataModule)
-                 if c.__module__.startswith("exface") or c.__module__.split(".")[0] in _plugin_tops()]
-    lightning = [c for c in lightning if _match(c.__name__, pattern) and not c.__name__.startswith("_")]
-    if lightning and kind in (None, "lightning"):
+    if lightning:
         print("\nlightning modules and datamodules (recipes' model: / data:):")
         for c in sorted(lightning, key=lambda c: c.__name__):
             doc = (c.__doc__ or "").strip().splitlines()

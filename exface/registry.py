@@ -173,8 +173,11 @@ _plugins_loaded = False
 def load_plugins(force: bool = False) -> list[str]:
     """Import exface's own parts and every module of the ``exface.plugins`` entry-point group.
 
-    Returns the names of the entry points loaded. A plugin that fails to import is
-    reported with its entry-point name and the error, and does not stop the others.
+    Returns the names of the entry points loaded. A plugin that fails to import, or that
+    registers a part under a name another part already has, is reported with its entry point,
+    its distribution and the error, is left out, and does not stop the others or exface's own
+    parts (a clash is never resolved silently: the earlier part keeps the name, the warning
+    says so).
     """
     global _plugins_loaded
     if _plugins_loaded and not force:
@@ -183,12 +186,18 @@ def load_plugins(force: bool = False) -> list[str]:
         importlib.import_module(mod)
     loaded = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+        before = {kind: dict(reg._parts) for kind, reg in REGISTRIES.items()}
         try:
             ep.load()
-        except RegistryError:
-            raise
+        except RegistryError as err:  # a name clash: the part already registered keeps its name
+            for kind, parts in before.items():  # none of the plugin's parts stays half-registered
+                REGISTRIES[kind]._parts = parts
+            log.warning("exface plugin %r (%s, from distribution %s) was not loaded: %s. Rename its part, or "
+                        "uninstall %s.", ep.name, ep.value, dist, err, dist)
+            continue
         except Exception as err:  # a broken plugin must not take exface down
-            log.warning("exface plugin %r (%s) failed to load: %s", ep.name, ep.value, err)
+            log.warning("exface plugin %r (%s, from distribution %s) failed to load: %s", ep.name, ep.value, dist, err)
             continue
         loaded.append(ep.name)
     _plugins_loaded = True

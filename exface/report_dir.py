@@ -103,12 +103,14 @@ def _show(v: Any) -> str:
 _ABSENT = object()
 
 
-def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any], only_new_keys: bool = False) -> list[str]:
+def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any], only_new_keys: bool = False,
+                         holder: str = "the folder's report") -> list[str]:
     """``key: the folder's report has X, this run Y`` for every key whose value differs
-    (``only_new_keys``: only the keys ``new`` has, for an identity known in part)."""
+    (``only_new_keys``: only the keys ``new`` has, for an identity known in part; ``holder``:
+    what holds the old record, e.g. "the file")."""
     a, b = _flatten(canonical(old)), _flatten(canonical(new))
     keys = set(b) if only_new_keys else set(a) | set(b)
-    return [f"{k}: the folder's report has {_show(a.get(k, _ABSENT))}, this run {_show(b.get(k, _ABSENT))}"
+    return [f"{k}: {holder} has {_show(a.get(k, _ABSENT))}, this run {_show(b.get(k, _ABSENT))}"
             for k in sorted(keys) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
 
 

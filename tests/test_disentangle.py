@@ -416,7 +416,50 @@ def test_fit_report_swap_and_report_command_from_a_cli_checkpoint(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["swap", "--checkpoint", str(tmp_path / "missing.ckpt"), "--id_seeds", "[1]", "--attr_seeds", "[3]"])
     assert "no checkpoint at" in capsys.readouterr().err
+    _swap_grid_records_and_refuses(ckpt, tmp_path, capsys)
+    for bad in (["--pairs", "0"], ["--pairs", "-2"], ["--batch_size", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["disentangle-report", "--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "rep0"), *bad])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and f"{bad[0]} must be at least 1" in err and "Traceback" not in err, err
     _malicious_checkpoint_is_refused(ckpt, tmp_path, capsys)
+
+
+def _swap_grid_records_and_refuses(ckpt, tmp_path, capsys):
+    """The grid records what made it; another grid is not written over it, the same one is; a folder
+    or a non-image source is named on one screen."""
+    from PIL import Image
+
+    from exface.cli import main
+    from exface.disentangle.swap import SWAP_RECORD
+    from exface.report_dir import file_sha256
+
+    grid = tmp_path / "grid.png"
+    record = json.loads(Image.open(grid).text[SWAP_RECORD])
+    assert record["checkpoint"]["sha256"] == file_sha256(ckpt) and record["id_seeds"] == [1, 2]
+    assert record["attr_seeds"] == [3, 4, 5]
+    before = grid.read_bytes()
+    capsys.readouterr()
+
+    def refused(args, *expected):
+        with pytest.raises(SystemExit) as exit_:
+            main(["swap", "--checkpoint", str(ckpt), *args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and "Traceback" not in err and all(e in err for e in expected), err
+
+    refused(["--output", str(grid), "--id_seeds", "[7]", "--attr_seeds", "[8, 9]"],
+            "holds another swap grid", "id_seeds: the file has [1, 2], this run [7]", "fix: pass another --output")
+    assert grid.read_bytes() == before
+    other = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(other)  # an image exface did not write
+    refused(["--output", str(other), "--id_seeds", "[1]", "--attr_seeds", "[3]"], "not a grid written by `exface swap`")
+    refused(["--output", str(tmp_path), "--id_seeds", "[1]", "--attr_seeds", "[3]"], "is a folder, not a PNG file")
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    refused(["--output", str(tmp_path / "g3.png"), "--id_images", f"[{junk}]", "--attr_seeds", "[3]"],
+            "junk.png is not a readable image")
+    main(["swap", "--checkpoint", str(ckpt), "--output", str(grid), "--id_seeds", "[1, 2]", "--attr_seeds", "[3, 4, 5]"])
+    assert grid.read_bytes() == before  # the same grid again: rendered again, the same bytes
 
 
 def _malicious_checkpoint_is_refused(ckpt, tmp_path, capsys):

@@ -283,13 +283,14 @@ class _RecordingModule(FaceRecognitionModule):
                    Path(self.record_to) / f"saved_rank{self.global_rank}.pt")
 
 
-def _fit(tmp_path: Path, devices: int, max_steps: int, tag: str, when: str, ckpt_path: str | None = None) -> None:
+def _fit(tmp_path: Path, devices: int, max_steps: int, tag: str, when: str, ckpt_path: str | None = None,
+         batch_size: int = 2) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from exface.fr.datamodule import IdentityFolderDataModule
 
     pl.seed_everything(0, verbose=False)
-    dm = IdentityFolderDataModule(str(tmp_path / "ds"), (16, 16), batch_size=2, num_workers=0, in_memory=True,
+    dm = IdentityFolderDataModule(str(tmp_path / "ds"), (16, 16), batch_size=batch_size, num_workers=0, in_memory=True,
                                   val_fraction=0.25, flip=False)
     model = _RecordingModule(TinyEmbedder((16, 16), DIM).requires_grad_(True),
                              functools.partial(PartialFC, sample_rate=1.0, s=16.0, m2=0.3), lr=0.1)
@@ -336,10 +337,16 @@ def test_lightning_ddp_checkpoint_resumes_each_ranks_centres(tmp_path):
         for name in full:
             assert torch.equal(resumed[name], first[r][name]), (r, name)
 
-    _fit(tmp_path, devices=1, max_steps=3, tag="single", when="start", ckpt_path=str(last))
+    # one process with the same global batch (2 ranks x 2 -> 1 x 4): each centre block is gathered back
+    _fit(tmp_path, devices=1, max_steps=3, tag="single", when="start", ckpt_path=str(last), batch_size=4)
     single = torch.load(tmp_path / "single_rank0.pt", weights_only=True)
     for name, value in full.items():
         assert torch.equal(single[name], value), name
+    # another global batch would resume with another scaled rate and schedule: refused
+    from exface.errors import ExfaceStateError
+
+    with pytest.raises(ExfaceStateError, match=r"global batch .*: checkpoint 4, this run 2"):
+        _fit(tmp_path, devices=1, max_steps=3, tag="refused", when="start", ckpt_path=str(last))
 
 
 # ---- clipping and empty blocks under 2 gloo ranks -------------------------------------------

@@ -87,3 +87,46 @@ def test_entry_point_group_is_loaded(monkeypatch):
                         lambda **kw: [FakeEP()] if kw.get("group") == "exface.plugins" else real(**kw))
     assert "fake" in load_plugins(force=True)
     assert loaded
+
+
+def test_a_plugin_whose_part_name_clashes_is_left_out_with_a_warning(monkeypatch, caplog):
+    """One plugin reusing a built-in part's name must not take every exface command down, nor stay
+    half-registered: it is left out, and the warning names it, its distribution and the clash."""
+    import logging
+
+    from exface.losses.base import FRLoss
+    from exface.registry import get_part
+
+    class FakeDist:
+        name = "fakeplug-dist"
+
+    class ClashEP:
+        name, value, dist = "clash", "fakeplug", FakeDist()
+
+        def load(self):
+            reg = REGISTRIES["losses"]
+            reg.register(type("FreshPluginLoss", (FRLoss,), {"__module__": "fakeplug"}))
+            reg.register(type("ArcFace", (FRLoss,), {"__module__": "fakeplug"}))
+
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: [ClashEP()] if kw.get("group") == "exface.plugins" else real(**kw))
+    with caplog.at_level(logging.WARNING, logger="exface.registry"):
+        assert load_plugins(force=True) == []
+    text = caplog.text
+    assert "'clash'" in text and "fakeplug-dist" in text and "'ArcFace'" in text and "uninstall" in text, text
+    assert get_part("losses", "ArcFace").__module__ == "exface.losses.margin"
+    assert "FreshPluginLoss" not in REGISTRIES["losses"]  # rolled back, not half-registered
+
+
+def test_plugins_command_lists_lightning_classes(capsys):
+    from exface.cli import main
+
+    main(["plugins", "--kind", "lightning"])
+    out = capsys.readouterr().out
+    assert "IdentityBankDataModule" in out and "FaceRecognitionModule" in out and "losses:" not in out, out
+    main(["plugins", "--pattern", "*DataModule*"])
+    out = capsys.readouterr().out
+    assert "IdentityFolderDataModule" in out and "no part matches" not in out, out
+    main(["plugins", "--pattern", "*nothing_is_named_so*"])
+    assert "no part matches" in capsys.readouterr().out

@@ -155,28 +155,34 @@ def swap_grid(id_src: Tensor, attr_src: Tensor, outputs: Tensor) -> np.ndarray:
     return grid
 
 
-def png_bytes(grid: np.ndarray, min_side: int = 512) -> bytes:
-    """A uint8 HWC image as PNG bytes, nearest-upscaled by an integer factor to >= ``min_side`` px."""
+def png_bytes(grid: np.ndarray, min_side: int = 512, text: dict[str, str] | None = None) -> bytes:
+    """A uint8 HWC image as PNG bytes, nearest-upscaled by an integer factor to >= ``min_side`` px;
+    ``text``: PNG text chunks (e.g. what made the image)."""
     import io
 
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     k = max(1, math.ceil(min_side / max(grid.shape[:2])))
     img = Image.fromarray(grid)
     if k > 1:
         img = img.resize((grid.shape[1] * k, grid.shape[0] * k), Image.NEAREST)
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, value)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
-def save_png(grid: np.ndarray, path: str | Path, min_side: int = 512) -> Path:
+def save_png(grid: np.ndarray, path: str | Path, min_side: int = 512, text: dict[str, str] | None = None) -> Path:
     """Write a uint8 HWC image as PNG (atomically), nearest-upscaled by an integer factor to >= ``min_side`` px."""
     from exface.exfacegan.run_files import atomic_write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, png_bytes(grid, min_side))
+    atomic_write_bytes(path, png_bytes(grid, min_side, text))
     return path
 
 

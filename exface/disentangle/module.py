@@ -240,6 +240,12 @@ class DisentangleModule(pl.LightningModule):
         self.eval_landmark_size = eval_landmark_size
         self.report_dir, self.report_pairs, self.grid_size = report_dir, int(report_pairs), int(grid_size)
         self.eval_batch_size = int(eval_batch_size)
+        for name in ("report_pairs", "grid_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                from exface.errors import ExfaceError
+
+                raise ExfaceError(f"{name} must be at least 1, got {getattr(self, name)}",
+                                  where=f"model.init_args.{name}", fix=f"set {name} to 1 or more")
         self._val: dict[str, list[Tensor]] = {}
         if identity_center < 0:
             raise ValueError(f"identity_center must be >= 0, got {identity_center}")
@@ -447,6 +453,11 @@ class DisentangleModule(pl.LightningModule):
         from exface.disentangle.evaluation import refuse_other_disentangle_report
 
         pairs = self.report_pairs if pairs is None else int(pairs)
+        if pairs < 1 or self.eval_batch_size < 1:
+            from exface.errors import ExfaceError
+
+            raise ExfaceError(f"a report needs pairs >= 1 and eval_batch_size >= 1, got {pairs} and "
+                              f"{self.eval_batch_size}", where="pairs / eval_batch_size", fix="pass 1 or more")
         settings = self._report_settings(settings)
         ids, lmks = self.judges()
         refuse_other_disentangle_report(out_dir, settings, pairs, ids, lmks)  # before the evaluation's minutes

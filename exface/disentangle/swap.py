@@ -22,7 +22,8 @@ from torch import Tensor
 
 from exface.commands import command
 
-__all__ = ["read_checkpoint", "load_disentangle_checkpoint", "load_images", "swap", "disentangle_report"]
+__all__ = ["read_checkpoint", "load_disentangle_checkpoint", "load_images", "swap", "swap_identity",
+           "refuse_other_swap_grid", "disentangle_report", "SWAP_RECORD"]
 
 
 def read_checkpoint(checkpoint: str | Path) -> dict:
@@ -93,18 +94,35 @@ def load_images(paths: list[str], resolution: int) -> Tensor:
     """Image files -> ``[N, 3, resolution, resolution]`` in [-1, 1] RGB (bilinear resize)."""
     from PIL import Image
 
+    from PIL import UnidentifiedImageError
+
+    from exface.errors import ExfaceFileError
+
     out = []
     for p in paths:
         if not Path(p).is_file():
-            raise FileNotFoundError(f"no image file {p}")
-        img = Image.open(p).convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+            raise ExfaceFileError(f"no image file {p}", where=p, fix="pass existing image files (PNG, JPEG, ...)")
+        try:
+            img = Image.open(p).convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+        except (UnidentifiedImageError, OSError) as err:
+            raise ExfaceFileError(f"{Path(p).name} is not a readable image ({type(err).__name__}: {str(err)[:200]})",
+                                  where=p, fix="pass image files (PNG, JPEG, ...) aligned like the generator's faces"
+                                  ) from None
         out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1.0)
     return torch.stack(out)
 
 
-def _sources(module, seeds: list[int] | None, images: list[str] | None, who: str) -> Tensor:
+def _check_sources(seeds: list[int] | None, images: list[str] | None, who: str) -> None:
+    from exface.errors import ExfaceError
+
     if bool(seeds) == bool(images):
-        raise ValueError(f"give either --{who}_seeds or --{who}_images (one of them, not both)")
+        raise ExfaceError(f"give either --{who}_seeds or --{who}_images (one of them, not both)",
+                          where=f"--{who}_seeds / --{who}_images",
+                          fix=f"e.g. --{who}_seeds '[1, 2, 3]', or --{who}_images '[a.png, b.png]'")
+
+
+def _sources(module, seeds: list[int] | None, images: list[str] | None, who: str) -> Tensor:
+    _check_sources(seeds, images, who)
     if images:
         return load_images(images, module.generator.resolution).to(module.device)
     with torch.no_grad():
@@ -119,22 +137,88 @@ def swap(checkpoint: str, output: str = "swap_grid.png", id_seeds: list[int] | N
 
     Args:
         checkpoint: a checkpoint of `exface fit --config recipes/*_disentangle.yaml` (e.g. checkpoints/last.ckpt).
-        output: the PNG to write (top row: attribute sources; left column: identity sources).
+        output: the PNG to write (top row: attribute sources; left column: identity sources). It
+            records what made it (the checkpoint's sha256, the seeds or image files) in a PNG text
+            chunk; an existing file is replaced only by the same grid.
         id_seeds: generator seeds of the identity sources (or give id_images).
         attr_seeds: generator seeds of the attribute sources (or give attr_images).
         id_images: image files of the identity sources, aligned like the generator's faces.
         attr_images: image files of the attribute sources, aligned like the generator's faces.
         device: cpu or cuda.
     """
+    import json
+
     from exface.disentangle.evaluation import save_png, swap_grid
 
+    _check_sources(id_seeds, id_images, "id")
+    _check_sources(attr_seeds, attr_images, "attr")
+    made_by = swap_identity(checkpoint, id_seeds, id_images, attr_seeds, attr_images)
+    refuse_other_swap_grid(output, made_by)  # before loading the networks and rendering
     m = load_disentangle_checkpoint(checkpoint, device)
     ids = _sources(m, id_seeds, id_images, "id")
     attrs = _sources(m, attr_seeds, attr_images, "attr")
     with torch.no_grad():
         outs = torch.stack([m.swap(ids[r:r + 1].expand_as(attrs), attrs) for r in range(len(ids))])
-    path = save_png(swap_grid(ids, attrs, outs), output)
+    path = save_png(swap_grid(ids, attrs, outs), output, text={SWAP_RECORD: json.dumps(made_by, sort_keys=True)})
     print(f"wrote {path} ({len(ids)} identities x {len(attrs)} attribute sources)")
+
+
+#: The PNG text chunk in which ``exface swap`` records what made the grid.
+SWAP_RECORD = "exface-swap"
+
+
+def swap_identity(checkpoint: str | Path, id_seeds: list[int] | None, id_images: list[str] | None,
+                  attr_seeds: list[int] | None, attr_images: list[str] | None) -> dict:
+    """What makes a swap grid: the checkpoint (resolved path, sha256) and each side's seeds, or its
+    image files (resolved paths, sha256), in order."""
+    from exface.report_dir import file_sha256
+
+    ck = Path(checkpoint)
+    ident: dict = {"made_by": "exface swap",
+                   "checkpoint": {"path": str(ck.resolve()), "sha256": file_sha256(ck) if ck.is_file() else None}}
+    for who, seeds, images in (("id", id_seeds, id_images), ("attr", attr_seeds, attr_images)):
+        if images:
+            ident[f"{who}_images"] = [{"path": str(Path(p).resolve()),
+                                       "sha256": file_sha256(p) if Path(p).is_file() else None} for p in images]
+        else:
+            ident[f"{who}_seeds"] = [int(v) for v in seeds or []]
+    return ident
+
+
+def refuse_other_swap_grid(output: str | Path, made_by: dict) -> None:
+    """Refuse to replace ``output`` unless it is a swap grid of the same checkpoint and sources (then it
+    is rendered again); a folder, or a file that is not an ``exface swap`` grid, is refused too."""
+    import json
+
+    from PIL import Image, UnidentifiedImageError
+
+    from exface.errors import ExfaceError, ExfaceStateError
+    from exface.report_dir import identity_differences
+
+    path = Path(output)
+    if path.is_dir():
+        raise ExfaceError(f"--output {path} is a folder, not a PNG file", where="--output",
+                          fix=f"pass a file path, e.g. --output {path / 'swap_grid.png'}")
+    if not path.exists():
+        return
+    fix = f"pass another --output for this grid, or delete {path} if the old one is no longer needed"
+    try:
+        with Image.open(path) as img:
+            img.load()
+            record = img.text.get(SWAP_RECORD) if hasattr(img, "text") else None
+    except (OSError, UnidentifiedImageError):
+        record = None
+    try:
+        old = json.loads(record) if record else None
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        raise ExfaceStateError(f"{path.name} exists and is not a grid written by `exface swap`; it is not overwritten",
+                               where=path, fix=fix)
+    diffs = identity_differences(old, made_by, holder="the file")
+    if diffs:
+        raise ExfaceStateError(f"{path.name} holds another swap grid; it is not overwritten:\n  " + "\n  ".join(diffs[:10]),
+                               where=path, fix=fix)
 
 
 @command("disentangle-report")
@@ -154,6 +238,12 @@ def disentangle_report(checkpoint: str, output_dir: str, pairs: int | None = Non
     import logging
     import time
 
+    from exface.errors import ExfaceError
+
+    for name, value in (("pairs", pairs), ("batch_size", batch_size)):
+        if value is not None and int(value) < 1:
+            raise ExfaceError(f"--{name} must be at least 1, got {value}", where=f"--{name}",
+                              fix=f"pass --{name} 1 or more, or leave it out for the recipe's value")
     logging.getLogger("exface.disentangle").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(message)s")
