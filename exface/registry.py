@@ -191,17 +191,26 @@ def load_plugins(force: bool = False) -> list[str]:
         try:
             ep.load()
         except RegistryError as err:  # a name clash: the part already registered keeps its name
-            for kind, parts in before.items():  # none of the plugin's parts stays half-registered
-                REGISTRIES[kind]._parts = parts
+            _undo_registrations(before)
             log.warning("exface plugin %r (%s, from distribution %s) was not loaded: %s. Rename its part, or "
                         "uninstall %s.", ep.name, ep.value, dist, err, dist)
             continue
         except Exception as err:  # a broken plugin must not take exface down
+            _undo_registrations(before)
             log.warning("exface plugin %r (%s, from distribution %s) failed to load: %s", ep.name, ep.value, dist, err)
             continue
         loaded.append(ep.name)
     _plugins_loaded = True
     return loaded
+
+
+def _undo_registrations(before: dict[str, dict[str, type]]) -> None:
+    """Put the registries back as ``before`` (kind -> parts): a plugin that failed to load leaves no
+    part, and no kind of its own, behind."""
+    for kind in [k for k in REGISTRIES if k not in before]:
+        del REGISTRIES[kind]
+    for kind, parts in before.items():
+        REGISTRIES[kind]._parts = parts
 
 
 def get_registry(kind: str) -> Registry:

@@ -40,7 +40,7 @@ import fnmatch
 import functools
 import importlib
 import inspect
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -316,14 +316,15 @@ def check_resume(module: Any, checkpoint: Mapping[str, Any], *, may_differ: Iter
 
 
 def check_data_resume(datamodule: Any, saved: Mapping[str, Any], current: Mapping[str, Any], *,
-                      notes: Iterable[str] = ()) -> None:
+                      notes: Iterable[str] | Callable[[], Iterable[str]] = ()) -> None:
     """Refuse to resume a training on other data than its checkpoint's.
 
     A datamodule calls it from ``load_state_dict`` with its checkpointed record (``saved``) and
     this run's (``current``): the settings that decide what is trained on, by recipe key (named
     ``data.init_args.<key>``), and, in ``notes``, differences it words itself (another dataset's
-    fingerprint); keys that are not the datamodule's options are named as they are. Only a
-    Trainer's fit is checked (another validation set is fine).
+    fingerprint; a callable is called only when the check runs); keys that are not the
+    datamodule's options are named as they are. Only a Trainer's fit is checked (another
+    validation set is fine).
     """
     trainer = getattr(datamodule, "trainer", None)  # a LightningDataModule's trainer is a plain attribute
     if trainer is None:
@@ -333,7 +334,7 @@ def check_data_resume(datamodule: Any, saved: Mapping[str, Any], current: Mappin
     if getattr(getattr(trainer, "state", None), "fn", None) != TrainerFn.FITTING:
         return
     options = set(_defaults(type(datamodule)))  # recipe keys are named as such; other records by their name
-    lines = list(notes) + [f"{'data.init_args.' if k in options else ''}{k}: checkpoint {_short(old)}, "
+    lines = list(notes() if callable(notes) else notes) + [f"{'data.init_args.' if k in options else ''}{k}: checkpoint {_short(old)}, "
                            f"this run {_short(now)}" for k, old, now in settings_differences(saved, current)]
     if lines:
         raise ExfaceStateError(f"the checkpoint was trained on other data than this run's ({len(lines)} differ):\n  "

@@ -202,7 +202,8 @@ def test_exface_fit_refuses_before_building_the_bank(tmp_path, capsys, monkeypat
     for extra, diff in ((["--model.init_args.C", "0.5"], "C: recorded 1.0, given 0.5"),
                         (["--data.init_args.label_rule", "topk", "--data.init_args.top_k", "5"],
                          "label_rule: recorded 'median', given 'topk'"),
-                        (["--data.init_args.space", "w"], "space: recorded 'z', given 'w'")):
+                        (["--data.init_args.space", "w"], "space: recorded 'z', given 'w'"),
+                        (["--data.init_args.val_fraction", "0.5"], "val_fraction: recorded 0.3, given 0.5")):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_:
             main(["fit", "--config", str(recipe), "--data.init_args.bank_dir", str(tmp_path / "bank2"), *extra])

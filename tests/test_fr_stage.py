@@ -207,3 +207,24 @@ def test_exfacegan_randaugment_draws_bins_from_one_to_magnitude_over_its_op_set(
     assert isinstance(aug.randaugment, ExFaceGANRandAugment)
     with pytest.raises(ValueError, match="randaugment_variant"):
         Augmentation(randaugment=(4, 16), randaugment_variant="other")
+
+
+def test_a_schedule_that_cannot_run_as_set_is_named(tmp_path):
+    with pytest.warns(UserWarning, match=r"warmup_epochs=10.0 is 40 steps, not shorter than the training's 8"):
+        _fit(tmp_path, max_steps=8, warmup_epochs=10)
+    with pytest.warns(UserWarning, match=r"1 of the milestones \[1.0, 30.0\] \(epochs\) fall at or after"):
+        _fit(tmp_path, max_steps=8, schedule="step", milestones=[1.0, 30.0])
+
+
+def test_training_folders_with_empty_or_single_identities_are_refused(tmp_path):
+    from exface.errors import ExfaceError
+    from exface.fr.datamodule import list_identity_folder
+
+    root = make_identity_folder(tmp_path / "ds", num_identities=3, images_per_identity=2, size=16)
+    (root / "99999").mkdir()  # an identity without images would be a centre no image trains
+    with pytest.raises(ExfaceError, match="1 identity folder.* hold no images: 99999") as err:
+        list_identity_folder(root)
+    assert "remove the empty identity folders" in err.value.fix
+    one = make_identity_folder(tmp_path / "one", num_identities=1, images_per_identity=3, size=16)
+    with pytest.raises(ExfaceError, match="has 1 identity; a classification loss needs at least 2"):
+        IdentityFolderDataModule(str(one), (16, 16), batch_size=2, num_workers=0).setup("fit")

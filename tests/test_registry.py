@@ -119,6 +119,38 @@ def test_a_plugin_whose_part_name_clashes_is_left_out_with_a_warning(monkeypatch
     assert "FreshPluginLoss" not in REGISTRIES["losses"]  # rolled back, not half-registered
 
 
+def test_a_plugin_that_fails_after_registering_leaves_nothing_behind(monkeypatch, caplog):
+    """A plugin that registers a part (or a new kind of part) and then fails, by an ImportError or a
+    name clash, leaves neither registered."""
+    import logging
+
+    from exface.losses.base import FRLoss
+    from exface.registry import Registrable
+
+    class HalfEP:
+        name, value, dist = "half", "halfplug", None
+
+        def load(self):
+            REGISTRIES["losses"].register(type("HalfPluginLoss", (FRLoss,), {"__module__": "halfplug"}))
+            raise ImportError("needs libxyz")
+
+    class KindEP:
+        name, value, dist = "kind", "kindplug", None
+
+        def load(self):
+            widget = type("WidgetBase", (Registrable,), {"__module__": "kindplug", "registry_kind": "widgets"})
+            REGISTRIES["widgets"].register(type("MyWidget", (widget,), {"__module__": "kindplug"}))
+            REGISTRIES["losses"].register(type("ArcFace", (FRLoss,), {"__module__": "kindplug"}))
+
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: [HalfEP(), KindEP()] if kw.get("group") == "exface.plugins" else real(**kw))
+    with caplog.at_level(logging.WARNING, logger="exface.registry"):
+        assert load_plugins(force=True) == []
+    assert "needs libxyz" in caplog.text and "'kind'" in caplog.text
+    assert "HalfPluginLoss" not in REGISTRIES["losses"] and "widgets" not in REGISTRIES
+
+
 def test_plugins_command_lists_lightning_classes(capsys):
     from exface.cli import main
 

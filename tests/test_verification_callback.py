@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from exface.alignment import ResizeAligner
 from exface.embedders.mobilefacenet import MobileFaceNetEmbedder
-from exface.evaluation.benchmark import benchmark_set
+from exface.evaluation.benchmark import benchmark_set, headline_accuracy
 from exface.evaluation.datasets import load_verification_set
 from exface.fr.checkpoint_embedder import FRCheckpointEmbedder
 from exface.fr.datamodule import IdentityFolderDataModule
@@ -50,7 +50,10 @@ def test_callback_on_small_bin(tmp_path, shared_data):
     emb = FRCheckpointEmbedder(best)
     direct = benchmark_set(load_verification_set(small), emb, ResizeAligner((112, 112)), folds=2, batch_size=10)
     assert direct["accuracy"] == pytest.approx(cb.evaluate(emb)["small_lfw"]["accuracy"])
-    assert direct["accuracy"] == pytest.approx(cb.best)  # the checkpoint holds the best epoch's weights
+    # the checkpoint holds the best epoch's weights, judged by the figure the benchmark's papers table
+    # prints for a .bin set: insightface's protocol
+    assert direct["insightface_protocol"] and headline_accuracy(direct)[0] == direct["insightface_protocol"]["accuracy"]
+    assert headline_accuracy(direct)[0] == pytest.approx(cb.best)
     model.backbone.train()
     cb.evaluate(model.backbone)
     assert model.backbone.training  # evaluation restores the training mode
@@ -65,6 +68,7 @@ def test_best_checkpoint_follows_the_best_mean_not_the_last(tmp_path, monkeypatc
     model = FaceRecognitionModule(MobileFaceNetEmbedder(16, 112, net_size=32, width=0.25),
                                   lambda d, c: CosFace(d, c, s=16, m=0.2))
     cb = VerificationCallback(["a/x.bin", "b/y.bin"], every_n_epochs=1)
+    monkeypatch.setattr(cb, "_load", lambda emb: [None, None])  # no files: the figures are scripted
     figures = iter([(0.5, 0.7), (0.9, 0.7), (0.7, 0.7), (0.8, 0.8)])
     monkeypatch.setattr(cb, "evaluate", lambda emb: {n: {"accuracy": a, "accuracy_std": 0.0}
                                                      for n, a in zip(("x", "y"), next(figures))})
@@ -79,3 +83,22 @@ def test_best_checkpoint_follows_the_best_mean_not_the_last(tmp_path, monkeypatc
     assert saved == [0, 1]
     ckpt = torch.load(tmp_path / "checkpoints" / "best_verification.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["callbacks"]
+
+
+def test_a_missing_set_stops_the_run_before_the_first_step(tmp_path):
+    """The sets are read when fitting starts: a wrong path costs no epoch of training."""
+    from exface.errors import ExfaceError
+
+    root = make_identity_folder(tmp_path / "ds", num_identities=3, images_per_identity=4, size=32)
+    dm = IdentityFolderDataModule(str(root), (32, 32), batch_size=6, num_workers=0, in_memory=True)
+    model = FaceRecognitionModule(MobileFaceNetEmbedder(16, 112, net_size=32, width=0.25),
+                                  lambda d, c: CosFace(d, c, s=16, m=0.2))
+    steps = []
+    real_step = model.training_step
+    model.training_step = lambda *a, **k: steps.append(1) or real_step(*a, **k)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path),
+                         callbacks=[VerificationCallback([str(tmp_path / "missing" / "lfw.bin")])])
+    with pytest.raises((ExfaceError, FileNotFoundError), match="lfw.bin"):
+        trainer.fit(model, datamodule=dm)
+    assert steps == []

@@ -468,6 +468,16 @@ def _insightface_accuracy(r: dict[str, Any]) -> float | None:
     return None if not ins else ins["accuracy"]
 
 
+def headline_accuracy(r: dict[str, Any]) -> tuple[float, float]:
+    """``(accuracy, std over folds)`` of a :func:`benchmark_set` result as the papers table prints it:
+    insightface's protocol for a ``.bin`` set, exface's for the others (LFW's ``pairs.txt``). Training's
+    verification logs and checkpoints on this same figure."""
+    ins = r.get("insightface_protocol")
+    if ins:
+        return float(ins["accuracy"]), float(ins.get("accuracy_std") or 0.0)
+    return float(r["accuracy"]), float(r.get("accuracy_std") or 0.0)
+
+
 def format_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
     """The per-dataset figures as a text (or Markdown) table; rates in percent. When a set
     has insightface's protocol (``.bin``), its accuracy by their rule has its own column
@@ -522,8 +532,7 @@ def papers_table(results: list[dict[str, Any]], embedder_name: str, markdown: bo
     for r in results:
         name = _standard_name(r.get("path", r["dataset"]))
         if name is not None and name not in acc:
-            ins = _insightface_accuracy(r)
-            acc[name] = (100 * (r["accuracy"] if ins is None else ins), r["flip"])
+            acc[name] = (100 * headline_accuracy(r)[0], r["flip"])
     if not acc:
         return None
     names = list(STANDARD_SETS.values())

@@ -79,8 +79,9 @@ class IdentityBankDataModule(pl.LightningDataModule):
 
     The boundaries fit on this data record (:attr:`provenance`, in their ``meta``) the bank
     (folder and references digest) and how its latents were labeled: ``num_references``,
-    ``label_rule``, ``top_k``, ``threshold``, ``leave_one_out``, ``balance`` and its seed
-    (``label_seed``).
+    ``label_rule``, ``top_k``, ``threshold``, ``leave_one_out``, ``balance``, its seed
+    (``label_seed``, which also draws the split) and ``val_fraction`` (the split: which latents
+    the boundaries train on).
     """
 
     def __init__(
@@ -169,7 +170,7 @@ class IdentityBankDataModule(pl.LightningDataModule):
         h = self.hparams
         return {"bank": str(self.bank_dir), "num_references": self.num_references, "label_rule": h.label_rule,
                 "top_k": h.top_k, "threshold": h.threshold, "leave_one_out": bool(h.leave_one_out),
-                "balance": bool(h.balance), "label_seed": int(h.seed)}
+                "balance": bool(h.balance), "label_seed": int(h.seed), "val_fraction": float(h.val_fraction)}
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:

@@ -75,15 +75,24 @@ def list_identity_folder(root: str | Path) -> tuple[list[Path], list[int], list[
         names = sorted({r["identity"] for r in rows})
         index = {n: i for i, n in enumerate(names)}
         return [root / r["file"] for r in rows], [index[r["identity"]] for r in rows], names
+    from exface.errors import ExfaceError
+
     names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    paths, labels = [], []
+    paths, labels, empty = [], [], []
     for label, name in enumerate(names):
-        for p in sorted((root / name).iterdir()):
-            if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith("."):
-                paths.append(p)
-                labels.append(label)
+        found = [p for p in sorted((root / name).iterdir())
+                 if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")]
+        paths += found
+        labels += [label] * len(found)
+        if not found:
+            empty.append(name)
     if not paths:
-        raise ValueError(f"{root} holds no images in identity sub-folders ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+        raise ExfaceError(f"{root} holds no images in identity sub-folders ({', '.join(sorted(_IMAGE_SUFFIXES))})",
+                          where=root, fix="point data.init_args.root at a folder of identity sub-folders of images")
+    if empty:  # as torchvision's ImageFolder: a class without images would be a centre no image trains
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ExfaceError(f"{len(empty)} identity folder(s) hold no images: {shown}", where=root,
+                          fix="remove the empty identity folders (or move their images in)")
     return paths, labels, names
 
 
@@ -424,15 +433,22 @@ class IdentityFolderDataModule(pl.LightningDataModule):
                                "randaugment_variant": randaugment_variant, "albumentations": albumentations,
                                "val_fraction": float(val_fraction), "seed": int(seed)}
         self.num_classes: int | None = None
-        self.data_sha256: str | None = None
+        self._data_sha256: str | None = None
+        self._listing: tuple[list[Path], list[int]] | None = None
         self._train = self._val = None
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
             return
         paths, labels, names = list_identity_folder(self.root)
+        if len(names) < 2:
+            from exface.errors import ExfaceError
+
+            raise ExfaceError(f"the training data has {len(names)} identity; a classification loss needs at least 2 "
+                              f"(with one, every margin loss is 0 and nothing trains)", where=self.root,
+                              fix="train on a dataset of two or more identities")
         self.num_classes = len(names)
-        self.data_sha256 = training_data_sha256(self.root, paths, labels)
+        self._listing = (paths, labels)  # fingerprinted when a checkpoint needs it (fit only)
         rng = np.random.default_rng(self.seed)
         val_mask = rng.random(len(paths)) < self.val_fraction
         pick = lambda m: ([p for p, k in zip(paths, m) if k], [lab for lab, k in zip(labels, m) if k])  # noqa: E731
@@ -455,6 +471,14 @@ class IdentityFolderDataModule(pl.LightningDataModule):
         return DataLoader(self._val, batch_size=self.batch_size, num_workers=self.num_workers)
 
     # ------------------------------------------------------------------ checkpoints
+    @property
+    def data_sha256(self) -> str | None:
+        """:func:`training_data_sha256` of the data ``setup`` listed (computed once, when first asked: a
+        checkpoint's save or restore, so ``validate``/``test`` never pay for it); None before ``setup``."""
+        if self._data_sha256 is None and self._listing is not None:
+            self._data_sha256 = training_data_sha256(self.root, *self._listing)
+        return self._data_sha256
+
     def state_dict(self) -> dict[str, Any]:
         """What the checkpoint's model was trained on: the dataset's fingerprint and the data settings."""
         if self.data_sha256 is None:
@@ -473,13 +497,16 @@ class IdentityFolderDataModule(pl.LightningDataModule):
         """
         from exface.resume_check import check_data_resume
 
-        if not state or self.data_sha256 is None:
+        if not state or self._listing is None:
             return
-        notes = []
-        if state.get("data_sha256") not in (None, self.data_sha256):
-            notes.append(f"the training images: checkpoint {state.get('images')} images of {state.get('identities')} "
-                         f"identities (sha256 {str(state['data_sha256'])[:12]}), this run "
-                         f"{len(self._train) + (len(self._val) if self._val else 0)} of {self.num_classes} "
-                         f"(sha256 {self.data_sha256[:12]}) in {self.root}")
+
+        def other_images() -> list[str]:  # only when fitting: the fingerprint costs a stat per image
+            if state.get("data_sha256") in (None, self.data_sha256):
+                return []
+            return [f"the training images: checkpoint {state.get('images')} images of {state.get('identities')} "
+                    f"identities (sha256 {str(state['data_sha256'])[:12]}), this run "
+                    f"{len(self._train) + (len(self._val) if self._val else 0)} of {self.num_classes} "
+                    f"(sha256 {self.data_sha256[:12]}) in {self.root}"]
+
         check_data_resume(self, {k: state[k] for k in self._data_settings if k in state}, self._data_settings,
-                          notes=notes)
+                          notes=other_images)

@@ -199,12 +199,30 @@ class FaceRecognitionModule(RecordsRunSettings, pl.LightningModule):
         warm = int(round(self.warmup_epochs * per_epoch))
         milestones = tuple(int(round(m * per_epoch)) for m in self.milestones)
         kind, power, gamma = self.schedule, self.poly_power, self.gamma
+        self._warn_about_schedule(total, warm, milestones if kind == "step" else ())
 
         def schedule(step: int) -> float:
             return lr_factor(step, total, warm, kind, power, milestones, gamma)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _warn_about_schedule(self, total: int, warm: int, milestones: tuple[int, ...]) -> None:
+        """Say so when the schedule cannot run as set: a warm-up as long as the training (the rate never
+        reaches ``lr``), or step milestones at or past its end (those decays never happen). Not under
+        ``fast_dev_run``, whose one step says nothing about the schedule."""
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        if getattr(self.trainer, "fast_dev_run", False):
+            return
+        if warm >= total > 0:
+            rank_zero_warn(f"warmup_epochs={self.warmup_epochs} is {warm} steps, not shorter than the training's "
+                           f"{total}: the learning rate never reaches lr={self.lr} and never decays; lower "
+                           f"warmup_epochs or train longer")
+        late = [m for m in milestones if m >= total]
+        if late:
+            rank_zero_warn(f"{len(late)} of the milestones {list(self.milestones)} (epochs) fall at or after the "
+                           f"training's last step ({total}): those decays never happen; lower them or train longer")
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # a PartialFC sharded over ranks holds a block of the head per rank: its norm is the whole head's,

@@ -9,9 +9,14 @@ per set), logs ``verification/<set>`` (accuracy), ``verification/<set>_std`` and
 ``best_verification.ckpt`` whenever the mean improves (``ModelCheckpoint(monitor=
 "verification/mean", mode="max")`` works too).
 
-Photo sets (LFW) are aligned once, when training starts, with the benchmark's default
-aligner (:func:`~exface.evaluation.benchmark.default_aligner`), and kept as crops
-(:func:`aligned_copy`): landmark alignment does not change between epochs.
+The figure logged and checkpointed per set is the one ``exface benchmark``'s papers table
+prints (:func:`~exface.evaluation.benchmark.headline_accuracy`): insightface's protocol for a
+``.bin`` set, exface's for LFW's ``pairs.txt``.
+
+Every set is read, and photo sets (LFW) are aligned, when fitting starts (``on_fit_start``,
+before the first step: a missing or damaged set stops the run then, not after an epoch), with
+the benchmark's default aligner (:func:`~exface.evaluation.benchmark.default_aligner`), and
+kept as crops (:func:`aligned_copy`): landmark alignment does not change between epochs.
 """
 
 from __future__ import annotations
@@ -111,18 +116,25 @@ class VerificationCallback(pl.Callback):
         finally:
             embedder.train(was_training)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._sets is None:  # read (and align) now: a bad set must not cost an epoch of training
+            self._sets = self._load(pl_module.backbone)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from exface.evaluation.benchmark import headline_accuracy
+
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         results = self.evaluate(pl_module.backbone)
-        accs = {n: float(r["accuracy"]) for n, r in results.items()}
+        heads = {n: headline_accuracy(r) for n, r in results.items()}
+        accs = {n: acc for n, (acc, _) in heads.items()}
         # every rank scores the sets; rank 0's figures decide, so that all ranks take the same
         # checkpointing branch (a rank whose float rounding differed would otherwise wait alone in it)
         accs = trainer.strategy.broadcast(accs, src=0)
         mean = float(np.mean(list(accs.values())))
         for n, r in results.items():
             pl_module.log(f"verification/{n}", accs[n], on_epoch=True, sync_dist=False)
-            pl_module.log(f"verification/{n}_std", float(r["accuracy_std"] or 0.0), on_epoch=True, sync_dist=False)
+            pl_module.log(f"verification/{n}_std", heads[n][1], on_epoch=True, sync_dist=False)
         pl_module.log("verification/mean", mean, on_epoch=True, prog_bar=True, sync_dist=False)
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **accs, "mean": mean})
         if self.save_best and mean > self.best:
