@@ -181,6 +181,12 @@ def test_save_policy_refuses_a_policy_of_other_settings(tmp_path):
     torch.save(rec, tmp_path / "old.pt")
     with pytest.raises(ExfaceStateError, match="does not record the settings it was trained with"):
         AgePolicyModule(env, num_envs=2, lr=1e-3).save_policy(tmp_path / "old.pt")
+    # ... unless this run resumes a checkpoint (whose settings check_resume compared): the older run's own file
+    from types import SimpleNamespace
+
+    resumed = AgePolicyModule(env, num_envs=2, lr=1e-3)
+    resumed._trainer = SimpleNamespace(ckpt_path="ckpt/last.ckpt")
+    resumed.refuse_other_policy(tmp_path / "old.pt")
 
 
 def test_training_into_a_save_path_of_other_settings_is_refused_before_its_rollouts(tmp_path, monkeypatch):

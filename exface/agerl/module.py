@@ -399,7 +399,8 @@ class AgePolicyModule(RecordsRunSettings, pl.LightningModule):
         """Raise :class:`~exface.errors.ExfaceStateError` when ``path`` holds what this run must not
         replace: a policy trained with other settings (:meth:`policy_differences`, all named), a
         policy file that records no training settings (an older exface: a run of other settings
-        could not be told apart), a file that is not a readable policy file, or a folder. Nothing
+        could not be told apart; accepted only when this run resumes a checkpoint, whose settings
+        :func:`~exface.resume_check.check_resume` compared), a file that is not a readable policy file, or a folder. Nothing
         to do when ``path`` does not exist; the same settings (a resume, a re-run) pass.
         ``setting`` names the option that chose ``path`` (for the fix)."""
         from exface.agerl.editors import load_policy_file
@@ -418,6 +419,9 @@ class AgePolicyModule(RecordsRunSettings, pl.LightningModule):
         except ExfaceFileError as err:
             raise ExfaceStateError(f"{path.name} already exists and is not a readable age-policy file "
                                    f"({err.problem}); it is not overwritten", where=path, fix=fix) from err
+        trainer = getattr(self, "_trainer", None)
+        if not isinstance(rec.get("settings"), dict) and getattr(trainer, "ckpt_path", None):
+            return  # an older exface's file, and this run resumes a checkpoint whose settings check_resume compared
         if not isinstance(rec.get("settings"), dict):
             raise ExfaceStateError(f"{path.name} already holds a policy that does not record the settings it was "
                                    f"trained with (an older exface wrote it), so this training cannot tell whether "
